@@ -1,0 +1,185 @@
+"""`python scripts/run_stage.py STAGE [options]`: the command line over the runner.
+
+Every stage gets the same run options (--input/--output/--tag/sharding/...), `--config file.yaml` and
+`--set key=value` for its config dataclass. Mistakes end in one sentence naming the problem and exit 2;
+a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from hf_pipeline.config import build_config, deep_merge, parse_overrides, read_yaml
+from hf_pipeline.errors import PipelineError
+from hf_pipeline.runner import RunOptions
+
+RUN_FLAGS = {
+    "input": "input dataset: org/name, org/name@revision, or a local path",
+    "output": "output dataset repo (org/name) to publish to",
+    "tag": "tag for the published revision (default: <stage>-<config hash>)",
+    "split": "split of the input to read",
+    "num_shards": "split the input into this many contiguous shards",
+    "shard_index": "run (and publish) only this shard",
+    "batch_size": "rows per batch given to the stage's function",
+    "chunk_rows": "rows per checkpoint chunk: the most work a crash can lose",
+    "rows_per_file": "rows per published parquet file",
+    "private": "create the output repo as private",
+    "work_dir": "where checkpoint chunks live until published (default: $HF_PIPELINE_CACHE/runs)",
+    "keep_work_dir": "keep checkpoint chunks after publishing",
+}
+
+
+def _describe_fields(cls: type, prefix: str = "") -> list[str]:
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        )
+        type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        doc = f.metadata.get("help", "")
+        lines.append(f"  {prefix + f.name:<28} {type_name:<14} default: {default!r}")
+        if doc:
+            lines.append(f"      {doc}")
+    return lines
+
+
+def _add_stage_parser(sub, stage) -> None:
+    epilog = "\n".join(
+        [f"config keys of {stage.name} (set in --config YAML or with --set key=value):", *_describe_fields(stage.config_class)]
+    )
+    p = sub.add_parser(
+        stage.name,
+        help=stage.description,
+        description=stage.description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = RunOptions()
+    for name, doc in RUN_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=f"{doc} (default: {default})")
+        else:
+            kind = int if name in ("num_shards", "shard_index", "batch_size", "chunk_rows", "rows_per_file") else str
+            p.add_argument(flag, type=kind, default=None, help=f"{doc} (default: {default})")
+    p.add_argument("--config", help="YAML file with run options and config keys (default: none)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (input rows, shards, output, tag); change nothing")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hf_pipeline.stages import all_stages
+
+    stages = all_stages()
+    listing = "\n".join(f"  {s.name:<18} {s.description}" for s in stages.values())
+    parser = argparse.ArgumentParser(
+        prog="run_stage.py",
+        description="Run one FineInstructions pipeline stage over a Hub dataset and publish a versioned result.",
+        epilog=f"stages:\n{listing}\n  {'hub':<18} start/stop/status the local Hub endpoint for offline runs\n\n"
+        "Run `run_stage.py STAGE --help` for a stage's options and config keys.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="STAGE")
+    for stage in stages.values():
+        _add_stage_parser(sub, stage)
+    hub = sub.add_parser("hub", help="start/stop/status the local Hub endpoint (olah + write endpoints)")
+    hub.add_argument("action", choices=["start", "stop", "status", "env", "push"])
+    hub.add_argument("path", nargs="?", help="push: a local dataset file or folder (jsonl/json/parquet/csv)")
+    hub.add_argument("repo_id", nargs="?", help="push: the dataset repo to publish it to (org/name)")
+    hub.add_argument("--tag", default=None, help="push: tag for the published revision (default: v-<content hash>)")
+    hub.add_argument("--root", default=".hub", help="where the local Hub keeps its repos (default: .hub)")
+    hub.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    hub.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def split_settings(stage, values: dict[str, Any]) -> tuple[RunOptions, Any]:
+    """YAML/--set values -> (run options, stage config); keys are run options or config keys, nothing else."""
+    run_keys = {f.name for f in dataclasses.fields(RunOptions)}
+    run_values = {k: v for k, v in values.items() if k in run_keys}
+    config = build_config(stage.config_class, {k: v for k, v in values.items() if k not in run_keys})
+    return build_config(RunOptions, run_values), config
+
+
+def run_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from hf_pipeline.runner import run_stage
+    from hf_pipeline.stages import all_stages
+
+    stage = all_stages()[args.command]
+    values: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    values = deep_merge(values, parse_overrides(args.set))
+    for name in RUN_FLAGS:
+        flag_value = getattr(args, name)
+        if flag_value is not None:
+            values[name] = flag_value
+    options, config = split_settings(stage, values)
+    result = run_stage(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
+    return 0 if result is not None or args.dry_run else 1
+
+
+def hub_command(args: argparse.Namespace) -> int:
+    from hf_pipeline.hub import local
+
+    root = Path(args.root).resolve()
+    if args.action == "start":
+        url = local.start(root, port=args.port)
+        print(f"local Hub at {url} (repos in {root})")
+        print(f"point the clients at it: eval \"$(python scripts/run_stage.py hub env --root {args.root})\"")
+    elif args.action == "stop":
+        print("stopped" if local.stop(root) else f"no local Hub running for {root}")
+    elif args.action == "env":
+        state = local.status(root)
+        if not state:
+            raise PipelineError(f"no local Hub is running for {root}; start it with `run_stage.py hub start`.")
+        print(f"export HF_ENDPOINT={state['url']} HF_HUB_DISABLE_XET=1 HF_TOKEN=${{HF_TOKEN:-hf_local}}")
+    elif args.action == "push":
+        from hf_pipeline.hub_io import push_local_dataset
+
+        if not args.path or not args.repo_id:
+            raise PipelineError("hub push needs a local dataset PATH and a REPO_ID.")
+        repo, tag, commit = push_local_dataset(args.path, args.repo_id, tag=args.tag)
+        print(f"published {args.path} to {repo}@{tag} (commit {commit[:12]})")
+    else:
+        state = local.status(root)
+        if not state:
+            print(f"no local Hub running for {root}")
+            return 1
+        print(f"local Hub running at {state['url']} (pid {state['pid']}, repos in {root})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        if args.command == "hub":
+            return hub_command(args)
+        return run_command(args, argv)
+    except PipelineError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything unexpected: one line, the traceback behind --debug
+        if debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

