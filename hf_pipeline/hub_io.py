@@ -150,11 +150,15 @@ def output_tags(repo_id: str) -> dict[str, str]:
     return {t.name: t.target_commit for t in refs.tags}
 
 
-def read_card_metadata(repo_id: str, revision: str) -> dict[str, Any]:
-    from huggingface_hub import DatasetCard
+def load_card(repo_id: str, revision: str | None = None):
+    """The dataset card of `repo_id` as it was at `revision` (a tag, branch or sha)."""
+    from huggingface_hub import DatasetCard, hf_hub_download
 
-    card = DatasetCard.load(repo_id, revision=revision, repo_type="dataset")
-    return card.data.to_dict()
+    return DatasetCard.load(hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision))
+
+
+def read_card_metadata(repo_id: str, revision: str) -> dict[str, Any]:
+    return load_card(repo_id, revision).data.to_dict()
 
 
 def publish(

@@ -29,10 +29,10 @@ class Stage:
     config_class: type
     # output column -> dtype ("string", "int64", "float32", "bool", "list<int64>", ...); checked on every chunk
     output_columns: Mapping[str, str]
-    # columns map_batch produces when they differ from the published ones (e.g. a status that finalize filters on)
-    map_columns: Mapping[str, str] | None = None
     # batched map over the (possibly sharded) input: a batch in, a batch out (may change the row count)
     map_batch: Callable[[Batch, StageContext], Batch]
+    # columns map_batch produces when they differ from the published ones (e.g. a status that finalize filters on)
+    map_columns: Mapping[str, str] | None = None
     input_columns: tuple[str, ...] = ()
     # models etc., loaded once per process/worker; its result lands in ctx.resources
     setup: Callable[[StageContext], Any] | None = None

@@ -11,8 +11,8 @@ run hub push samples/queries/chatterbot.jsonl local/chatterbot-queries --tag sam
 run collect_queries --config hf_pipeline/configs/quickstart.yaml
 .venv/bin/python - <<'PY'
 from datasets import load_dataset
-from huggingface_hub import DatasetCard
-tag = DatasetCard.load("local/fi-queries", repo_type="dataset").data.hf_pipeline["tag"]
+from hf_pipeline.hub_io import load_card
+tag = load_card("local/fi-queries").data.hf_pipeline["tag"]
 ds = load_dataset("local/fi-queries", revision=tag, split="train")
 print(f"\nloaded {len(ds)} queries with load_dataset('local/fi-queries', revision='{tag}'); first three:")
 for row in ds.select(range(3)):

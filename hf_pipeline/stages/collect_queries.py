@@ -23,7 +23,14 @@ import yaml
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.decontamination import NgramIndex
-from hf_pipeline.text.queries import SourceMapping, check_query, dedup_key, first_user_message, normalize_whitespace, query_id
+from hf_pipeline.text.queries import (
+    SourceMapping,
+    check_query,
+    dedup_key,
+    extract_first_user_message,
+    normalize_whitespace,
+    query_id,
+)
 
 SHIPPED_SOURCES = Path(__file__).resolve().parent.parent / "configs" / "query_sources.yaml"
 # The paper's sources that have a public dataset with a shipped mapping (Reddit QA and the prompt
@@ -39,27 +46,23 @@ def shipped_sources() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(SHIPPED_SOURCES.read_text())["sources"]
 
 
-@dataclass
-class QuerySource:
-    """One query dataset: a shipped source by `name`, or any dataset with an inline `mapping`."""
+def source_mapping(entry: dict[str, Any]) -> SourceMapping:
+    """A configured source: a shipped source by `name`, with any of its keys overridden, or a new one in full."""
+    name = entry.get("name")
+    if not name:
+        raise PipelineError(f"query source {entry!r} needs a name.")
+    merged = {**shipped_sources().get(name, {}), **entry}
+    if "dataset" not in merged:
+        known = ", ".join(sorted(shipped_sources()))
+        raise PipelineError(f"query source '{name}' is not a shipped source ({known}); give it a dataset and a mapping.")
+    try:
+        return SourceMapping.from_dict(merged)
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"query source '{name}': {e}.") from None
 
-    name: str = field(metadata={"help": "source label written to the `source` column; a shipped name needs nothing else"})
-    dataset: str | None = field(default=None, metadata={"help": "org/name[@revision] or local path (default: the shipped one)"})
-    mapping: dict | None = field(default=None, metadata={"help": "where the first user message is (default: the shipped one)"})
-    split: str | None = None
-    subset: str | None = None
 
-    def resolved(self) -> tuple[str, SourceMapping, str, str | None]:
-        """(dataset ref, mapping, split, subset), filling unset parts from the shipped source of that name."""
-        shipped = shipped_sources().get(self.name, {})
-        dataset = self.dataset or shipped.get("dataset")
-        mapping = self.mapping or shipped.get("mapping")
-        if not dataset or not mapping:
-            known = ", ".join(sorted(shipped_sources()))
-            raise PipelineError(
-                f"query source '{self.name}' is not a shipped source ({known}); give it a dataset and a mapping."
-            )
-        return dataset, SourceMapping.from_dict(mapping), self.split or shipped.get("split", "train"), self.subset or shipped.get("subset")
+def source_ref(mapping: SourceMapping) -> str:
+    return f"{mapping.dataset}@{mapping.revision}" if mapping.revision else mapping.dataset
 
 
 @dataclass
@@ -74,9 +77,9 @@ class BenchmarkSet:
 
 @dataclass
 class CollectQueriesConfig:
-    sources: list[QuerySource] = field(
-        default_factory=lambda: [QuerySource(name=n) for n in PAPER_SOURCES],
-        metadata={"help": "query datasets, each a shipped source name or {name, dataset, mapping, split, subset}"},
+    sources: list[dict] = field(
+        default_factory=lambda: [{"name": n} for n in PAPER_SOURCES],
+        metadata={"help": "query datasets: {name: <shipped source>} or {name, dataset, column | conversation_column, ...}"},
     )
     max_chars: int = field(default=8000, metadata={"help": "drop queries longer than this (too_long)"})
     dedupe: str = field(default="normalized", metadata={"help": "'exact', 'normalized' (exact, then case/punct-insensitive) or 'none'"})
@@ -97,39 +100,44 @@ class CollectQueriesConfig:
     moderation_threshold: float = field(default=0.5, metadata={"help": "score at or above which a harmful label drops a query"})
 
 
-def source_refs(config: CollectQueriesConfig) -> list[str]:
-    return [s.resolved()[0] for s in config.sources] + [b.dataset for b in config.benchmarks]
+def input_refs(config: CollectQueriesConfig) -> list[str]:
+    check_config(config)
+    return [source_ref(source_mapping(s)) for s in config.sources] + [b.dataset for b in config.benchmarks]
 
 
 def load_sources(ctx: StageContext):
     """All sources as one dataset of (source, raw, problem): the user's first message, or why there is none."""
     import datasets
 
+    features = datasets.Features(
+        {"source": datasets.Value("string"), "raw": datasets.Value("string"), "problem": datasets.Value("string")}
+    )
     parts = []
-    for source in ctx.config.sources:
-        ref, mapping, split, subset = source.resolved()
-        ds = ctx.load(ref, split=split, name=subset)
-        missing = [c for c in mapping.required_columns() if c not in ds.column_names]
-        if missing:
-            raise PipelineError(
-                f"query source '{source.name}' ({ref}) lacks column '{missing[0]}' named by its mapping "
-                f"(it has: {', '.join(ds.column_names)})."
-            )
+    for entry in ctx.config.sources:
+        mapping = source_mapping(entry)
+        ref = source_ref(mapping)
+        needed = [mapping.column or mapping.conversation_column, *mapping.where]
 
-        def extract(batch: dict[str, list], name: str = source.name, mapping: SourceMapping = mapping) -> dict[str, list]:
-            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            found = [first_user_message(row, mapping) for row in rows]
+        def extract(batch: dict[str, list], mapping: SourceMapping = mapping) -> dict[str, list]:
+            found = [extract_first_user_message(dict(zip(batch, values)), mapping) for values in zip(*batch.values())]
             return {
-                "source": [name] * len(rows),
-                "raw": [text if isinstance(text, str) else None for text, _ in found],
-                "problem": [problem or "" for _, problem in found],
+                "source": [mapping.name] * len(found),
+                "raw": [f.text for f in found],
+                "problem": [f.drop_reason or "" for f in found],
             }
 
-        parts.append(
-            ds.map(extract, batched=True, remove_columns=ds.column_names, desc=f"reading {source.name}",
-                   features=datasets.Features({"source": datasets.Value("string"), "raw": datasets.Value("string"),
-                                               "problem": datasets.Value("string")}))
-        )
+        for split in mapping.splits:
+            ds = ctx.load(ref, split=split, name=mapping.config)
+            missing = [c for c in needed if c not in ds.column_names]
+            if missing:
+                raise PipelineError(
+                    f"query source '{mapping.name}' ({ref}) lacks column '{missing[0]}' named by its mapping "
+                    f"(it has: {', '.join(ds.column_names)})."
+                )
+            parts.append(
+                ds.map(extract, batched=True, remove_columns=ds.column_names, features=features,
+                       desc=f"reading {mapping.name} ({split})")
+            )
     return datasets.concatenate_datasets(parts)
 
 
@@ -209,11 +217,6 @@ def check_config(config: CollectQueriesConfig) -> None:
         raise PipelineError(f"config key 'dedupe' must be 'exact', 'normalized' or 'none', got {config.dedupe!r}.")
     if not config.sources:
         raise PipelineError("collect_queries needs at least one query source (config key 'sources').")
-
-
-def input_refs(config: CollectQueriesConfig) -> list[str]:
-    check_config(config)
-    return source_refs(config)
 
 
 STAGE = Stage(

@@ -1,0 +1,700 @@
+"""A local, Hugging Face Hub-compatible endpoint for offline runs and tests.
+
+Point the real clients at it with ``HF_ENDPOINT=http://127.0.0.1:PORT`` and ``HF_HUB_DISABLE_XET=1``.
+
+Repositories are plain git repositories in olah's "mirror" layout,
+``ROOT/mirrors/{models,datasets,spaces}/ORG/NAME/.git``, with LFS content stored as pointer files in git and
+the objects under ``.git/lfs/objects/aa/bb/OID`` (the path olah's ``LocalMirrorRepo`` reads; it builds it from
+the working directory, which is why the repositories are non-bare, although no working tree is ever checked out).
+
+Reads are served by olah's mirror backend (``LocalMirrorRepo``: metadata, refs, trees, paths-info) behind our own
+routes, which first resolve the repository and revision so the client gets Hub-style errors
+(``X-Error-Code: RepoNotFound / RevisionNotFound / EntryNotFound``), and which pass olah a full commit sha so no
+branch or tag can be served stale. olah's own router is mounted last, offline, for anything else. We serve file
+downloads (``/resolve``) and commit history ourselves: olah's versions ignore ``Range`` (which ``HfFileSystem`` and
+pyarrow rely on), send no ``ETag``/``X-Repo-Commit`` on GET, and list commits in a shape ``list_repo_commits``
+cannot parse. Writes (repos, preupload, LFS batch/upload, NDJSON commits, branches, tags) are ours too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+from urllib.parse import parse_qs, unquote
+
+import git
+import yaml
+from gitdb import IStream
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+from olah.configs import OlahConfig
+from olah.mirror.repos import LocalMirrorRepo
+from olah.server_routes import router as olah_router
+
+USER = "local"
+DEFAULT_BRANCH = "main"
+REPO_TYPES = {"model": "models", "dataset": "datasets", "space": "spaces"}  # API type -> URL/mirror folder
+URL_PREFIX = {"models": "", "datasets": "datasets/", "spaces": "spaces/"}
+NAME_RE = re.compile(r"[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+SHA1_RE = re.compile(r"[0-9a-f]{40}")
+OID_RE = re.compile(r"[0-9a-f]{64}")
+POINTER_RE = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n?")
+POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": USER, "GIT_AUTHOR_EMAIL": f"{USER}@localhost",
+    "GIT_COMMITTER_NAME": USER, "GIT_COMMITTER_EMAIL": f"{USER}@localhost",
+    "TZ": "UTC",  # olah prints commit dates with a "Z" suffix whatever their offset: make that true
+}
+# Patterns stored as LFS, as in the .gitattributes the Hub puts in every new repo (abridged).
+LFS_PATTERNS = [
+    "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lz4", "*.mlmodel",
+    "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle", "*.pkl", "*.pt",
+    "*.pth", "*.rar", "*.safetensors", "*.tar", "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*.gguf",
+    "*.jpg", "*.jpeg", "*.png", "*.webp", "*.mp3", "*.wav", "*.flac", "*.ogg", "*.mp4", "*tfevents*",
+]
+GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
+REGULAR_MAX_SIZE = 10 * 1024 * 1024  # the Hub refuses non-LFS files above 10 MB
+
+
+class HubError(Exception):
+    """An error answered the way the Hub does, so ``hf_raise_for_status`` maps it to the right exception."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+    def response(self) -> JSONResponse:
+        # Headers must be latin-1: keep the (possibly non-ASCII) details in the JSON body only.
+        headers = {"X-Error-Message": self.message.encode("ascii", "replace").decode(), **self.headers}
+        if self.code:
+            headers["X-Error-Code"] = self.code
+        return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
+
+
+class Store:
+    """The repositories under ``root``: lookup, revision resolution and every git write (under a per-repo lock)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.mirrors = self.root / "mirrors"
+        for repo_type in REPO_TYPES.values():
+            (self.mirrors / repo_type).mkdir(parents=True, exist_ok=True)
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- lookup ---------------------------------------------------------------------------------------------
+    def path(self, repo_type: str, org: str, name: str) -> Path:
+        """Mirror folder of a repo; names are validated so a request can never escape ``root``."""
+        valid = all(NAME_RE.fullmatch(p) and ".." not in p and not p.endswith(".git") for p in (org, name))
+        if repo_type not in URL_PREFIX or not valid:
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        return self.mirrors / repo_type / org / name
+
+    def find(self, repo_type: str, org: str, name: str) -> Path:
+        path = self.path(repo_type, org, name)
+        if not (path / ".git").is_dir():
+            raise HubError(404, f"Repository {org}/{name} not found", "RepoNotFound")
+        return path
+
+    def lock(self, path: Path) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(path, threading.Lock())
+
+    @staticmethod
+    def lfs_object(path: Path, oid: str) -> Path:
+        return path / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+
+    @staticmethod
+    def resolve(path: Path, revision: str) -> str:
+        """Commit sha of a branch, tag, full sha or full ref name; RevisionNotFound otherwise.
+
+        Refs are read from disk on every call (no cache), so a new commit or tag is visible immediately.
+        """
+        if SHA1_RE.fullmatch(revision):
+            candidates = [revision]
+        else:
+            candidates = [f"refs/heads/{revision}", f"refs/tags/{revision}"]
+            candidates += [revision] if revision.startswith("refs/") else []
+        with git.Repo(path) as repo:
+            for candidate in candidates:
+                try:
+                    return repo.commit(candidate).hexsha
+                except (ValueError, IndexError, git.BadName, git.BadObject):
+                    continue
+        raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+
+    # -- writes ---------------------------------------------------------------------------------------------
+    def create_repo(self, repo_type: str, org: str, name: str) -> bool:
+        """Create an empty repo plus the Hub's initial ``.gitattributes`` commit; False if it already exists."""
+        path = self.path(repo_type, org, name)
+        with self.lock(path):
+            if (path / ".git").is_dir():
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Build it next to its final place and rename, so readers never see a half-made repository.
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}.creating-"))
+            subprocess.run(["git", "init", "-q", "-b", DEFAULT_BRANCH, str(tmp)], check=True, capture_output=True)
+            with git.Repo(tmp) as repo:
+                gitattributes = ("100644", _blob(repo, GITATTRIBUTES.encode()))
+            self._commit_tree(tmp, DEFAULT_BRANCH, None, {".gitattributes": gitattributes}, "initial commit")
+            os.replace(tmp, path)
+            return True
+
+    def delete_repo(self, repo_type: str, org: str, name: str) -> None:
+        path = self.find(repo_type, org, name)
+        with self.lock(path):
+            trash = path.parent / f".{name}.deleting-{os.getpid()}-{threading.get_ident()}"
+            os.replace(path, trash)  # atomic for readers; the slow delete happens out of sight
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def commit(self, path: Path, branch: str, header: dict, operations: list[dict]) -> str:
+        """Apply NDJSON commit operations to ``branch`` as one git commit; returns its sha."""
+        with self.lock(path):
+            ref = f"refs/heads/{branch}"
+            parent = self._ref(path, ref)
+            if parent is None and self._git(path, "for-each-ref", "--count=1", "refs/heads/"):
+                # Only a repository without any branch may get a new branch from a commit.
+                raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+            expected = (header.get("parentCommit") or "").lower()
+            if expected and not (parent or "").startswith(expected):
+                raise HubError(412, "A commit has happened since. Please refresh and try again.")
+            files = self._ls_tree(path, parent) if parent else {}
+            with git.Repo(path) as repo:
+                for op in operations:
+                    self._apply(repo, path, files, op["key"], op.get("value") or {})
+            for p in files:  # one pass instead of a check per operation: no file may sit where a folder is
+                parents = p.split("/")[:-1]
+                if any("/".join(parents[:i]) in files for i in range(1, len(parents) + 1)):
+                    raise HubError(400, f"{p} conflicts with a file at one of its parent paths")
+            message = header.get("summary") or "Upload files"
+            if header.get("description"):
+                message += "\n\n" + header["description"]
+            return self._commit_tree(path, branch, parent, files, message)
+
+    def _apply(self, repo: git.Repo, path: Path, files: dict[str, tuple[str, str]], key: str, value: dict) -> None:
+        target = _clean_path(value.get("path", ""))
+        if key == "file":
+            content = value.get("content", "")
+            data = base64.b64decode(content) if value.get("encoding", "base64") == "base64" else content.encode()
+            files[target] = ("100644", _blob(repo, data))
+        elif key == "lfsFile":
+            oid = str(value.get("oid", "")).lower()
+            obj = self.lfs_object(path, oid) if OID_RE.fullmatch(oid) else None
+            if obj is None or not obj.is_file():
+                raise HubError(422, f"LFS object {oid} for {target} was not uploaded (call the LFS batch API first)")
+            files[target] = ("100644", _blob(repo, POINTER.format(oid=oid, size=obj.stat().st_size).encode()))
+        elif key == "deletedFile":
+            if files.pop(target, None) is None:
+                raise HubError(404, f"A file with this name doesn't exist: {target}", "EntryNotFound")
+        elif key == "deletedFolder":
+            under = [p for p in files if p.startswith(target.rstrip("/") + "/")]
+            if not under:
+                raise HubError(404, f"A folder with this name doesn't exist: {target}", "EntryNotFound")
+            for p in under:
+                del files[p]
+        else:
+            raise HubError(400, f"Unsupported commit operation: {key}")
+
+    def set_ref(self, path: Path, ref: str, sha: str | None, *, must_exist: bool, message: str | None = None) -> None:
+        """Create (``sha``) or delete (``None``) a branch or tag, with Hub-style 409/404 answers."""
+        with self.lock(path):
+            current = self._ref(path, ref)
+            if must_exist and current is None:
+                raise HubError(404, f"Invalid rev id: {ref.split('/', 2)[-1]}", "RevisionNotFound")
+            if not must_exist and current is not None:
+                raise HubError(409, f"Reference already exists: {ref}")
+            if subprocess.run(["git", "check-ref-format", ref], capture_output=True).returncode:
+                raise HubError(400, f"Invalid reference name: {ref}")
+            if sha is None:
+                self._git(path, "update-ref", "-d", ref)
+            elif message and ref.startswith("refs/tags/"):  # annotated tag, like the Hub's tag messages
+                self._git(path, "tag", "-a", "-m", message, ref[len("refs/tags/"):], sha)
+            else:
+                self._git(path, "update-ref", ref, sha, "0" * 40)
+
+    # -- git plumbing (the repository never needs a checked-out working tree) ---------------------------------
+    @staticmethod
+    def _git(path: Path, *args: str, data: bytes | None = None, env: dict | None = None) -> str:
+        proc = subprocess.run(["git", "--git-dir", str(path / ".git"), *args], input=data, capture_output=True,
+                              env={**os.environ, **GIT_IDENTITY, **(env or {})})
+        if proc.returncode:
+            raise HubError(500, f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout.decode().strip()
+
+    def _ref(self, path: Path, ref: str) -> str | None:
+        proc = subprocess.run(["git", "--git-dir", str(path / ".git"), "rev-parse", "-q", "--verify",
+                               f"{ref}^{{commit}}"], capture_output=True)
+        if proc.returncode:
+            return None
+        return proc.stdout.decode().strip()
+
+    def _ls_tree(self, path: Path, sha: str) -> dict[str, tuple[str, str]]:
+        out = subprocess.run(["git", "--git-dir", str(path / ".git"), "ls-tree", "-r", "-z", sha],
+                             capture_output=True, check=True).stdout.decode()
+        files = {}
+        for entry in filter(None, out.split("\0")):
+            meta, name = entry.split("\t", 1)
+            mode, _, blob = meta.split()
+            files[name] = (mode, blob)
+        return files
+
+    def _commit_tree(self, path: Path, branch: str, parent: str | None, files: dict, message: str) -> str:
+        with tempfile.TemporaryDirectory() as tmp:  # a throwaway index keeps the repo's own index untouched
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            entries = "".join(f"{mode} {blob}\t{p}\0" for p, (mode, blob) in files.items())
+            self._git(path, "update-index", "-z", "--index-info", data=entries.encode(), env=env)
+            tree = self._git(path, "write-tree", env=env)
+        sha = self._git(path, "commit-tree", tree, *(["-p", parent] if parent else []), "-F", "-",
+                        data=message.encode())
+        # Compare-and-swap on the branch: a concurrent writer outside this process cannot be silently overwritten.
+        self._git(path, "update-ref", f"refs/heads/{branch}", sha, parent or "0" * 40)
+        return sha
+
+
+def _blob(repo: git.Repo, data: bytes) -> str:
+    """Write a blob through GitPython's loose-object store: no subprocess per file in big commits."""
+    return repo.odb.store(IStream("blob", len(data), io.BytesIO(data))).binsha.hex()
+
+
+def _clean_path(path: str) -> str:
+    path = path.strip("/")
+    if not path or any(p in ("", ".", "..") for p in path.split("/")) or path.split("/")[0] == ".git":
+        raise HubError(400, f"Invalid path in repo: {path!r}")
+    return path
+
+
+def _is_lfs(path: str, size: int, sample: bytes, patterns: list[str]) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return size > REGULAR_MAX_SIZE or b"\0" in sample or any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def path_infos(path: Path, sha: str, paths: list[str]) -> list[dict]:
+    """Hub ``paths-info`` entries for those of ``paths`` that exist at commit ``sha``.
+
+    Two ``git cat-file`` calls for any number of paths: olah's lookup re-reads every entry of each folder on the
+    way for every path (minutes for a thousand files in one folder).
+    """
+    paths = [p for p in dict.fromkeys(paths) if p and "\n" not in p]
+    if not paths:
+        return []
+    checks = _cat_file(path, "--batch-check", "".join(f"{sha}:{p}\n" for p in paths).encode()).decode().splitlines()
+    infos = []
+    for p, line in zip(paths, checks):  # each line: "<oid> <type> <size>", or "<request> missing"
+        fields = line.split()
+        if line.endswith((" missing", " ambiguous")) or len(fields) != 3 or fields[1] not in ("blob", "tree"):
+            continue
+        oid, kind, size = fields
+        infos.append({"type": "file" if kind == "blob" else "directory", "oid": oid,
+                      "size": int(size) if kind == "blob" else 0, "path": p})
+    small = [info for info in infos if info["type"] == "file" and info["size"] < 200]  # maybe an LFS pointer
+    if small:
+        out = _cat_file(path, "--batch", "".join(f"{info['oid']}\n" for info in small).encode())
+        for info in small:  # each record: "<oid> blob <size>\n<content>\n"
+            header, out = out.split(b"\n", 1)
+            size = int(header.split()[2])
+            content, out = out[:size], out[size + 1:]
+            pointer = POINTER_RE.fullmatch(content)
+            if pointer:
+                info["lfs"] = {"oid": pointer.group(1).decode(), "size": int(pointer.group(2)), "pointerSize": size}
+                info["size"] = int(pointer.group(2))
+    return infos
+
+
+def _cat_file(path: Path, mode: str, requests: bytes) -> bytes:
+    return subprocess.run(["git", "--git-dir", str(path / ".git"), "cat-file", mode], input=requests,
+                          capture_output=True, check=True).stdout
+
+
+def _last_commit(path: Path, sha: str, path_in_repo: str) -> dict | None:
+    """The ``lastCommit`` of an expanded tree/paths-info entry: the latest commit touching it up to ``sha``."""
+    out = subprocess.run(["git", "--git-dir", str(path / ".git"), "log", "-1", "--format=%H%x00%s%x00%ct", sha,
+                          "--", path_in_repo], capture_output=True, check=True).stdout.decode().strip()
+    if not out:
+        return None
+    oid, title, timestamp = out.split("\0")
+    return {"id": oid, "title": title, "date": _hub_date(datetime.fromtimestamp(int(timestamp), timezone.utc))}
+
+
+def _lfs_patterns(path: Path, sha: str | None) -> list[str]:
+    if sha is None:
+        return LFS_PATTERNS
+    with git.Repo(path) as repo:
+        try:
+            text = (repo.commit(sha).tree / ".gitattributes").data_stream.read().decode()
+        except KeyError:
+            return LFS_PATTERNS
+    return [line.split()[0] for line in text.splitlines() if "filter=lfs" in line and line.split()]
+
+
+def _raw_rev_and_path(request: Request, marker: str, start: int) -> tuple[str, str]:
+    """Split ``.../{marker}/{revision}/{path}`` from the raw URL: the client %-encodes '/' in revisions."""
+    parts = request.scope["raw_path"].decode().split("/")
+    i = parts.index(marker, start)
+    return unquote(parts[i + 1]), "/".join(unquote(p) for p in parts[i + 2:])
+
+
+def _hub_date(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")  # the one format the client parses
+
+
+def _json_safe(data: Any) -> Any:
+    # Card YAML may hold dates; olah returns them as Python objects.
+    return json.loads(json.dumps(data, default=str))
+
+
+def create_app(root: Path) -> FastAPI:
+    """Build the ASGI app serving every repository under ``root`` (created if missing)."""
+    store = Store(root)
+    app = FastAPI(title="hf_pipeline local hub")
+    # olah's handlers read their settings from app.state. Offline, with an unroutable upstream: a route we did not
+    # override must never reach huggingface.co.
+    config = OlahConfig()
+    config.offline = True
+    config.mirrors_path = [str(store.mirrors)]
+    config.repos_path = str(store.root / "olah-cache")
+    config.hf_scheme, config.hf_netloc, config.hf_lfs_netloc = "http", "127.0.0.1:9", "127.0.0.1:9"
+    config.metadata_cache_ttl = 0  # its ref -> sha cache would serve a moved branch stale; our routes never use it
+    app.state.app_settings = SimpleNamespace(config=config)
+    app.state.logger = None
+    app.state.templates = None  # olah's HTML pages are shadowed by index() below
+    app.state.store = store
+
+    @app.exception_handler(HubError)
+    async def _hub_error(_: Request, exc: HubError) -> JSONResponse:
+        return exc.response()
+
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    @contextmanager
+    def olah_repo(path: Path, repo_type: str, org: str, name: str) -> Iterator[LocalMirrorRepo]:
+        mirror = LocalMirrorRepo(str(path), repo_type, org, name)
+        try:
+            yield mirror
+        finally:
+            mirror._git_repo.close()  # drop the persistent `git cat-file` processes right away
+
+    def with_olah(repo_type: str, org: str, name: str, fn) -> Any:
+        with olah_repo(store.find(repo_type, org, name), repo_type, org, name) as mirror:
+            return fn(mirror)
+
+    # -- identity and validation --------------------------------------------------------------------------------
+    @app.get("/api/local/health")
+    def health() -> dict:
+        return {"status": "ok", "root": str(store.root)}
+
+    @app.get("/")
+    @app.get("/repos")
+    def index() -> dict:
+        """What this hub holds (replaces olah's HTML pages, whose templating fails on this Starlette)."""
+        return {kind: sorted(f"{p.parent.name}/{p.name}" for p in (store.mirrors / kind).glob("*/*")
+                             if (p / ".git").is_dir()) for kind in URL_PREFIX}
+
+    @app.get("/api/whoami-v2")
+    def whoami() -> dict:
+        return {"type": "user", "id": USER, "name": USER, "fullname": "Local Hub User", "email": None,
+                "orgs": [], "isPro": False, "canPay": False,
+                "auth": {"type": "access_token", "accessToken": {"displayName": USER, "role": "write"}}}
+
+    @app.post("/api/validate-yaml")
+    async def validate_yaml(request: Request) -> JSONResponse:
+        content = (await request.json()).get("content", "")
+        match = re.match(r"\s*---\n(.*?)\n---", content, flags=re.S)
+        try:
+            if match and not isinstance(yaml.safe_load(match.group(1)) or {}, dict):
+                raise yaml.YAMLError("metadata must be a mapping")
+        except yaml.YAMLError as err:
+            return JSONResponse({"errors": [{"message": str(err)}], "warnings": []}, status_code=400)
+        return JSONResponse({"errors": [], "warnings": []})
+
+    # -- repositories -----------------------------------------------------------------------------------------
+    def _repo_from_payload(payload: dict) -> tuple[str, str, str]:
+        repo_type = REPO_TYPES.get(payload.get("type") or "model")
+        if repo_type is None:
+            raise HubError(400, f"Unsupported repo type: {payload.get('type')}")
+        return repo_type, payload.get("organization") or USER, payload.get("name") or ""
+
+    @app.post("/api/repos/create")
+    def create_repo(request: Request, payload: dict) -> JSONResponse:
+        repo_type, org, name = _repo_from_payload(payload)
+        url = f"{base(request)}/{URL_PREFIX[repo_type]}{org}/{name}"
+        if not store.create_repo(repo_type, org, name):
+            return JSONResponse({"error": f"You already created this {repo_type[:-1]} repo", "url": url}, 409)
+        return JSONResponse({"url": url, "name": f"{org}/{name}", "id": f"{org}/{name}"})
+
+    @app.delete("/api/repos/delete")
+    def delete_repo(payload: dict) -> dict:
+        store.delete_repo(*_repo_from_payload(payload))
+        return {}
+
+    # -- reads, through olah's mirror backend once repo and revision are known to exist ------------------------
+    @app.api_route("/api/{repo_type}/{org}/{name}", methods=["GET", "HEAD"])
+    @app.api_route("/api/{repo_type}/{org}/{name}/revision/{revision:path}", methods=["GET", "HEAD"])
+    def repo_info(request: Request, repo_type: str, org: str, name: str, revision: str = DEFAULT_BRANCH) -> dict:
+        sha = store.resolve(store.find(repo_type, org, name), revision)
+        meta = _json_safe(with_olah(repo_type, org, name, lambda m: m.get_meta(sha)))
+        if request.query_params.get("blobs") in ("1", "true", "True"):  # files_metadata=True
+            tree = with_olah(repo_type, org, name, lambda m: m.get_tree(sha, "", recursive=True)) or []
+            info = {item["path"]: item for item in tree if item["type"] == "file"}
+            for sibling in meta["siblings"]:
+                item = info.get(sibling["rfilename"], {})
+                sibling.update(blobId=item.get("oid"), size=item.get("size"))
+                if "lfs" in item:  # siblings name the LFS hash "sha256" where trees call it "oid"
+                    lfs = item["lfs"]
+                    sibling["lfs"] = {"sha256": lfs["oid"], "size": lfs["size"], "pointerSize": lfs["pointerSize"]}
+        return meta
+
+    @app.get("/api/{repo_type}/{org}/{name}/refs")
+    def list_refs(repo_type: str, org: str, name: str, include_prs: bool = False) -> dict:
+        return with_olah(repo_type, org, name, lambda m: m.get_refs(include_prs=include_prs))
+
+    @app.api_route("/api/{repo_type}/{org}/{name}/tree/{rest:path}", methods=["GET", "HEAD"])
+    def list_tree(request: Request, repo_type: str, org: str, name: str, rest: str,
+                  recursive: bool = False, expand: bool = False) -> list:
+        revision, path_in_repo = _raw_rev_and_path(request, "tree", 5)
+        sha = store.resolve(store.find(repo_type, org, name), revision)
+        # olah's expand takes each lastCommit from HEAD, not from this revision: we add those ourselves.
+        items = with_olah(repo_type, org, name, lambda m: m.get_tree(sha, path_in_repo, recursive))
+        if items is None:  # olah answers None for a missing path or a file
+            raise HubError(404, f"{path_in_repo} does not exist on {revision}", "EntryNotFound")
+        if expand:
+            path = store.find(repo_type, org, name)
+            for item in items:
+                item["lastCommit"] = _last_commit(path, sha, item["path"])
+        return items
+
+    @app.post("/api/{repo_type}/{org}/{name}/paths-info/{revision:path}")
+    async def paths_info(request: Request, repo_type: str, org: str, name: str, revision: str) -> list:
+        # The client form-encodes `paths`; parse it directly so long path lists hit no form field limit.
+        form = parse_qs((await request.body()).decode())
+        paths = [p.strip("/") for p in form.get("paths", [])]
+        path = store.find(repo_type, org, name)
+        sha = await run_in_threadpool(store.resolve, path, revision)
+        infos = await run_in_threadpool(path_infos, path, sha, paths)
+        if form.get("expand", ["false"])[0].lower() == "true":
+            for info in infos:
+                info["lastCommit"] = _last_commit(path, sha, info["path"])
+        return infos
+
+    @app.get("/api/{repo_type}/{org}/{name}/commits/{revision:path}")
+    def list_commits(repo_type: str, org: str, name: str, revision: str) -> list:
+        path = store.find(repo_type, org, name)
+        sha = store.resolve(path, revision)
+        with git.Repo(path) as repo:  # olah's commit list lacks authors[].user, which the client requires
+            return [{"id": c.hexsha, "title": c.summary, "message": c.message.partition("\n")[2].strip(),
+                     "authors": [{"user": c.author.name, "avatar": None}],
+                     "date": _hub_date(c.committed_datetime)} for c in repo.iter_commits(sha)]
+
+    def resolve_file(request: Request, repo_type: str, org: str, name: str, marker_at: int) -> Response:
+        revision, path_in_repo = _raw_rev_and_path(request, "resolve", marker_at)
+        path = store.find(repo_type, org, name)
+        sha = store.resolve(path, revision)
+        commit_header = {"X-Repo-Commit": sha}
+        with git.Repo(path) as repo:
+            try:
+                blob = repo.commit(sha).tree / path_in_repo if path_in_repo else None
+            except KeyError:
+                blob = None
+            if blob is None or blob.type != "blob":
+                raise HubError(404, f"{path_in_repo} does not exist on {revision}", "EntryNotFound", commit_header)
+            data = blob.data_stream.read()
+            blob_sha = blob.hexsha
+        pointer = POINTER_RE.fullmatch(data) if len(data) < 200 else None
+        headers = {**commit_header, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        if pointer:
+            oid = pointer.group(1).decode()
+            obj = store.lfs_object(path, oid)
+            if not obj.is_file():
+                raise HubError(404, f"LFS object of {path_in_repo} is missing", "EntryNotFound", commit_header)
+            headers.update({"ETag": f'"{oid}"', "X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(obj.stat().st_size)})
+            return FileResponse(obj, headers=headers, media_type="application/octet-stream")
+        headers["ETag"] = f'"{blob_sha}"'
+        return _bytes_response(request, data, headers)
+
+    @app.api_route("/{repo_type}/{org}/{name}/resolve/{rest:path}", methods=["GET", "HEAD"])
+    def resolve_typed(request: Request, repo_type: str, org: str, name: str, rest: str) -> Response:
+        if repo_type not in ("datasets", "spaces", "models"):
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        return resolve_file(request, repo_type, org, name, 4)
+
+    @app.api_route("/{org}/{name}/resolve/{rest:path}", methods=["GET", "HEAD"])
+    def resolve_model(request: Request, org: str, name: str, rest: str) -> Response:
+        return resolve_file(request, "models", org, name, 3)
+
+    # -- uploads: preupload, LFS batch API, LFS PUT/verify -----------------------------------------------------
+    @app.post("/api/{repo_type}/{org}/{name}/preupload/{revision:path}")
+    def preupload(repo_type: str, org: str, name: str, revision: str, payload: dict) -> dict:
+        path = store.find(repo_type, org, name)
+        try:
+            sha = store.resolve(path, revision)
+        except HubError:
+            sha = None  # a new branch in an empty repo: nothing to compare against
+        # The client skips a file whose oid it finds unchanged: the sha256 for LFS files, the git blob sha otherwise.
+        infos = path_infos(path, sha, [f["path"] for f in payload.get("files", [])]) if sha else []
+        existing = {i["path"]: i.get("lfs", {}).get("oid", i["oid"]) for i in infos if i["type"] == "file"}
+        patterns = _lfs_patterns(path, sha)
+        files = [{"path": f["path"], "shouldIgnore": False, "oid": existing.get(f["path"]),
+                  "uploadMode": "lfs" if _is_lfs(f["path"], int(f.get("size", 0)),
+                                                 base64.b64decode(f.get("sample", "")), patterns) else "regular"}
+                 for f in payload.get("files", [])]
+        return {"files": files, "commitOid": sha}
+
+    def lfs_batch(request: Request, repo_type: str, org: str, name: str, payload: dict) -> JSONResponse:
+        path = store.find(repo_type, org, name)
+        operation = payload.get("operation", "upload")
+        href = f"{base(request)}/api/local/lfs/{repo_type}/{org}/{name}"
+        objects = []
+        for obj in payload.get("objects", []):
+            oid, size = str(obj.get("oid", "")), int(obj.get("size", 0))
+            if not OID_RE.fullmatch(oid):
+                objects.append({"oid": oid, "size": size, "error": {"code": 422, "message": "Invalid oid"}})
+                continue
+            stored = store.lfs_object(path, oid)
+            present = stored.is_file() and stored.stat().st_size == size
+            entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+            if operation == "download":
+                entry.update({"actions": {"download": {"href": f"{href}/{oid}"}}} if present else
+                             {"error": {"code": 404, "message": "Object does not exist"}})
+            elif not present:  # "upload": no actions means the client skips an object we already hold
+                entry["actions"] = {"upload": {"href": f"{href}/{oid}"}, "verify": {"href": f"{href}/verify"}}
+            objects.append(entry)
+        return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                            media_type="application/vnd.git-lfs+json")
+
+    @app.post("/{repo_type}/{org}/{name}.git/info/lfs/objects/batch")
+    def lfs_batch_typed(request: Request, repo_type: str, org: str, name: str, payload: dict) -> JSONResponse:
+        return lfs_batch(request, repo_type, org, name, payload)
+
+    @app.post("/{org}/{name}.git/info/lfs/objects/batch")
+    def lfs_batch_model(request: Request, org: str, name: str, payload: dict) -> JSONResponse:
+        return lfs_batch(request, "models", org, name, payload)
+
+    @app.put("/api/local/lfs/{repo_type}/{org}/{name}/{oid}")
+    async def lfs_upload(request: Request, repo_type: str, org: str, name: str, oid: str) -> Response:
+        path = store.find(repo_type, org, name)
+        if not OID_RE.fullmatch(oid):
+            raise HubError(400, "Invalid oid")
+        final = store.lfs_object(path, oid)
+        tmp_dir = path / ".git" / "lfs" / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as tmp:
+            try:
+                async for chunk in request.stream():
+                    digest.update(chunk)
+                    tmp.write(chunk)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+        if digest.hexdigest() != oid:  # content-addressed: never store bytes under someone else's oid
+            os.unlink(tmp.name)
+            raise HubError(400, f"Uploaded content does not match oid {oid}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp.name, final)
+        return Response(status_code=200)
+
+    @app.get("/api/local/lfs/{repo_type}/{org}/{name}/{oid}")
+    def lfs_download(repo_type: str, org: str, name: str, oid: str) -> FileResponse:
+        obj = store.lfs_object(store.find(repo_type, org, name), oid)
+        if not OID_RE.fullmatch(oid) or not obj.is_file():
+            raise HubError(404, "Object does not exist", "EntryNotFound")
+        return FileResponse(obj, media_type="application/octet-stream")
+
+    @app.post("/api/local/lfs/{repo_type}/{org}/{name}/verify")
+    def lfs_verify(repo_type: str, org: str, name: str, payload: dict) -> dict:
+        obj = store.lfs_object(store.find(repo_type, org, name), str(payload.get("oid", "")))
+        if not obj.is_file() or obj.stat().st_size != int(payload.get("size", -1)):
+            raise HubError(404, "Object does not exist", "EntryNotFound")
+        return {"message": "ok"}
+
+    # -- commits, branches, tags -------------------------------------------------------------------------------
+    @app.post("/api/{repo_type}/{org}/{name}/commit/{revision:path}")
+    async def create_commit(request: Request, repo_type: str, org: str, name: str, revision: str) -> dict:
+        if request.query_params.get("create_pr") in ("1", "true", "True"):
+            raise HubError(400, "Pull requests are not supported by the local hub")
+        path = store.find(repo_type, org, name)
+        lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
+        header = next((line["value"] for line in lines if line.get("key") == "header"), {})
+        operations = [line for line in lines if line.get("key") != "header"]
+        sha = await run_in_threadpool(store.commit, path, revision, header, operations)
+        return {"commitUrl": f"{base(request)}/{URL_PREFIX[repo_type]}{org}/{name}/commit/{sha}",
+                "commitOid": sha, "pullRequestUrl": None, "success": True}
+
+    @app.post("/api/{repo_type}/{org}/{name}/branch/{branch:path}")
+    def create_branch(repo_type: str, org: str, name: str, branch: str, payload: dict | None = None) -> dict:
+        path = store.find(repo_type, org, name)
+        sha = store.resolve(path, (payload or {}).get("startingPoint") or DEFAULT_BRANCH)
+        store.set_ref(path, f"refs/heads/{branch}", sha, must_exist=False)
+        return {}
+
+    @app.delete("/api/{repo_type}/{org}/{name}/branch/{branch:path}")
+    def delete_branch(repo_type: str, org: str, name: str, branch: str) -> dict:
+        if branch == DEFAULT_BRANCH:
+            raise HubError(403, "You cannot delete the default branch")
+        store.set_ref(store.find(repo_type, org, name), f"refs/heads/{branch}", None, must_exist=True)
+        return {}
+
+    @app.post("/api/{repo_type}/{org}/{name}/tag/{revision:path}")
+    def create_tag(repo_type: str, org: str, name: str, revision: str, payload: dict) -> dict:
+        path = store.find(repo_type, org, name)
+        sha = store.resolve(path, revision)
+        store.set_ref(path, f"refs/tags/{payload.get('tag', '')}", sha, must_exist=False, message=payload.get("message"))
+        return {}
+
+    @app.delete("/api/{repo_type}/{org}/{name}/tag/{tag:path}")
+    def delete_tag(repo_type: str, org: str, name: str, tag: str) -> dict:
+        store.set_ref(store.find(repo_type, org, name), f"refs/tags/{tag}", None, must_exist=True)
+        return {}
+
+    # Everything else falls through to olah's router (offline), e.g. repo ids without a namespace (RepoNotFound).
+    app.include_router(olah_router)
+    return app
+
+
+def _bytes_response(request: Request, data: bytes, headers: dict[str, str]) -> Response:
+    """Serve an in-memory git blob, honouring a single ``Range: bytes=a-b`` as HfFileSystem sends it."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", request.headers.get("range", "").strip())
+    if not match or match.groups() == ("", ""):
+        return Response(data, headers={**headers, "Content-Length": str(len(data))})
+    first, last = match.groups()
+    start = int(first) if first else max(len(data) - int(last), 0)
+    end = min(int(last), len(data) - 1) if first and last else len(data) - 1
+    if start >= len(data) or start > end:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(data)}"})
+    return Response(data[start:end + 1], status_code=206,
+                    headers={**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}",
+                             "Content-Length": str(end - start + 1)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hf_pipeline.hub.server --root ROOT --port PORT``: serve ``ROOT`` until interrupted."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path(".hub"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    # No access log: besides the noise, nothing that carries a request's headers (tokens) is ever logged.
+    uvicorn.run(create_app(args.root), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""A deliberately slow identity-like stage, run in a subprocess by test_resume.py so the test can SIGKILL it
+mid-map. It exercises the runner's checkpointing, not any stage logic."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from hf_pipeline.runner import RunOptions, run_stage
+from hf_pipeline.stage import Stage
+
+
+@dataclass
+class SlowConfig:
+    seconds_per_batch: float = 0.2
+
+
+def shout(batch, ctx):
+    time.sleep(ctx.config.seconds_per_batch)
+    return {"id": batch["id"], "loud": [t.upper() for t in batch["text"]]}
+
+
+SLOW = Stage(
+    name="slow_upper",
+    description="upper-cases text, slowly",
+    config_class=SlowConfig,
+    output_columns={"id": "int64", "loud": "string"},
+    input_columns=("id", "text"),
+    map_batch=shout,
+)
+
+if __name__ == "__main__":
+    input_path, output, work_dir = sys.argv[1:4]
+    options = RunOptions(input=input_path, output=output, work_dir=work_dir, chunk_rows=10, batch_size=5, keep_work_dir=True)
+    run_stage(SLOW, options, SlowConfig(), argv=sys.argv)

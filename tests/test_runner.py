@@ -1,0 +1,155 @@
+"""The runner end to end against the local Hub: publish, version, no-op reruns, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hf_pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+QUERIES = [
+    {"text": "What is the capital of France?"},
+    {"text": "what is the capital of france"},  # normalized duplicate
+    {"text": "What is the capital of France?"},  # exact duplicate
+    {"text": "   "},  # empty
+    {"text": "Tell me   a joke\tabout cats."},
+    {"text": "x" * 500},  # too long for max_chars=100
+    {"text": None},  # missing
+    {"text": "Which planet is closest to the sun?"},
+]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def query_repo(local_hub, tmp_path):
+    """The queries above, published to the local Hub."""
+    from hf_pipeline.hub_io import push_local_dataset
+
+    repo = f"local/queries-{tmp_path.name[-12:]}"
+    push_local_dataset(str(write_jsonl(tmp_path / "q" / "queries.jsonl", QUERIES)), repo, tag="v1")
+    return repo
+
+
+def collect_args(query_repo: str, output: str, *extra: str) -> list[str]:
+    source = json.dumps([{"name": "test", "dataset": f"{query_repo}@v1", "column": "text"}])
+    return ["collect_queries", "--output", output, "--set", f"sources={source}", "--set", "max_chars=100", *extra]
+
+
+def test_collect_queries_publishes_versioned_output_with_card(local_hub, query_repo, capsys, tmp_path):
+    from datasets import load_dataset
+    from huggingface_hub import HfApi
+
+    from hf_pipeline.hub_io import load_card
+
+    out_repo = f"local/collected-{tmp_path.name[-12:]}"
+    code, out, err = run_cli(capsys, *collect_args(query_repo, out_repo, "--tag", "first"))
+    assert code == 0, err
+    rows = load_dataset(out_repo, revision="first", split="train")
+    assert rows["query"] == ["What is the capital of France?", "Tell me a joke about cats.", "Which planet is closest to the sun?"]
+    assert set(rows["source"]) == {"test"}
+    assert len(set(rows["query_id"])) == 3
+
+    card = load_card(out_repo, revision="first")
+    meta = card.data.hf_pipeline
+    source_sha = HfApi().dataset_info(query_repo, revision="v1").sha
+    assert meta["inputs"][0]["sha"] == source_sha and meta["inputs"][0]["revision"] == "v1"
+    assert meta["counts"]["drops"] == {"duplicate_exact": 1, "duplicate_normalized": 1, "empty": 1, "too_long": 1, "missing": 1}
+    assert meta["rows_in"] == 8 and meta["rows_out"] == 3
+    assert meta["config"]["max_chars"] == 100
+    assert "collect_queries" in meta["command"]
+    assert "**not** moderated" in card.content and source_sha in card.content
+    assert "hf_local" not in card.content  # the token never reaches a card
+
+    # the same inputs and config again: a no-op naming the revision that holds the result
+    code, out, err = run_cli(capsys, *collect_args(query_repo, out_repo, "--tag", "first"))
+    assert code == 0 and "nothing to do" in out and "first" in out
+    assert len(HfApi().list_repo_refs(out_repo, repo_type="dataset").tags) == 1
+
+
+def test_two_configs_two_revisions_each_intact(local_hub, query_repo, capsys, tmp_path):
+    from datasets import load_dataset
+
+    out_repo = f"local/versions-{tmp_path.name[-12:]}"
+    assert run_cli(capsys, *collect_args(query_repo, out_repo, "--set", "dedupe=normalized"))[0] == 0
+    assert run_cli(capsys, *collect_args(query_repo, out_repo, "--set", "dedupe=exact"))[0] == 0
+    from huggingface_hub import HfApi
+
+    tags = sorted(t.name for t in HfApi().list_repo_refs(out_repo, repo_type="dataset").tags)
+    assert len(tags) == 2 and all(t.startswith("collect_queries-") for t in tags)
+    sizes = sorted(len(load_dataset(out_repo, revision=t, split="train")) for t in tags)
+    assert sizes == [3, 4]  # exact dedupe keeps the lower-cased variant too
+    # a tag reused for another config is refused rather than silently moved
+    code, _, err = run_cli(capsys, *collect_args(query_repo, out_repo, "--set", "dedupe=none", "--tag", tags[0]))
+    assert code == 2 and "already holds a different run" in err
+
+
+def test_dry_run_prints_plan_and_changes_nothing(local_hub, query_repo, capsys, tmp_path):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    out_repo = f"local/dry-{tmp_path.name[-12:]}"
+    code, out, err = run_cli(capsys, *collect_args(query_repo, out_repo, "--dry-run"))
+    assert code == 0, err
+    assert "input rows   8" in out and out_repo in out and "collect_queries-" in out
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().dataset_info(out_repo)
+
+
+def test_resume_after_sigkill_publishes_same_rows(local_hub, tmp_path):
+    from datasets import load_dataset
+
+    rows = [{"id": i, "text": f"row number {i}"} for i in range(60)]
+    data = write_jsonl(tmp_path / "in" / "rows.jsonl", rows)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    script = str(ROOT / "tests" / "slow_stage.py")
+
+    # uninterrupted reference run
+    subprocess.run([sys.executable, script, str(data), "local/slow-ref", str(tmp_path / "w1")], env=env, check=True)
+
+    work = tmp_path / "w2"
+    proc = subprocess.Popen([sys.executable, script, str(data), "local/slow-resumed", str(work)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(work.rglob("chunk-*.parquet"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p: p.stat().st_mtime_ns for p in work.rglob("chunk-*.parquet")}
+    assert 2 <= len(done_before) < 6, "the kill should land mid-map"
+
+    from hf_pipeline.runner import RunOptions, plan_run
+    from slow_stage import SLOW, SlowConfig
+
+    plan = plan_run(SLOW, RunOptions(input=str(data), output="local/slow-resumed", work_dir=str(work)), SlowConfig())
+    finished = subprocess.run(
+        [sys.executable, script, str(data), "local/slow-resumed", str(work)], env=env, check=True, capture_output=True, text=True
+    )
+    assert "done" in finished.stdout
+    # the chunks finished before the kill were not recomputed: same files, untouched
+    assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())
+    assert len(list(plan.work_dir.rglob("chunk-*.parquet"))) == 6
+
+    ref = load_dataset("local/slow-ref", revision=plan.tag, split="train")
+    resumed = load_dataset("local/slow-resumed", revision=plan.tag, split="train")
+    assert resumed["id"] == list(range(60)) and resumed["loud"] == [f"ROW NUMBER {i}" for i in range(60)]
+    assert resumed.to_list() == ref.to_list()
