@@ -302,7 +302,7 @@ def render_card(plan: RunPlan, result: RunResult, ds, seconds: float) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
 
     stage = plan.stage
-    template = CARDS_DIR / stage.card_template
+    template = Path(stage.card_template) if stage.card_template else CARDS_DIR / f"{stage.name}.md"
     if not template.exists():
         raise PipelineError(f"card template {template} is missing for stage {stage.name}.")
     lineage = {

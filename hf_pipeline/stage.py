@@ -48,7 +48,5 @@ class Stage:
     # bump when the stage's code changes its output for the same config, so caches and tags don't collide
     version: int = 1
     needs_input: bool = True
-
-    @property
-    def card_template(self) -> str:
-        return f"{self.name}.md"
+    # the card's Jinja template; default dataset_cards/<name>.md
+    card_template: str | None = None

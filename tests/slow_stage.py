@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from hf_pipeline.runner import RunOptions, run_stage
 from hf_pipeline.stage import Stage
@@ -28,6 +29,7 @@ SLOW = Stage(
     output_columns={"id": "int64", "loud": "string"},
     input_columns=("id", "text"),
     map_batch=shout,
+    card_template=str(Path(__file__).parent / "cards" / "slow_upper.md"),
 )
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote
 
 import git
 import yaml
-from gitdb import IStream
+from gitdb import IStream, LooseObjectDB
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -150,8 +150,7 @@ class Store:
             # Build it next to its final place and rename, so readers never see a half-made repository.
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}.creating-"))
             subprocess.run(["git", "init", "-q", "-b", DEFAULT_BRANCH, str(tmp)], check=True, capture_output=True)
-            with git.Repo(tmp) as repo:
-                gitattributes = ("100644", _blob(repo, GITATTRIBUTES.encode()))
+            gitattributes = ("100644", _blob(tmp, GITATTRIBUTES.encode()))
             self._commit_tree(tmp, DEFAULT_BRANCH, None, {".gitattributes": gitattributes}, "initial commit")
             os.replace(tmp, path)
             return True
@@ -175,9 +174,8 @@ class Store:
             if expected and not (parent or "").startswith(expected):
                 raise HubError(412, "A commit has happened since. Please refresh and try again.")
             files = self._ls_tree(path, parent) if parent else {}
-            with git.Repo(path) as repo:
-                for op in operations:
-                    self._apply(repo, path, files, op["key"], op.get("value") or {})
+            for op in operations:
+                self._apply(path, files, op["key"], op.get("value") or {})
             for p in files:  # one pass instead of a check per operation: no file may sit where a folder is
                 parents = p.split("/")[:-1]
                 if any("/".join(parents[:i]) in files for i in range(1, len(parents) + 1)):
@@ -187,18 +185,18 @@ class Store:
                 message += "\n\n" + header["description"]
             return self._commit_tree(path, branch, parent, files, message)
 
-    def _apply(self, repo: git.Repo, path: Path, files: dict[str, tuple[str, str]], key: str, value: dict) -> None:
+    def _apply(self, path: Path, files: dict[str, tuple[str, str]], key: str, value: dict) -> None:
         target = _clean_path(value.get("path", ""))
         if key == "file":
             content = value.get("content", "")
             data = base64.b64decode(content) if value.get("encoding", "base64") == "base64" else content.encode()
-            files[target] = ("100644", _blob(repo, data))
+            files[target] = ("100644", _blob(path, data))
         elif key == "lfsFile":
             oid = str(value.get("oid", "")).lower()
             obj = self.lfs_object(path, oid) if OID_RE.fullmatch(oid) else None
             if obj is None or not obj.is_file():
                 raise HubError(422, f"LFS object {oid} for {target} was not uploaded (call the LFS batch API first)")
-            files[target] = ("100644", _blob(repo, POINTER.format(oid=oid, size=obj.stat().st_size).encode()))
+            files[target] = ("100644", _blob(path, POINTER.format(oid=oid, size=obj.stat().st_size).encode()))
         elif key == "deletedFile":
             if files.pop(target, None) is None:
                 raise HubError(404, f"A file with this name doesn't exist: {target}", "EntryNotFound")
@@ -267,9 +265,10 @@ class Store:
         return sha
 
 
-def _blob(repo: git.Repo, data: bytes) -> str:
-    """Write a blob through GitPython's loose-object store: no subprocess per file in big commits."""
-    return repo.odb.store(IStream("blob", len(data), io.BytesIO(data))).binsha.hex()
+def _blob(path: Path, data: bytes) -> str:
+    """Write a blob with gitdb's pure-Python loose-object store: no subprocess per file in big commits."""
+    odb = LooseObjectDB(str(path / ".git" / "objects"))
+    return odb.store(IStream("blob", len(data), io.BytesIO(data))).binsha.hex()
 
 
 def _clean_path(path: str) -> str:
