@@ -139,6 +139,22 @@ def _pick_split(dsd, split: str, what: str):
     return dsd[split]
 
 
+def download_file(ref: DatasetRef, filename: str) -> Path:
+    """`filename` from a pinned dataset input: the Hub file at the pinned commit, or the file in the local folder."""
+    if ref.repo_id is None:
+        path = Path(ref.path) / filename
+        if not path.exists():
+            raise PipelineError(f"{ref.ref} has no file '{filename}'.")
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(ref.repo_id, filename, repo_type="dataset", revision=ref.sha))
+    except EntryNotFoundError:
+        raise PipelineError(f"dataset {ref.ref} has no file '{filename}' at {ref.sha[:12]}.") from None
+
+
 def output_tags(repo_id: str) -> dict[str, str]:
     """tag name -> commit sha for an output dataset repo ({} when the repo does not exist yet)."""
     from huggingface_hub.errors import RepositoryNotFoundError

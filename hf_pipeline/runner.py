@@ -32,6 +32,7 @@ from hf_pipeline.errors import PipelineError
 from hf_pipeline.hub_io import (
     DatasetRef,
     cache_root,
+    download_file,
     load_dataset_ref,
     output_tags,
     publish,
@@ -82,7 +83,7 @@ class RunPlan:
         return self.inputs.get(self.options.input) if self.options.input else None
 
     def context(self, resources: Any = None) -> StageContext:
-        return StageContext(config=self.config, load=self.load, resources=resources)
+        return StageContext(config=self.config, load=self.load, download=self.download, resources=resources)
 
     def load(self, ref: str, split: str | None = None, name: str | None = None):
         """Load an input exactly as pinned at planning time (a branch that moves mid-run changes nothing)."""
@@ -90,6 +91,13 @@ class RunPlan:
         if pinned is None:
             raise PipelineError(f"stage {self.stage.name} loaded '{ref}', which its input_refs did not declare.")
         return load_dataset_ref(pinned, split=split or self.options.split, name=name)
+
+    def download(self, ref: str, filename: str) -> Path:
+        """One file of a declared input, at its pinned commit (or from the local folder it names)."""
+        pinned = self.inputs.get(ref)
+        if pinned is None:
+            raise PipelineError(f"stage {self.stage.name} read '{ref}', which its input_refs did not declare.")
+        return download_file(pinned, filename)
 
 
 @dataclass
@@ -281,14 +289,19 @@ def publish_run(plan: RunPlan, chunk_files: list[Path], rows_in: int, started: f
         if was_enabled:
             datasets.enable_progress_bars()
 
+    artifacts = {}
+    if stage.artifacts is not None:
+        (out_dir / "artifacts").mkdir()
+        artifacts = {k: Path(v) for k, v in stage.artifacts(ds, plan.context(), out_dir / "artifacts").items()}
     result = RunResult(opts.output, plan.tag, "", rows_in, len(ds), counts)
-    card = render_card(plan, result, ds, time.time() - started)
+    card = render_card(plan, result, ds, time.time() - started, sorted(artifacts))
     result.commit = publish(
         opts.output,
         data_files,
         card,
         plan.tag,
         commit_message=f"{stage.name}: {len(ds)} rows from {rows_in} ({plan.tag})",
+        extra_files=artifacts,
         private=opts.private,
     )
     if not opts.keep_work_dir:
@@ -296,7 +309,7 @@ def publish_run(plan: RunPlan, chunk_files: list[Path], rows_in: int, started: f
     return result
 
 
-def render_card(plan: RunPlan, result: RunResult, ds, seconds: float) -> str:
+def render_card(plan: RunPlan, result: RunResult, ds, seconds: float, artifacts: list[str] = ()) -> str:
     """The dataset card from dataset_cards/<stage>.md, with lineage, config and counts filled in."""
     import yaml
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -341,6 +354,7 @@ def render_card(plan: RunPlan, result: RunResult, ds, seconds: float) -> str:
         seconds=round(seconds, 1),
         examples=[ds[i] for i in range(min(3, len(ds)))],
         load_hint=result.load_hint(),
+        artifacts=list(artifacts),
     )
     return str(card)
 

@@ -14,11 +14,13 @@ class StageContext:
 
     `load(ref, split)` loads a dataset input by ref and records its pinned revision in the card's lineage,
     so side inputs (an index repo, benchmark sets, query sources) are versioned like the main input.
+    `download(ref, filename)` fetches one file of a declared input repo at its pinned commit (e.g. a FAISS index).
     `resources` is what `setup` returned: models loaded once per process/worker.
     """
 
     config: Any
     load: Callable[..., Any]
+    download: Callable[[str, str], Any]
     resources: Any = None
 
 
@@ -43,6 +45,9 @@ class Stage:
     # dataset refs besides --input that the stage reads (query sources, an index repo, benchmarks): pinned and
     # recorded like the main input, and loaded through ctx.load
     input_refs: Callable[[Any], list[str]] = field(default=lambda config: [])
+    # files published beside the data in the same commit (a FAISS index, sampling weights): called after
+    # finalize with the final dataset and a folder to write into; returns {path in repo: local file}
+    artifacts: Callable[[Any, StageContext, Any], dict[str, Any]] | None = None
     # model refs (name -> "repo@revision" or path) recorded in the card
     models: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
     # bump when the stage's code changes its output for the same config, so caches and tags don't collide

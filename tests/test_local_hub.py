@@ -173,6 +173,8 @@ def test_unknown_revision_raises_revision_not_found(api, dataset_repo):
     with pytest.raises(RevisionNotFoundError):
         api.list_repo_files(dataset_repo["id"], repo_type="dataset", revision="no-such-tag")
     with pytest.raises(RevisionNotFoundError):
+        api.repo_info(dataset_repo["id"], repo_type="dataset", revision="0" * 40)
+    with pytest.raises(RevisionNotFoundError):
         hf_hub_download(dataset_repo["id"], "README.md", repo_type="dataset", revision="no-such-tag")
     with pytest.raises(EntryNotFoundError):
         hf_hub_download(dataset_repo["id"], "nope.txt", repo_type="dataset", revision="v1")
@@ -223,6 +225,11 @@ def test_branch_commits_delete_copy_and_refs_lifecycle(api):
     assert "keep.txt" in api.list_repo_files(repo_id, repo_type="dataset")  # main untouched
     path = hf_hub_download(repo_id, "new/b.bin", repo_type="dataset", revision=feature.oid)
     assert Path(path).read_bytes() == bytes(range(256))
+    # Expanded listings carry each entry's last commit *on the requested revision*.
+    tree = api.list_repo_tree(repo_id, "new", repo_type="dataset", revision="feature/x", expand=True)
+    assert {entry.path: entry.last_commit.oid for entry in tree} == {"new/b.bin": feature.oid, "new/c.txt": feature.oid}
+    [info] = api.get_paths_info(repo_id, ["keep.txt"], repo_type="dataset", expand=True)
+    assert info.last_commit.title == "base"
     api.create_tag(repo_id, repo_type="dataset", tag="t", revision="feature/x")
     api.delete_tag(repo_id, repo_type="dataset", tag="t")
     api.delete_branch(repo_id, repo_type="dataset", branch="feature/x")

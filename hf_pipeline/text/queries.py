@@ -128,7 +128,6 @@ class SourceMapping:
     dataset: str
     config: str | None = None
     revision: str | None = None
-    data_files: str | list[str] | None = None
     splits: tuple[str, ...] = ("train",)
     column: str | None = None
     conversation_column: str | None = None
