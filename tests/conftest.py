@@ -22,6 +22,7 @@ os.environ.update(
     HF_TOKEN="hf_local_dummy",  # any token is accepted; write calls need one to be sent
     HF_HOME=str(_TMP / "hf_home"),
     HF_DATASETS_CACHE=str(_TMP / "datasets_cache"),
+    HF_PIPELINE_CACHE=str(_TMP / "hf_pipeline_cache"),  # runner work dirs, never the user's cache
     HF_HUB_DISABLE_TELEMETRY="1",
     HF_HUB_DISABLE_PROGRESS_BARS="1",
     HF_DATASETS_DISABLE_PROGRESS_BARS="1",
