@@ -13,9 +13,14 @@ want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "setting up .venv (first run takes a few minutes) ..."
-.venv/bin/python -m pip install -q --upgrade pip
+log=.venv/setup.log
+echo "setting up .venv (first run takes a few minutes; pip's output goes to $log) ..."
+pip_install() {
+  .venv/bin/python -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1 || {
+    tail -n 40 "$log"; echo "setup failed: pip install $*" >&2; exit 1; }
+}
+pip_install --upgrade pip
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build. GPU users install their own first.
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev]"
+pip_install "torch==2.13.0"
+pip_install -e ".[dev]"
 echo "$want" > "$stamp"
