@@ -212,7 +212,7 @@ def token_free_argv(argv: list[str]) -> list[str]:
     """The command line for cards and logs, with anything that looks like a token masked."""
     masked = []
     for a in argv:
-        a = re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", a)
+        a = re.sub(r"\bhf_[A-Za-z0-9]{30,}", "hf_***", a)  # Hub tokens: hf_ + 34 letters/digits
         a = re.sub(r"(?i)(token|api_key|key)=\S+", r"\1=***", a)
         masked.append(a)
     return masked

@@ -104,3 +104,12 @@ def test_debug_shows_traceback(capsys):
 
     with pytest.raises(PipelineError):
         main(["collect_queries", "--output", "local/x", "--set", "max_charz=3", "--debug"])
+
+
+def test_tokens_are_masked_in_recorded_command_lines():
+    from hf_pipeline.hub_io import token_free_argv
+
+    token = "hf_" + "aB3" * 12
+    assert token_free_argv(["--set", "api_key=sk-123", token, "--config", "hf_pipeline/configs/quickstart.yaml"]) == [
+        "--set", "api_key=***", "hf_***", "--config", "hf_pipeline/configs/quickstart.yaml"
+    ]

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.hub_io import split_ref
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.decontamination import NgramIndex
 from hf_pipeline.text.queries import (
@@ -92,7 +93,7 @@ class CollectQueriesConfig:
         metadata={"help": "drop a query covering more than this share of a benchmark item's tokens with shared n-grams (Tulu 3: 0.5)"},
     )
     moderation_model: str | None = field(
-        default=None, metadata={"help": "text-classification model (Hub id or path) used to drop harmful queries; off when unset"}
+        default=None, metadata={"help": "text-classification model (Hub id[@revision] or path) used to drop harmful queries; off when unset"}
     )
     moderation_labels: list[str] = field(
         default_factory=lambda: ["S", "H", "V", "HR", "SH", "S3", "H2", "V2", "toxic", "LABEL_1"],
@@ -157,7 +158,8 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     if config.moderation_model:
         from transformers import pipeline
 
-        moderator = pipeline("text-classification", model=config.moderation_model, top_k=None, truncation=True)
+        name, revision = split_ref(config.moderation_model)
+        moderator = pipeline("text-classification", model=name, revision=revision, top_k=None, truncation=True)
     return {"benchmarks": index, "moderator": moderator}
 
 
