@@ -32,7 +32,15 @@ RUN_FLAGS = {
     "private": "create the output repo as private",
     "work_dir": "where checkpoint chunks live until published (default: $HF_PIPELINE_CACHE/runs)",
     "keep_work_dir": "keep checkpoint chunks after publishing",
+    "executor": "'local' (this process) or 'ray' (one Ray actor per worker, one shard per task)",
+    "ray_address": "Ray: address of an existing cluster ('auto', 'ray://host:10001'); default: start a local instance",
+    "num_workers": "Ray: number of worker actors (default: as many as the cluster fits, at most one per shard)",
+    "cpus_per_worker": "Ray: CPUs reserved per worker",
+    "gpus_per_worker": "Ray: GPUs reserved per worker (fractions share a GPU)",
+    "max_shard_retries": "Ray: retries of a shard whose worker died or whose map raised",
 }
+FLAG_TYPES = {"num_shards": int, "shard_index": int, "batch_size": int, "chunk_rows": int, "rows_per_file": int,
+              "num_workers": int, "max_shard_retries": int, "cpus_per_worker": float, "gpus_per_worker": float}
 
 
 def _describe_fields(cls: type, prefix: str = "") -> list[str]:
@@ -68,11 +76,15 @@ def _add_stage_parser(sub, stage) -> None:
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=f"{doc} (default: {default})")
         else:
-            kind = int if name in ("num_shards", "shard_index", "batch_size", "chunk_rows", "rows_per_file") else str
-            p.add_argument(flag, type=kind, default=None, help=f"{doc} (default: {default})")
+            p.add_argument(flag, type=FLAG_TYPES.get(name, str), default=None, help=f"{doc} (default: {default})")
     p.add_argument("--config", help="YAML file with run options and config keys (default: none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (input rows, shards, output, tag); change nothing")
+    p.add_argument(
+        "--estimate", nargs="?", const="input", default=None, metavar="ROWS",
+        help="with --dry-run: print the cost estimate (device-hours, memory, shards) from measured throughputs, for "
+        "ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -122,6 +134,10 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         if flag_value is not None:
             values[name] = flag_value
     options, config = split_settings(stage, values)
+    if args.estimate is not None:
+        from hf_pipeline.estimate import estimate_command
+
+        return estimate_command(stage, options, config, args.estimate, argv=["run_stage.py", *argv])
     result = run_stage(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
     return 0 if result is not None or args.dry_run else 1
 

@@ -134,3 +134,39 @@ def _load_with_gaussian(model_dir: Path, modules: list[dict], entry: dict, devic
 
 def embedding_dimension(model) -> int:
     return int(model.get_embedding_dimension())
+
+
+CLIP_CHARS_PER_TOKEN = 12  # generous: English runs ~4-5 characters per token, CJK ~1
+
+
+def clip_to_model(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PER_TOKEN) -> tuple[list[str], "np.ndarray"]:
+    """(texts cut to what the model will see, truncated flags), with the same embeddings as the full texts.
+
+    The tokenizer reads a whole text before truncating it, so a 90k-character document costs as much to
+    tokenize as it has characters, though the model keeps only `max_seq_length` tokens. We cut each long
+    text at a whitespace before `max_seq_length * chars_per_token` characters and tokenize only that prefix:
+    when the prefix alone has more tokens than the model keeps, the model sees exactly the same first tokens
+    (the cut is between words, so no token before it changes) and the text is truncated; when the prefix
+    has too few tokens (very long "words"), the full text is kept and checked the usual way. So the flags
+    equal `pooling.truncated_mask(model, texts)` and encoding the returned texts equals encoding the inputs.
+    """
+    import numpy as np
+
+    limit = model.max_seq_length
+    budget = limit * chars_per_token
+    clipped = []
+    for text in texts:
+        if len(text) <= budget:
+            clipped.append(text)
+        else:
+            cut = text.rfind(" ", 0, budget)
+            clipped.append(text[: cut if cut > 0 else budget])
+    ids = model.tokenizer(clipped, truncation=True, max_length=limit + 1, return_attention_mask=False)["input_ids"]
+    truncated = np.array([len(row) > limit for row in ids], dtype=bool)
+    short = [i for i, (c, t) in enumerate(zip(clipped, texts)) if len(c) < len(t) and not truncated[i]]
+    if short:  # the prefix did not fill the model: keep the whole text, check it in full
+        full = model.tokenizer([texts[i] for i in short], truncation=True, max_length=limit + 1, return_attention_mask=False)
+        for i, row in zip(short, full["input_ids"]):
+            clipped[i] = texts[i]
+            truncated[i] = len(row) > limit
+    return clipped, truncated

@@ -26,22 +26,17 @@ def gpu_available() -> bool:
 
 
 def to_gpu(index, use_gpu: bool):
-    """The index on all GPUs when asked and possible, else unchanged (index types without GPU support stay on CPU)."""
+    """(index on all GPUs, True) when asked and possible, else (index, False). Set search parameters
+    before moving: the GPU copy keeps them. Index types without a GPU version (HNSW) stay on CPU."""
     import faiss
 
     if not (use_gpu and gpu_available()):
-        return index
+        return index, False
     try:
-        return faiss.index_cpu_to_all_gpus(index)
-    except (RuntimeError, AttributeError) as e:  # e.g. HNSW has no GPU implementation
+        return faiss.index_cpu_to_all_gpus(index), True
+    except (RuntimeError, AttributeError) as e:
         logger.warning("FAISS index stays on CPU (%s)", e)
-        return index
-
-
-def to_cpu(index):
-    import faiss
-
-    return faiss.index_gpu_to_cpu(index) if "Gpu" in type(index).__name__ else index
+        return index, False
 
 
 def build_index(
@@ -62,7 +57,7 @@ def build_index(
     import faiss
 
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    work = to_gpu(index, use_gpu)
+    work, on_gpu = to_gpu(index, use_gpu)
     if not work.is_trained:
         rows = np.sort(np.random.default_rng(seed).permutation(num_vectors)[: min(train_size, num_vectors)])
         train = sample(rows) if sample is not None else _gather(blocks, rows)
@@ -72,7 +67,7 @@ def build_index(
         work.add(np.ascontiguousarray(block, dtype=np.float32))
     if work.ntotal != num_vectors:
         raise RuntimeError(f"FAISS index holds {work.ntotal} vectors, expected {num_vectors}")
-    return to_cpu(work)
+    return faiss.index_gpu_to_cpu(work) if on_gpu else work
 
 
 def _gather(blocks: Callable[[], Iterator[np.ndarray]], rows: np.ndarray) -> np.ndarray:
@@ -87,10 +82,8 @@ def _gather(blocks: Callable[[], Iterator[np.ndarray]], rows: np.ndarray) -> np.
 
 
 def set_search_params(index, params: str) -> None:
-    """Apply "name=value,name=value" search parameters (nprobe, efSearch, ...) to a CPU or GPU index."""
-    if not params:
-        return
-    import faiss
+    """Apply "name=value,name=value" search parameters (nprobe, efSearch, ...) to a CPU index."""
+    if params:
+        import faiss
 
-    space = faiss.GpuParameterSpace() if "Gpu" in type(index).__name__ else faiss.ParameterSpace()
-    space.set_index_parameters(index, params)
+        faiss.ParameterSpace().set_index_parameters(index, params)

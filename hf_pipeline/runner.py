@@ -61,6 +61,12 @@ class RunOptions:
     private: bool = False
     work_dir: str | None = None  # default: $HF_PIPELINE_CACHE/runs (~/.cache/hf_pipeline/runs)
     keep_work_dir: bool = False
+    executor: str = "local"  # "local" (in this process) or "ray" (see hf_pipeline/ray_executor.py)
+    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); default: a local instance
+    num_workers: int | None = None  # Ray actors; default: as many as the cluster's resources fit, at most one per shard
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_shard_retries: int = 2  # Ray: retries of a shard whose worker died or whose map raised
 
 
 @dataclass
@@ -121,6 +127,8 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     """Pin every input to a commit sha and derive the fingerprint and tag. Raises PipelineError on bad input."""
     if not options.output:
         raise PipelineError(f"stage {stage.name} needs --output org/name (the dataset repo to publish to).")
+    if options.executor not in ("local", "ray"):
+        raise PipelineError(f"--executor must be 'local' or 'ray', got '{options.executor}'.")
     if options.num_shards < 1:
         raise PipelineError("--num-shards must be at least 1.")
     if options.shard_index is not None and not 0 <= options.shard_index < options.num_shards:
@@ -261,14 +269,19 @@ def publish_run(plan: RunPlan, chunk_files: list[Path], rows_in: int, started: f
     stage, opts = plan.stage, plan.options
     ds = read_chunks(chunk_files, stage)
     drops: dict[str, int] = {}
+    stats: dict[str, Any] = {}
+    ctx = plan.context()  # one context for finalize and artifacts: finalize may leave files' contents in ctx.scratch
     if stage.finalize is not None:
-        ds, drop_counts = stage.finalize(ds, plan.context())
+        ds, drop_counts, *more = stage.finalize(ds, ctx)
         drops = {k: int(v) for k, v in drop_counts.items()}
+        stats = dict(more[0]) if more else {}
     missing = [c for c in stage.output_columns if c not in ds.column_names]
     if missing:
         raise PipelineError(f"stage {stage.name} did not produce output column(s) {missing}.")
     ds = ds.select_columns(list(stage.output_columns))
     counts = {"drops": drops}
+    if stats:
+        counts["stats"] = stats
     if "status" in ds.column_names:
         counts["status"] = dict(Counter(ds["status"]).most_common())
 
@@ -292,7 +305,7 @@ def publish_run(plan: RunPlan, chunk_files: list[Path], rows_in: int, started: f
     artifacts = {}
     if stage.artifacts is not None:
         (out_dir / "artifacts").mkdir()
-        artifacts = {k: Path(v) for k, v in stage.artifacts(ds, plan.context(), out_dir / "artifacts").items()}
+        artifacts = {k: Path(v) for k, v in stage.artifacts(ds, ctx, out_dir / "artifacts").items()}
     result = RunResult(opts.output, plan.tag, "", rows_in, len(ds), counts)
     card = render_card(plan, result, ds, time.time() - started, sorted(artifacts))
     result.commit = publish(
@@ -311,6 +324,7 @@ def publish_run(plan: RunPlan, chunk_files: list[Path], rows_in: int, started: f
 
 def render_card(plan: RunPlan, result: RunResult, ds, seconds: float, artifacts: list[str] = ()) -> str:
     """The dataset card from dataset_cards/<stage>.md, with lineage, config and counts filled in."""
+    import jinja2
     import yaml
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -336,12 +350,11 @@ def render_card(plan: RunPlan, result: RunResult, ds, seconds: float, artifacts:
     card_data = DatasetCardData(
         pretty_name=f"{result.repo_id.split('/')[-1]} ({stage.name})",
         tags=["fineinstructions", "hf_pipeline", stage.name],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+        + [{"config_name": n, "data_files": [{"split": "train", "path": p}]} for n, p in stage.extra_configs(plan.config).items()],
         hf_pipeline=lineage,
     )
-    card = DatasetCard.from_template(
-        card_data,
-        template_path=str(template),
+    variables = dict(
         repo_id=result.repo_id,
         tag=plan.tag,
         lineage=lineage,
@@ -356,6 +369,9 @@ def render_card(plan: RunPlan, result: RunResult, ds, seconds: float, artifacts:
         load_hint=result.load_hint(),
         artifacts=list(artifacts),
     )
+    # the lineage section is shared by every stage's card: rendered once here, placed by `{{ lineage_section }}`
+    variables["lineage_section"] = jinja2.Template((CARDS_DIR / "_lineage.md").read_text()).render(**variables)
+    card = DatasetCard.from_template(card_data, template_path=str(template), **variables)
     return str(card)
 
 
@@ -375,6 +391,10 @@ def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | 
     if dry_run:
         print_plan(plan)
         return None
+    if options.executor == "ray":
+        from hf_pipeline.ray_executor import run_on_ray
+
+        return run_on_ray(plan, started)
     shards = [options.shard_index] if options.shard_index is not None else list(range(options.num_shards))
     ctx = plan.context()
     if stage.setup is not None:

@@ -22,6 +22,8 @@ class StageContext:
     load: Callable[..., Any]
     download: Callable[[str, str], Any]
     resources: Any = None
+    # shared by finalize and artifacts of one publish (same process): what finalize computed for the files
+    scratch: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class Stage:
     setup: Callable[[StageContext], Any] | None = None
     # builds the mapped dataset itself (for stages whose inputs come from their config); default: the --input ref
     load_input: Callable[[StageContext], Any] | None = None
-    # a global step after all shards are mapped (dedupe, filter); returns (dataset, drop counts by reason)
+    # a global step after all shards are mapped (dedupe, filter); returns (dataset, drop counts by reason), or
+    # (dataset, drops, stats) where stats are other JSON-able figures for the card (e.g. documents truncated)
     finalize: Callable[[Any, StageContext], tuple[Any, Mapping[str, int]]] | None = None
     # dataset refs besides --input that the stage reads (query sources, an index repo, benchmarks): pinned and
     # recorded like the main input, and loaded through ctx.load
@@ -48,6 +51,10 @@ class Stage:
     # files published beside the data in the same commit (a FAISS index, sampling weights): called after
     # finalize with the final dataset and a folder to write into; returns {path in repo: local file}
     artifacts: Callable[[Any, StageContext, Any], dict[str, Any]] | None = None
+    # more dataset configs in the same commit, {config name: data files path in repo, e.g. "data/baseline-*"};
+    # listed in the card's `configs` beside "default" (data/train-*), so load_dataset(repo, name) reads them.
+    # Their files are published by `artifacts` (under data/, so the next commit replaces them).
+    extra_configs: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
     # model refs (name -> "repo@revision" or path) recorded in the card
     models: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
     # bump when the stage's code changes its output for the same config, so caches and tags don't collide

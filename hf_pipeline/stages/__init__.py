@@ -6,7 +6,7 @@ from importlib import import_module
 
 from hf_pipeline.stage import Stage
 
-STAGE_MODULES = ["collect_queries"]
+STAGE_MODULES = ["collect_queries", "build_index", "match", "assemble", "analyze"]
 
 
 def all_stages() -> dict[str, Stage]:
