@@ -24,6 +24,7 @@ RUN_FLAGS = {
     "output": "output dataset repo (org/name) to publish to",
     "tag": "tag for the published revision (default: <stage>-<config hash>)",
     "split": "split of the input to read",
+    "max_rows": "take only the first N rows of the input (a sample)",
     "num_shards": "split the input into this many contiguous shards",
     "shard_index": "run (and publish) only this shard",
     "batch_size": "rows per batch given to the stage's function",
@@ -96,13 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_stage.py",
         description="Run one FineInstructions pipeline stage over a Hub dataset and publish a versioned result.",
-        epilog=f"stages:\n{listing}\n  {'hub':<18} start/stop/status the local Hub endpoint for offline runs\n\n"
+        epilog=f"stages:\n{listing}\n  {'pipeline':<18} every stage in order from one YAML config\n"
+        f"  {'hub':<18} start/stop/status the local Hub endpoint for offline runs\n\n"
         "Run `run_stage.py STAGE --help` for a stage's options and config keys.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="STAGE")
     for stage in stages.values():
         _add_stage_parser(sub, stage)
+    pipe = sub.add_parser("pipeline", help="run every stage in order from one YAML config, each publishing its own repo")
+    pipe.add_argument("--config", required=True, help="pipeline YAML: publish, sample_size, sample_stage, stages")
+    pipe.add_argument("--sample-size", type=int, default=None, help="rows taken by the sample stage (default: the config's)")
+    pipe.add_argument("--debug", action="store_true", help="show tracebacks")
     hub = sub.add_parser("hub", help="start/stop/status the local Hub endpoint (olah + write endpoints)")
     hub.add_argument("action", choices=["start", "stop", "status", "env", "push"])
     hub.add_argument("path", nargs="?", help="push: a local dataset file or folder (jsonl/json/parquet/csv)")
@@ -185,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "hub":
             return hub_command(args)
+        if args.command == "pipeline":
+            from hf_pipeline.pipeline import run_pipeline
+
+            run_pipeline(args.config, sample_size=args.sample_size, argv=["run_stage.py", *argv])
+            return 0
         return run_command(args, argv)
     except PipelineError as e:
         if debug:

@@ -53,6 +53,7 @@ class RunOptions:
     output: str | None = None  # org/name of the output dataset repo
     tag: str | None = None  # default: <stage>-<fingerprint>
     split: str = "train"
+    max_rows: int | None = None  # take only the first N input rows (a sample)
     num_shards: int = 1
     shard_index: int | None = None  # run and publish just this shard
     batch_size: int = 64  # rows per map_batch call
@@ -142,7 +143,8 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     inputs = {ref: resolve_dataset(ref) for ref in refs}
     shard = None if options.shard_index is None else [options.shard_index, options.num_shards]
     fingerprint = config_hash(
-        stage.name, stage.version, config_to_dict(config), [p.pinned for p in inputs.values()], options.split, shard
+        stage.name, stage.version, config_to_dict(config), [p.pinned for p in inputs.values()], options.split, shard,
+        *([options.max_rows] if options.max_rows is not None else []),  # absent when unset: older tags stay valid
     )
     tag = options.tag or f"{stage.name}-{fingerprint}"
     if shard is not None and not options.tag:
@@ -178,6 +180,8 @@ def load_mapped_input(plan: RunPlan, ctx: StageContext):
             f"input {what} lacks column '{missing[0]}' required by stage {stage.name} "
             f"(it has: {', '.join(ds.column_names)})."
         )
+    if plan.options.max_rows is not None and plan.options.max_rows < len(ds):
+        ds = ds.select(range(plan.options.max_rows))
     return ds
 
 
@@ -282,8 +286,9 @@ def publish_run(plan: RunPlan, chunk_files: list[Path], rows_in: int, started: f
     counts = {"drops": drops}
     if stats:
         counts["stats"] = stats
-    if "status" in ds.column_names:
-        counts["status"] = dict(Counter(ds["status"]).most_common())
+    for column in ds.column_names:  # `status`, `judge_status`, ...: every per-row status is counted in the card
+        if column == "status" or column.endswith("_status"):
+            counts[column] = dict(Counter(ds[column][:]).most_common())
 
     out_dir = plan.work_dir / "publish"
     if out_dir.exists():

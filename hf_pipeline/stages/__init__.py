@@ -6,7 +6,7 @@ from importlib import import_module
 
 from hf_pipeline.stage import Stage
 
-STAGE_MODULES = ["collect_queries", "build_index", "match", "assemble", "analyze"]
+STAGE_MODULES = ["collect_queries", "genericize", "build_index", "match", "instantiate", "judge", "assemble", "analyze"]
 
 
 def all_stages() -> dict[str, Stage]:

@@ -1,0 +1,114 @@
+"""`run_stage.py pipeline --config FILE`: every stage in order, each publishing its own versioned repo.
+
+The YAML names, per stage, the same settings `run_stage.py STAGE` takes (run options and config keys). In any
+string value, `{stage_name}` becomes that stage's published `repo@tag`, so a stage reads its inputs exactly as
+published; a stage without an `input` reads the previous stage's output. Resuming is per stage and free: a stage
+whose inputs and config are unchanged finds its tag already published and is skipped (and a stage killed
+mid-way resumes from its checkpoint chunks).
+
+    publish:            # local files published to the Hub first (offline demo data), repo: path
+      local/wiki: samples/documents/wikipedia.jsonl
+    sample_size: 12     # optional: max_rows for the stage named by sample_stage
+    sample_stage: match
+    stages:
+      collect_queries: {output: local/q, sources: [...]}
+      genericize: {output: local/t, llm: {model: packaged:smollm2}}
+      ...
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from hf_pipeline.config import read_yaml
+from hf_pipeline.errors import PipelineError
+
+_REFERENCE = re.compile(r"\{([a-z_]+)\}")
+
+
+def substitute(value: Any, published: dict[str, str]) -> Any:
+    """Replace `{stage}` in every string of `value` by that stage's published repo@tag."""
+    if isinstance(value, str):
+        def ref(m: re.Match) -> str:
+            if m.group(1) not in published:
+                raise PipelineError(f"pipeline config refers to {{{m.group(1)}}}, which no earlier stage published.")
+            return published[m.group(1)]
+
+        return _REFERENCE.sub(ref, value)
+    if isinstance(value, list):
+        return [substitute(v, published) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, published) for k, v in value.items()}
+    return value
+
+
+def run_pipeline(config_path: str, sample_size: int | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    from hf_pipeline.cli import split_settings
+    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.runner import run_stage
+    from hf_pipeline.stages import all_stages
+
+    spec = read_yaml(config_path)
+    unknown = set(spec) - {"publish", "sample_size", "sample_stage", "stages"}
+    if unknown:
+        raise PipelineError(f"unknown pipeline key '{sorted(unknown)[0]}' in {config_path} (known: publish, sample_size, sample_stage, stages).")
+    stages = all_stages()
+    unknown_stages = [name for name in spec.get("stages", {}) if name not in stages]
+    if unknown_stages:
+        raise PipelineError(f"pipeline config names unknown stage '{unknown_stages[0]}' (stages: {', '.join(stages)}).")
+    started = time.time()
+    for repo, path in (spec.get("publish") or {}).items():
+        repo, tag, _ = push_local_dataset(path, repo)
+        print(f"input {path} is {repo}@{tag}")
+
+    sample_size = sample_size if sample_size is not None else spec.get("sample_size")
+    published: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    previous: str | None = None
+    for name, values in spec["stages"].items():
+        stage = stages[name]
+        values = substitute(dict(values or {}), published)
+        if stage.needs_input and "input" not in values and previous:
+            values["input"] = previous
+        if sample_size is not None and name == spec.get("sample_stage"):
+            values["max_rows"] = sample_size
+        options, config = split_settings(stage, values)
+        print(f"\n=== {name} ===")
+        result = run_stage(stage, options, config, argv=argv)
+        published[name] = previous = f"{result.repo_id}@{result.tag}"
+        results[name] = result
+    print_pipeline_summary(results, time.time() - started)
+    return results
+
+
+def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
+    from hf_pipeline.hub_io import load_card
+
+    lines = ["", f"===== pipeline done in {seconds / 60:.1f} min =====", "stage            output@tag  (rows in -> out; statuses)"]
+    for name, r in results.items():
+        card = load_card(r.repo_id, r.tag).data.hf_pipeline  # skipped stages report their published counts
+        statuses = "; ".join(
+            f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            for kind, counts in card["counts"].items()
+            if kind != "stats" and counts
+        )
+        lines.append(f"{name:<16} {r.repo_id}@{r.tag}  ({card['rows_in']} -> {card['rows_out']}{'; ' + statuses if statuses else ''})")
+    print("\n".join(lines))
+    final = results.get("assemble")
+    if final is not None:
+        show_examples(final.repo_id, final.tag)
+    if "analyze" in results:
+        r = results["analyze"]
+        print(f"\nanalysis: load_dataset('{r.repo_id}', 'metrics', revision='{r.tag}'); plots in the card of {r.repo_id}@{r.tag}")
+
+
+def show_examples(repo_id: str, tag: str, n: int = 3) -> None:
+    from datasets import load_dataset
+
+    ds = load_dataset(repo_id, revision=tag, split="train")
+    print(f"\nfinal data: {len(ds)} pairs -> load_dataset('{repo_id}', revision='{tag}'); baseline arm: "
+          f"load_dataset('{repo_id}', 'baseline', revision='{tag}')")
+    for row in ds.select(range(min(n, len(ds)))):
+        print("-" * 60 + f"\n[{row['doc_id']}]\n{row['text'][:600]}")
