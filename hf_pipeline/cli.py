@@ -40,7 +40,7 @@ RUN_FLAGS = {
     "gpus_per_worker": "Ray: GPUs reserved per worker (fractions share a GPU)",
     "max_shard_retries": "Ray: retries of a shard whose worker died or whose map raised",
 }
-FLAG_TYPES = {"num_shards": int, "shard_index": int, "batch_size": int, "chunk_rows": int, "rows_per_file": int,
+FLAG_TYPES = {"max_rows": int, "num_shards": int, "shard_index": int, "batch_size": int, "chunk_rows": int, "rows_per_file": int,
               "num_workers": int, "max_shard_retries": int, "cpus_per_worker": float, "gpus_per_worker": float}
 
 

@@ -40,19 +40,19 @@ def model_spec(config: LLMConfig):
     from hf_pipeline.llm.smollm2 import default_offline_model
 
     if config.model == PACKAGED_SMOLLM2:
-        base = default_offline_model()
-        model, revision, gguf_file = base.model, base.revision, base.gguf_file
+        base = default_offline_model(config.backend)
     else:
         model, revision = split_ref(config.model)
-        gguf_file = None
+        base = ModelSpec(backend=config.backend, model=model, revision=revision)
     return ModelSpec(
         backend=config.backend,
-        model=model,
-        revision=revision,
-        gguf_file=gguf_file,
+        model=base.model,
+        revision=base.revision,
+        gguf_file=base.gguf_file,
+        kv_cache_gib=base.kv_cache_gib,
         dtype=config.dtype,
         tensor_parallel_size=config.tensor_parallel_size,
-        max_model_len=config.max_model_len,
+        max_model_len=config.max_model_len or base.max_model_len,
         base_url=config.base_url,
         api_key_env=config.api_key_env,
         max_concurrency=config.max_concurrency,

@@ -208,10 +208,17 @@ def _describe(error: BaseException) -> tuple[str, str]:
 def _num_workers(options, pending: int) -> int:
     import ray
 
+    total = ray.cluster_resources()
     if options.num_workers:
         wanted = options.num_workers
+        need_cpu, need_gpu = wanted * options.cpus_per_worker, wanted * options.gpus_per_worker
+        if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
+            print(
+                f"[ray] warning: {wanted} workers need {need_cpu:g} CPU / {need_gpu:g} GPU but the cluster has "
+                f"{total.get('CPU', 0):g} / {total.get('GPU', 0):g} now: the rest wait for an autoscaler (or forever)",
+                file=sys.stderr, flush=True,
+            )
     else:
-        total = ray.cluster_resources()
         fits = int(total.get("CPU", 1) // max(options.cpus_per_worker, 1e-9))
         if options.gpus_per_worker:
             fits = min(fits, int(total.get("GPU", 0) // options.gpus_per_worker))

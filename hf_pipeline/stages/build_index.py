@@ -80,8 +80,8 @@ def check_config(config: BuildIndexConfig) -> None:
 
     try:
         faiss.index_factory(8, config.index_factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        if "dimension" not in str(e).lower():  # e.g. PQ64 needs dim % 64 == 0: checked on the real dimension
+    except RuntimeError as e:  # other errors (PQ64 needs a dimension divisible by 64) wait for the real dimension
+        if "could not parse" in str(e):
             raise PipelineError(f"config key 'index_factory' {config.index_factory!r} is not a FAISS index_factory string.") from None
 
 
@@ -101,7 +101,8 @@ def setup(ctx: StageContext) -> dict[str, Any]:
 
 def embed_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     n = len(batch["template_id"])
-    status = list(batch.get("status") or ["ok"] * n)
+    # no status column: every row is a template to index; a null status is a row nobody vouched for
+    status = [s or "missing_status" for s in batch["status"]] if "status" in batch else ["ok"] * n
     descriptions = batch["compatible_document_description"]
     for i, d in enumerate(descriptions):
         if status[i] == "ok" and (d is None or not d.strip()):

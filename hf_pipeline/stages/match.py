@@ -129,7 +129,7 @@ def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     config: MatchConfig = ctx.config
     res = ctx.resources
     model, index = res["model"], res["index"]
-    doc_ids = batch["doc_id"]
+    doc_ids = [str(d) for d in batch["doc_id"]]
     texts = list(batch["text"])
     n = len(doc_ids)
     status = ["ok" if isinstance(t, str) and t.strip() else "empty_text" for t in texts]

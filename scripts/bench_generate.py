@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Benchmark: our LLM backends vs. the raw library call doing the same work, side by side in one run.
+
+    .venv/bin/python scripts/bench_generate.py [--prompts 32] [--max-tokens 128] [--repeats 2]
+                                               [--backends transformers vllm openai]
+
+Model: SmolLM2-135M-Instruct (the offline default, float32 on CPU). The same chat prompts, greedy, per backend:
+  transformers  ours: TransformersBackend.generate (one batch of --prompts rows)
+                raw:  apply_chat_template + left-padded model.generate on the same model object
+  vllm          ours: VLLMBackend.generate      raw: LLM.chat on the same engine
+  openai        ours: OpenAIBackend.generate (max_concurrency = --prompts) against a local vLLM server
+                raw:  the `openai` client's AsyncOpenAI, all requests at once, against the same server
+Each timing is the best of --repeats after one warm-up call each; ours and raw alternate. Prints generated tokens/s
+for both and ours as a share of raw. The load average is printed too: on a shared machine, other processes'
+load changes every figure (ratios, taken in the same minutes, suffer less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+TOPICS = ["a lighthouse", "the moon", "a lost key", "bread", "rain", "a violin", "a fox", "the sea"]
+
+
+def prompts(n: int) -> list[list[dict]]:
+    return [
+        [{"role": "user", "content": f"Write a long, detailed story about {TOPICS[i % len(TOPICS)]} (version {i})."}]
+        for i in range(n)
+    ]
+
+
+def compare(name: str, ours, raw, repeats: int) -> None:
+    ours()  # warm-ups, then alternate so both see the same machine load
+    raw()
+    times = {"ours": [], "raw": []}
+    tokens = {}
+    for _ in range(repeats):
+        for label, run in (("ours", ours), ("raw", raw)):
+            start = time.perf_counter()
+            tokens[label] = run()
+            times[label].append(time.perf_counter() - start)
+    ours_tps = tokens["ours"] / min(times["ours"])
+    raw_tps = tokens["raw"] / min(times["raw"])
+    print(
+        f"{name:13s} ours {ours_tps:7.1f} tok/s   raw {raw_tps:7.1f} tok/s   ours/raw {ours_tps / raw_tps:5.2f}"
+        f"   (tokens {tokens['ours']} vs {tokens['raw']}, load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+
+
+def bench_transformers(messages, max_tokens: int, repeats: int) -> None:
+    import torch
+
+    from hf_pipeline.llm import Sampling, default_offline_model, load_backend
+
+    backend = load_backend(replace(default_offline_model("transformers"), max_batch_size=len(messages)))
+    model, tokenizer = backend.model, backend.tokenizer
+
+    def ours() -> int:
+        return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=max_tokens)))
+
+    def raw() -> int:
+        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **batch, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        new = out[:, batch["input_ids"].shape[1] :]
+        # tokens up to and including each row's first EOS/pad, as ours counts them
+        ended = (new == tokenizer.pad_token_id).int()
+        first_end = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], new.shape[1]))
+        return int(first_end.sum())
+
+    compare("transformers", ours, raw, repeats)
+
+
+def bench_vllm(messages, max_tokens: int, repeats: int) -> None:
+    from vllm import SamplingParams
+
+    from hf_pipeline.llm import Sampling, default_offline_model, load_backend
+
+    backend = load_backend(default_offline_model("vllm"))
+
+    def ours() -> int:
+        return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=max_tokens)))
+
+    def raw() -> int:
+        outs = backend.llm.chat(messages, SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outs)
+
+    try:
+        compare("vllm", ours, raw, repeats)
+    finally:
+        backend.close()
+
+
+def bench_openai(messages, max_tokens: int, repeats: int) -> None:
+    from openai import AsyncOpenAI
+
+    from hf_pipeline.llm import ModelSpec, Sampling, default_offline_model, load_backend
+    from hf_pipeline.llm.vllm_backend import VLLMServer
+
+    log_path = Path(tempfile.mkdtemp(prefix="bench_generate_")) / "server.log"
+    server = VLLMServer(default_offline_model("vllm"), "smollm2", log_path)
+    started = time.perf_counter()
+    url = server.start()
+    print(f"{'':13s} (vLLM server healthy after {time.perf_counter() - started:.0f} s; log {log_path})", flush=True)
+    try:
+        spec = ModelSpec(backend="openai", model="smollm2", base_url=f"{url}/v1", max_concurrency=len(messages))
+        backend = load_backend(spec)
+
+        def ours() -> int:
+            return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=max_tokens)))
+
+        async def raw_async() -> int:
+            async with AsyncOpenAI(base_url=f"{url}/v1", api_key="unused") as client:
+                calls = [
+                    client.chat.completions.create(model="smollm2", messages=m, max_tokens=max_tokens, temperature=0.0)
+                    for m in messages
+                ]
+                return sum(r.usage.completion_tokens for r in await asyncio.gather(*calls))
+
+        compare("openai", ours, lambda: asyncio.run(raw_async()), repeats)
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backends", nargs="+", default=["transformers", "vllm", "openai"])
+    args = parser.parse_args()
+    messages = prompts(args.prompts)
+    print(f"{args.prompts} prompts x {args.max_tokens} max tokens, greedy, best of {args.repeats}", flush=True)
+    benches = {"transformers": bench_transformers, "vllm": bench_vllm, "openai": bench_openai}
+    for name in args.backends:
+        benches[name](messages, args.max_tokens, args.repeats)
+
+
+if __name__ == "__main__":  # vLLM starts worker processes that re-import this file
+    main()

@@ -1,0 +1,60 @@
+"""The cost model behind `--dry-run --estimate` and docs/SCALING.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hf_pipeline.cli import main
+from hf_pipeline.errors import PipelineError
+from hf_pipeline.estimate import MEASURED, ROW_UNITS, estimate_stage, markdown_table, parse_rows, stage_details
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_parse_rows():
+    assert parse_rows("1e9") == parse_rows("1B") == parse_rows("1,000,000,000") == 1e9
+    assert parse_rows("18M") == 18e6 and parse_rows("2500") == 2500
+    with pytest.raises(PipelineError):
+        parse_rows("lots")
+
+
+def test_estimates_scale_with_rows_and_label_their_figures():
+    one, two = estimate_stage("match", 1e9), estimate_stage("match", 2e9)
+    assert two.device_hours == pytest.approx(2 * one.device_hours)
+    assert two.num_shards >= 2 * one.num_shards - 1
+    assert not one.measured and "ESTIMATE" in one.rate_label  # no GPU here: GPU figures say so
+    assert estimate_stage("collect_queries").measured and estimate_stage("assemble").measured
+    assert all(f.measured and f.device for f in MEASURED.values())
+
+
+def test_cli_dry_run_estimate_for_a_given_size(capsys):
+    assert main(["match", "--dry-run", "--estimate", "1B"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate for match over 1.0B documents" in out
+    assert "--num-shards" in out and "GPU-h" in out and "unmeasured" in out
+
+
+def test_scaling_md_holds_the_generated_table():
+    doc = (ROOT / "docs" / "SCALING.md").read_text()
+    assert markdown_table() in doc, "regenerate: python -m hf_pipeline.estimate update docs/SCALING.md"
+    assert stage_details() in doc, "regenerate: python -m hf_pipeline.estimate update docs/SCALING.md"
+    assert all(stage in doc for stage in ROW_UNITS)
+
+
+def test_cli_estimate_counts_the_input_rows(local_hub, tmp_path, capsys):
+    import json
+
+    from hf_pipeline.hub_io import push_local_dataset
+
+    data = tmp_path / "q" / "q.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text("".join(json.dumps({"text": f"question {i}?"}) + "\n" for i in range(7)))
+    repo = f"local/est-{tmp_path.name[-12:]}"
+    push_local_dataset(str(data), repo, tag="v1")
+    source = json.dumps([{"name": "test", "dataset": f"{repo}@v1", "column": "text"}])
+    code = main(["collect_queries", "--output", f"{repo}-out", "--set", f"sources={source}", "--dry-run", "--estimate"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "input rows   7" in out and "estimate for collect_queries over 7 raw user queries" in out
