@@ -83,7 +83,7 @@ def _add_stage_parser(sub, stage) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (input rows, shards, output, tag); change nothing")
     p.add_argument(
         "--estimate", nargs="?", const="input", default=None, metavar="ROWS",
-        help="with --dry-run: print the cost estimate (device-hours, memory, shards) from measured throughputs, for "
+        help="(implies --dry-run) print the cost estimate (device-hours, memory, shards) from measured throughputs, for "
         "ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -18,7 +18,9 @@ mid-way resumes from its checkpoint chunks).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from typing import Any
 
@@ -47,7 +49,6 @@ def substitute(value: Any, published: dict[str, str]) -> Any:
 def run_pipeline(config_path: str, sample_size: int | None = None, argv: list[str] | None = None) -> dict[str, Any]:
     from hf_pipeline.cli import split_settings
     from hf_pipeline.hub_io import push_local_dataset
-    from hf_pipeline.runner import run_stage
     from hf_pipeline.stages import all_stages
 
     spec = read_yaml(config_path)
@@ -74,13 +75,53 @@ def run_pipeline(config_path: str, sample_size: int | None = None, argv: list[st
             values["input"] = previous
         if sample_size is not None and name == spec.get("sample_stage"):
             values["max_rows"] = sample_size
-        options, config = split_settings(stage, values)
-        print(f"\n=== {name} ===")
-        result = run_stage(stage, options, config, argv=argv)
+        split_settings(stage, values)  # fail on a bad key now, not after the earlier stages ran
+        print(f"\n=== {name} ===", flush=True)
+        result = run_in_subprocess(name, values, argv or [])
         published[name] = previous = f"{result.repo_id}@{result.tag}"
         results[name] = result
     print_pipeline_summary(results, time.time() - started)
     return results
+
+
+def _run_one(name: str, values: dict[str, Any], argv: list[str], results) -> None:
+    from hf_pipeline.cli import split_settings
+    from hf_pipeline.runner import run_stage
+    from hf_pipeline.stages import all_stages
+
+    os.setsid()  # its own process group, so the parent can end the stage's engine processes with it
+    stage = all_stages()[name]
+    options, config = split_settings(stage, values)
+    try:
+        results.put(("ok", run_stage(stage, options, config, argv=argv)))
+    except PipelineError as e:
+        results.put(("error", str(e)))
+
+
+def run_in_subprocess(name: str, values: dict[str, Any], argv: list[str]):
+    """One stage in a fresh process: each stage's models (a vLLM engine, an embedder) are freed when it ends,
+    and a crash in one stage cannot take the published results of the earlier ones with it."""
+    import multiprocessing
+    import queue
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_run_one, args=(name, values, argv, results))
+    proc.start()
+    while True:  # read before join: a child blocks on exit until what it queued is read
+        try:
+            kind, payload = results.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                raise PipelineError(f"stage {name} died (exit code {proc.exitcode}); rerun the pipeline to resume from its checkpoints.") from None
+    proc.join(timeout=60)
+    if proc.is_alive():  # an engine's helper processes can outlive the stage; its result is already safe
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.join()
+    if kind == "error":
+        raise PipelineError(f"stage {name}: {payload}")
+    return payload
 
 
 def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:

@@ -7,6 +7,7 @@ The openai backend talks to a real vLLM OpenAI-compatible server on loopback, wh
 
 import importlib.util
 import json
+import pickle
 import re
 import threading
 import time
@@ -277,3 +278,4 @@ def test_openai_server_stopped_mid_run(vllm_server, caplog):
     assert failed and all(c.error for c in failed)
     assert None in completions  # rows never sent once the server was known to be gone
     assert any("retry 2/2" in r.getMessage() for r in caplog.records)
+    assert pickle.loads(pickle.dumps(caught.value)).completions == completions  # crosses Ray worker boundaries

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,8 +21,7 @@ except ImportError:  # pragma: no cover - the dev setup installs ray
 from hf_pipeline.cli import main
 from hf_pipeline.runner import RunOptions, run_stage
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ray_stages import RAY_UPPER, UpperConfig  # noqa: E402
+from ray_stages import RAY_UPPER, UpperConfig  # noqa: E402  (tests/ is on sys.path, as for slow_stage)
 
 ROWS = [{"id": i, "text": f"row number {i}"} for i in range(80)]
 

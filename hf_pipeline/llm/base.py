@@ -78,6 +78,9 @@ class BackendUnavailable(PipelineError):
         super().__init__(message)
         self.completions = completions
 
+    def __reduce__(self):  # survives pickling, e.g. out of a Ray worker
+        return type(self), (str(self), self.completions)
+
 
 def load_backend(spec: ModelSpec) -> Backend:
     if spec.backend == "transformers":
