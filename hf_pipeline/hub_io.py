@@ -129,8 +129,28 @@ def load_dataset_ref(ref: DatasetRef, split: str = "train", name: str | None = N
         return _pick_split(dsd, split, ref.ref)
     except PipelineError:
         raise
+    except ValueError as e:
+        if "corresponds to no data" not in str(e) or ref.repo_id is None:
+            raise PipelineError(f"could not load {ref.ref} as a dataset: {type(e).__name__}: {e}") from e
+        return _empty_published_dataset(ref, name)
     except Exception as e:  # datasets raises many types for unreadable data; name the input, keep the cause
         raise PipelineError(f"could not load {ref.ref} as a dataset: {type(e).__name__}: {e}") from e
+
+
+def _empty_published_dataset(ref: DatasetRef, name: str | None):
+    """A published output with zero rows (e.g. nothing passed a filter), which `datasets` refuses to load:
+    an empty Dataset with the columns of its (empty) parquet file, so the next stage sees a valid input."""
+    import datasets
+    import pyarrow.parquet as pq
+    from huggingface_hub import hf_hub_download
+
+    prefix = "data/train-" if name in (None, "default") else f"data/{name}-"
+    files = [f for f in hf_api().list_repo_files(ref.repo_id, repo_type="dataset", revision=ref.sha) if f.startswith(prefix)]
+    if not files:
+        raise PipelineError(f"dataset {ref.ref} has no data files under {prefix}*.")
+    schema = pq.read_schema(hf_hub_download(ref.repo_id, files[0], repo_type="dataset", revision=ref.sha))
+    features = datasets.Features.from_arrow_schema(schema)
+    return datasets.Dataset.from_dict({column: [] for column in features}, features=features)
 
 
 def _pick_split(dsd, split: str, what: str):

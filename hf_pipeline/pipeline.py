@@ -146,9 +146,9 @@ def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
 
 
 def show_examples(repo_id: str, tag: str, n: int = 3) -> None:
-    from datasets import load_dataset
+    from hf_pipeline.hub_io import load_dataset_ref, resolve_dataset
 
-    ds = load_dataset(repo_id, revision=tag, split="train")
+    ds = load_dataset_ref(resolve_dataset(f"{repo_id}@{tag}"))  # also reads an output with zero rows
     print(f"\nfinal data: {len(ds)} pairs -> load_dataset('{repo_id}', revision='{tag}'); baseline arm: "
           f"load_dataset('{repo_id}', 'baseline', revision='{tag}')")
     for row in ds.select(range(min(n, len(ds)))):
