@@ -10,7 +10,7 @@ Model: SmolLM2-135M-Instruct (the offline default, float32 on CPU). The same cha
   vllm          ours: VLLMBackend.generate      raw: LLM.chat on the same engine
   openai        ours: OpenAIBackend.generate (max_concurrency = --prompts) against a local vLLM server
                 raw:  the `openai` client's AsyncOpenAI, all requests at once, against the same server
-Each timing is the best of --repeats after one warm-up call each; ours and raw alternate. Prints generated tokens/s
+Each timing is the best of --repeats after a short warm-up call each; ours and raw alternate. Prints generated tokens/s
 for both and ours as a share of raw. The load average is printed too: on a shared machine, other processes'
 load changes every figure (ratios, taken in the same minutes, suffer less).
 """
@@ -35,15 +35,19 @@ def prompts(n: int) -> list[list[dict]]:
     ]
 
 
-def compare(name: str, ours, raw, repeats: int) -> None:
-    ours()  # warm-ups, then alternate so both see the same machine load
-    raw()
+WARMUP_TOKENS = 8
+
+
+def compare(name: str, ours, raw, max_tokens: int, repeats: int) -> None:
+    """`ours(limit)` and `raw(limit)` generate up to `limit` tokens per row and return how many they generated."""
+    ours(WARMUP_TOKENS)  # short warm-ups, then alternate so both see the same machine load
+    raw(WARMUP_TOKENS)
     times = {"ours": [], "raw": []}
     tokens = {}
     for _ in range(repeats):
         for label, run in (("ours", ours), ("raw", raw)):
             start = time.perf_counter()
-            tokens[label] = run()
+            tokens[label] = run(max_tokens)
             times[label].append(time.perf_counter() - start)
     ours_tps = tokens["ours"] / min(times["ours"])
     raw_tps = tokens["raw"] / min(times["raw"])
@@ -62,15 +66,15 @@ def bench_transformers(messages, max_tokens: int, repeats: int) -> None:
     backend = load_backend(replace(default_offline_model("transformers"), max_batch_size=len(messages)))
     model, tokenizer = backend.model, backend.tokenizer
 
-    def ours() -> int:
-        return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=max_tokens)))
+    def ours(limit: int) -> int:
+        return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=limit)))
 
-    def raw() -> int:
+    def raw(limit: int) -> int:
         texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(
-                **batch, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                **batch, max_new_tokens=limit, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
         new = out[:, batch["input_ids"].shape[1] :]
         # tokens up to and including each row's first EOS/pad, as ours counts them
@@ -78,7 +82,7 @@ def bench_transformers(messages, max_tokens: int, repeats: int) -> None:
         first_end = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], new.shape[1]))
         return int(first_end.sum())
 
-    compare("transformers", ours, raw, repeats)
+    compare("transformers", ours, raw, max_tokens, repeats)
 
 
 def bench_vllm(messages, max_tokens: int, repeats: int) -> None:
@@ -88,15 +92,15 @@ def bench_vllm(messages, max_tokens: int, repeats: int) -> None:
 
     backend = load_backend(default_offline_model("vllm"))
 
-    def ours() -> int:
-        return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=max_tokens)))
+    def ours(limit: int) -> int:
+        return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=limit)))
 
-    def raw() -> int:
-        outs = backend.llm.chat(messages, SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)
+    def raw(limit: int) -> int:
+        outs = backend.llm.chat(messages, SamplingParams(max_tokens=limit, temperature=0.0), use_tqdm=False)
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
     try:
-        compare("vllm", ours, raw, repeats)
+        compare("vllm", ours, raw, max_tokens, repeats)
     finally:
         backend.close()
 
@@ -116,18 +120,18 @@ def bench_openai(messages, max_tokens: int, repeats: int) -> None:
         spec = ModelSpec(backend="openai", model="smollm2", base_url=f"{url}/v1", max_concurrency=len(messages))
         backend = load_backend(spec)
 
-        def ours() -> int:
-            return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=max_tokens)))
+        def ours(limit: int) -> int:
+            return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=limit)))
 
-        async def raw_async() -> int:
+        async def raw_async(limit: int) -> int:
             async with AsyncOpenAI(base_url=f"{url}/v1", api_key="unused") as client:
                 calls = [
-                    client.chat.completions.create(model="smollm2", messages=m, max_tokens=max_tokens, temperature=0.0)
+                    client.chat.completions.create(model="smollm2", messages=m, max_tokens=limit, temperature=0.0)
                     for m in messages
                 ]
                 return sum(r.usage.completion_tokens for r in await asyncio.gather(*calls))
 
-        compare("openai", ours, lambda: asyncio.run(raw_async()), repeats)
+        compare("openai", ours, lambda n: asyncio.run(raw_async(n)), max_tokens, repeats)
     finally:
         server.stop()
 

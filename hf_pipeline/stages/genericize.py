@@ -23,16 +23,19 @@ from hf_pipeline.text.templates import TemplateError, parse_template, template_i
 
 TEACHER_PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "genericize_teacher.txt"
 
-# String fields get maxLength: a small model can otherwise loop inside a string until max_tokens.
-TEMPLATE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "template": {"type": "string", "minLength": 1, "maxLength": 1500},
-        "compatible_document_description": {"type": "string", "minLength": 1, "maxLength": 1500},
-    },
-    "required": ["template", "compatible_document_description"],
-    "additionalProperties": False,
-}
+
+
+def template_schema(max_chars: int) -> dict:
+    """The reply's JSON schema. String fields get maxLength: a small model can otherwise loop inside a string
+    until max_tokens; with maxLength the grammar closes the string, so a long enough max_tokens always ends in
+    valid JSON."""
+    field_schema = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    return {
+        "type": "object",
+        "properties": {"template": field_schema, "compatible_document_description": field_schema},
+        "required": ["template", "compatible_document_description"],
+        "additionalProperties": False,
+    }
 
 
 @dataclass
@@ -43,6 +46,7 @@ class GenericizeConfig:
         metadata={"help": "the model and how to run it (llm.model, llm.backend, ...)"},
     )
     min_variables: int = field(default=1, metadata={"help": "templates with fewer <fi> variables get status no_variables"})
+    max_field_chars: int = field(default=1500, metadata={"help": "maxLength of the template and description strings in the JSON schema"})
 
 
 def messages_for(queries: list[str], mode: str) -> list[list[dict]]:
@@ -62,10 +66,11 @@ def genericize_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, lis
     from hf_pipeline.llm.json_output import parse_json_completion
 
     config: GenericizeConfig = ctx.config
-    completions = ctx.resources.generate(messages_for(batch["query"], config.mode), sampling(config.llm), TEMPLATE_SCHEMA)
+    schema = template_schema(config.max_field_chars)
+    completions = ctx.resources.generate(messages_for(batch["query"], config.mode), sampling(config.llm), schema)
     out: dict[str, list] = {k: [] for k in GENERICIZE_COLUMNS}
     for qid, source, completion in zip(batch["query_id"], batch["source"], completions):
-        value, status, detail = parse_json_completion(completion, TEMPLATE_SCHEMA)
+        value, status, detail = parse_json_completion(completion, schema)
         template = description = None
         num_variables = 0
         if status == "ok":
