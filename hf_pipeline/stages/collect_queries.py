@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -83,7 +83,7 @@ class CollectQueriesConfig:
         metadata={"help": "query datasets: {name: <shipped source>} or {name, dataset, column | conversation_column, ...}"},
     )
     max_chars: int = field(default=8000, metadata={"help": "drop queries longer than this (too_long)"})
-    dedupe: str = field(default="normalized", metadata={"help": "'exact', 'normalized' (exact, then case/punct-insensitive) or 'none'"})
+    dedupe: Literal["exact", "normalized", "none"] = field(default="normalized", metadata={"help": "'exact', 'normalized' (exact, then case/punct-insensitive) or 'none'"})
     benchmarks: list[BenchmarkSet] = field(
         default_factory=list, metadata={"help": "benchmark sets to decontaminate against: {dataset, columns, split, subset}"}
     )
@@ -216,8 +216,6 @@ def dedupe_and_filter(ds, ctx: StageContext):
 
 
 def check_config(config: CollectQueriesConfig) -> None:
-    if config.dedupe not in ("exact", "normalized", "none"):
-        raise PipelineError(f"config key 'dedupe' must be 'exact', 'normalized' or 'none', got {config.dedupe!r}.")
     if not config.sources:
         raise PipelineError("collect_queries needs at least one query source (config key 'sources').")
 

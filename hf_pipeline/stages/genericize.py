@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref, load_llm, sampling
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.templates import TemplateError, parse_template, template_id
@@ -40,7 +40,9 @@ def template_schema(max_chars: int) -> dict:
 
 @dataclass
 class GenericizeConfig:
-    mode: str = field(default="student", metadata={"help": "student (query_templatizer contract) | teacher (prompted instruct LLM)"})
+    mode: Literal["student", "teacher"] = field(
+        default="student", metadata={"help": "student (query_templatizer contract) | teacher (prompted instruct LLM)"}
+    )
     llm: LLMConfig = field(
         default_factory=lambda: LLMConfig(model="fineinstructions/query_templatizer", max_tokens=512),
         metadata={"help": "the model and how to run it (llm.model, llm.backend, ...)"},
@@ -57,8 +59,6 @@ def messages_for(queries: list[str], mode: str) -> list[list[dict]]:
 
 
 def setup(ctx: StageContext):
-    if ctx.config.mode not in ("student", "teacher"):
-        raise PipelineError(f"config key 'mode' must be 'student' or 'teacher', got {ctx.config.mode!r}.")
     return load_llm(ctx.config.llm)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref, load_llm, sampling
@@ -41,7 +42,9 @@ PAIR_SCHEMA = {
 class InstantiateConfig:
     documents: str = field(default="", metadata={"help": "documents dataset (doc_id, text): org/name@revision or path"})
     templates: str = field(default="", metadata={"help": "templates dataset (template_id, template): the genericize output"})
-    mode: str = field(default="student", metadata={"help": "student (template_instantiator contract) | teacher (prompted instruct LLM)"})
+    mode: Literal["student", "teacher"] = field(
+        default="student", metadata={"help": "student (template_instantiator contract) | teacher (prompted instruct LLM)"}
+    )
     llm: LLMConfig = field(
         default_factory=lambda: LLMConfig(model="fineinstructions/template_instantiator", max_tokens=1024),
         metadata={"help": "the model and how to run it (llm.model, llm.backend, ...)"},
@@ -53,8 +56,6 @@ class InstantiateConfig:
 def check_config(config: InstantiateConfig) -> list[str]:
     if not config.documents or not config.templates:
         raise PipelineError("instantiate needs config keys 'documents' and 'templates' (dataset refs).")
-    if config.mode not in ("student", "teacher"):
-        raise PipelineError(f"config key 'mode' must be 'student' or 'teacher', got {config.mode!r}.")
     return [config.documents, config.templates]
 
 
