@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -87,6 +88,7 @@ def _add_stage_parser(sub, stage) -> None:
         "ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--result-file", help=argparse.SUPPRESS)  # the pipeline command reads each stage's result here
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +147,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
 
         return estimate_command(stage, options, config, args.estimate, argv=["run_stage.py", *argv])
     result = run_stage(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
+    if args.result_file and result is not None:
+        Path(args.result_file).write_text(json.dumps(dataclasses.asdict(result)))
     return 0 if result is not None or args.dry_run else 1
 
 
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pipeline":
             from hf_pipeline.pipeline import run_pipeline
 
-            run_pipeline(args.config, sample_size=args.sample_size, argv=["run_stage.py", *argv])
+            run_pipeline(args.config, sample_size=args.sample_size)
             return 0
         return run_command(args, argv)
     except PipelineError as e:
@@ -210,3 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

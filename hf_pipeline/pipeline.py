@@ -46,7 +46,7 @@ def substitute(value: Any, published: dict[str, str]) -> Any:
     return value
 
 
-def run_pipeline(config_path: str, sample_size: int | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+def run_pipeline(config_path: str, sample_size: int | None = None) -> dict[str, Any]:
     from hf_pipeline.cli import split_settings
     from hf_pipeline.hub_io import push_local_dataset
     from hf_pipeline.stages import all_stages
@@ -77,51 +77,44 @@ def run_pipeline(config_path: str, sample_size: int | None = None, argv: list[st
             values["max_rows"] = sample_size
         split_settings(stage, values)  # fail on a bad key now, not after the earlier stages ran
         print(f"\n=== {name} ===", flush=True)
-        result = run_in_subprocess(name, values, argv or [])
+        result = run_in_subprocess(name, values)
         published[name] = previous = f"{result.repo_id}@{result.tag}"
         results[name] = result
     print_pipeline_summary(results, time.time() - started)
     return results
 
 
-def _run_one(name: str, values: dict[str, Any], argv: list[str], results) -> None:
-    from hf_pipeline.cli import split_settings
-    from hf_pipeline.runner import run_stage
-    from hf_pipeline.stages import all_stages
+def run_in_subprocess(name: str, values: dict[str, Any]):
+    """One stage as `python -m hf_pipeline.cli STAGE` in its own session: each stage's models (a vLLM engine, an
+    embedder) are freed when it ends, and a crash in one stage cannot take the earlier stages' results with it.
+    The child writes its result to a file first; an engine process that lingers after that is ended with it."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
 
-    os.setsid()  # its own process group, so the parent can end the stage's engine processes with it
-    stage = all_stages()[name]
-    options, config = split_settings(stage, values)
-    try:
-        results.put(("ok", run_stage(stage, options, config, argv=argv)))
-    except PipelineError as e:
-        results.put(("error", str(e)))
+    import yaml
 
+    from hf_pipeline.runner import RunResult
 
-def run_in_subprocess(name: str, values: dict[str, Any], argv: list[str]):
-    """One stage in a fresh process: each stage's models (a vLLM engine, an embedder) are freed when it ends,
-    and a crash in one stage cannot take the published results of the earlier ones with it."""
-    import multiprocessing
-    import queue
-
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    proc = ctx.Process(target=_run_one, args=(name, values, argv, results))
-    proc.start()
-    while True:  # read before join: a child blocks on exit until what it queued is read
-        try:
-            kind, payload = results.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if not proc.is_alive():
-                raise PipelineError(f"stage {name} died (exit code {proc.exitcode}); rerun the pipeline to resume from its checkpoints.") from None
-    proc.join(timeout=60)
-    if proc.is_alive():  # an engine's helper processes can outlive the stage; its result is already safe
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.join()
-    if kind == "error":
-        raise PipelineError(f"stage {name}: {payload}")
-    return payload
+    with tempfile.TemporaryDirectory() as tmp:
+        config, result_file = Path(tmp) / "stage.yaml", Path(tmp) / "result.json"
+        config.write_text(yaml.safe_dump(values))
+        cmd = [sys.executable, "-m", "hf_pipeline.cli", name, "--config", str(config), "--result-file", str(result_file)]
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        finished_at = None
+        while proc.poll() is None:
+            if finished_at is None and result_file.exists():
+                finished_at = time.time()
+            if finished_at is not None and time.time() - finished_at > 60:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+                break
+            time.sleep(0.5)
+        if not result_file.exists():
+            raise PipelineError(f"stage {name} failed (exit code {proc.returncode}); fix the cause and rerun the pipeline to resume.")
+        return RunResult(**json.loads(result_file.read_text()))
 
 
 def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
