@@ -44,8 +44,9 @@ def compare(name: str, ours, raw, max_tokens: int, repeats: int) -> None:
     raw(WARMUP_TOKENS)
     times = {"ours": [], "raw": []}
     tokens = {}
-    for _ in range(repeats):
-        for label, run in (("ours", ours), ("raw", raw)):
+    for repeat in range(repeats):
+        pair = [("ours", ours), ("raw", raw)]
+        for label, run in pair if repeat % 2 == 0 else pair[::-1]:  # neither always runs first
             start = time.perf_counter()
             tokens[label] = run(max_tokens)
             times[label].append(time.perf_counter() - start)
