@@ -25,21 +25,21 @@ class ModelSpec:
     model: str = ""
     revision: str | None = None
     gguf_file: str | None = None  # a GGUF file inside `model` (a Hub repo or a local dir)
-    dtype: str = "auto"  # auto: bf16 on GPU, float32 on CPU (see vllm_backend for why)
+    dtype: str = "auto"  # auto: bf16 on GPU, float32 on CPU (see resolved_dtype)
     tensor_parallel_size: int = 1
     max_model_len: int | None = None
     # vLLM's KV cache in GiB; None: vLLM's default (a share of GPU memory; on CPU, 1 GiB, see vllm_backend)
     kv_cache_gib: float | None = None
     max_batch_size: int = 32  # transformers: rows per `generate` call (vLLM and servers schedule their own)
-    # openai: the server, and the *name* of the env var that holds the key (the key itself never lives here)
+    # openai: the server and the *name* of the env var that holds its key (the key itself never lives here),
+    # requests in flight, retries with exponential backoff, and when to call the server gone
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 16
     max_retries: int = 5
     retry_backoff: float = 1.0  # seconds before the first retry, doubling after each
     request_timeout: float = 600.0
-    # openai: this many rows in a row failing after all retries means the server is gone (BackendUnavailable)
-    max_consecutive_failures: int = 3
+    max_consecutive_failures: int = 3  # rows in a row failing after all retries -> BackendUnavailable
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class Sampling:
     max_tokens: int = 512
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
-    seed: int | None = None  # vllm/openai: per request, so identical prompts sample identically
+    # vllm/openai: per request, so identical prompts sample identically; transformers: once per generate call
+    seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings; the matched string is not part of the text
 
 
