@@ -60,6 +60,25 @@ def _describe_fields(cls: type, prefix: str = "") -> list[str]:
     return lines
 
 
+def is_training(stage) -> bool:
+    from hf_pipeline.training import TrainingStage
+
+    return isinstance(stage, TrainingStage)
+
+
+def run_flags(stage) -> dict[str, str]:
+    """The run options a stage's command line takes: all of them, or for a training stage those that apply."""
+    if not is_training(stage):
+        return RUN_FLAGS
+    from hf_pipeline.training import TRAIN_OPTIONS
+
+    flags = {name: RUN_FLAGS[name] for name in TRAIN_OPTIONS}
+    flags.update(input="training data: org/name, org/name@revision, or a local path",
+                 output="output model repo (org/name) to publish to", work_dir="where checkpoints live until published "
+                 "(default: $HF_PIPELINE_CACHE/runs); a rerun resumes from the last one")
+    return flags
+
+
 def _add_stage_parser(sub, stage) -> None:
     epilog = "\n".join(
         [f"config keys of {stage.name} (set in --config YAML or with --set key=value):", *_describe_fields(stage.config_class)]
@@ -72,7 +91,7 @@ def _add_stage_parser(sub, stage) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = RunOptions()
-    for name, doc in RUN_FLAGS.items():
+    for name, doc in run_flags(stage).items():
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         if isinstance(default, bool):
@@ -82,11 +101,12 @@ def _add_stage_parser(sub, stage) -> None:
     p.add_argument("--config", help="YAML file with run options and config keys (default: none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (input rows, shards, output, tag); change nothing")
-    p.add_argument(
-        "--estimate", nargs="?", const="input", default=None, metavar="ROWS",
-        help="(implies --dry-run) print the cost estimate (device-hours, memory, shards) from measured throughputs, for "
-        "ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
-    )
+    if not is_training(stage):
+        p.add_argument(
+            "--estimate", nargs="?", const="input", default=None, metavar="ROWS",
+            help="(implies --dry-run) print the cost estimate (device-hours, memory, shards) from measured throughputs, "
+            "for ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
+        )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--result-file", help=argparse.SUPPRESS)  # the pipeline command reads each stage's result here
 
@@ -124,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_settings(stage, values: dict[str, Any]) -> tuple[RunOptions, Any]:
     """YAML/--set values -> (run options, stage config); keys are run options or config keys, nothing else."""
-    run_keys = {f.name for f in dataclasses.fields(RunOptions)}
+    run_keys = set(run_flags(stage)) if is_training(stage) else {f.name for f in dataclasses.fields(RunOptions)}
     run_values = {k: v for k, v in values.items() if k in run_keys}
     config = build_config(stage.config_class, {k: v for k, v in values.items() if k not in run_keys})
     return build_config(RunOptions, run_values), config
@@ -137,16 +157,21 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     stage = all_stages()[args.command]
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     values = deep_merge(values, parse_overrides(args.set))
-    for name in RUN_FLAGS:
+    for name in run_flags(stage):
         flag_value = getattr(args, name)
         if flag_value is not None:
             values[name] = flag_value
     options, config = split_settings(stage, values)
-    if args.estimate is not None:
+    if is_training(stage):
+        from hf_pipeline.training import run_training
+
+        result = run_training(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
+    elif args.estimate is not None:
         from hf_pipeline.estimate import estimate_command
 
         return estimate_command(stage, options, config, args.estimate, argv=["run_stage.py", *argv])
-    result = run_stage(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
+    else:
+        result = run_stage(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
     if args.result_file and result is not None:
         Path(args.result_file).write_text(json.dumps(dataclasses.asdict(result)))
     return 0 if result is not None or args.dry_run else 1

@@ -83,6 +83,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise PipelineError(f"config key '{key}' must be true or false, got {value!r}.")
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads `3e-3` as a string: it wants `3.0e-3`. Users write the former.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if annotation is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -175,26 +175,27 @@ def download_file(ref: DatasetRef, filename: str) -> Path:
         raise PipelineError(f"dataset {ref.ref} has no file '{filename}' at {ref.sha[:12]}.") from None
 
 
-def output_tags(repo_id: str) -> dict[str, str]:
-    """tag name -> commit sha for an output dataset repo ({} when the repo does not exist yet)."""
+def output_tags(repo_id: str, repo_type: str = "dataset") -> dict[str, str]:
+    """tag name -> commit sha for an output repo ({} when the repo does not exist yet)."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        refs = hf_api().list_repo_refs(repo_id, repo_type="dataset")
+        refs = hf_api().list_repo_refs(repo_id, repo_type=repo_type)
     except RepositoryNotFoundError:
         return {}
     return {t.name: t.target_commit for t in refs.tags}
 
 
-def load_card(repo_id: str, revision: str | None = None):
-    """The dataset card of `repo_id` as it was at `revision` (a tag, branch or sha)."""
-    from huggingface_hub import DatasetCard, hf_hub_download
+def load_card(repo_id: str, revision: str | None = None, repo_type: str = "dataset"):
+    """The dataset (or model) card of `repo_id` as it was at `revision` (a tag, branch or sha)."""
+    from huggingface_hub import DatasetCard, ModelCard, hf_hub_download
 
-    return DatasetCard.load(hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision))
+    card_class = DatasetCard if repo_type == "dataset" else ModelCard
+    return card_class.load(hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision))
 
 
-def read_card_metadata(repo_id: str, revision: str) -> dict[str, Any]:
-    return load_card(repo_id, revision).data.to_dict()
+def read_card_metadata(repo_id: str, revision: str, repo_type: str = "dataset") -> dict[str, Any]:
+    return load_card(repo_id, revision, repo_type).data.to_dict()
 
 
 def publish(
@@ -225,6 +226,30 @@ def publish(
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode()))
     info = api.create_commit(repo_id, ops, commit_message=commit_message, repo_type="dataset")
     api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type="dataset", tag_message=commit_message)
+    return info.oid
+
+
+def publish_model(repo_id: str, folder: Path, card_text: str, tag: str, commit_message: str, private: bool = False) -> str:
+    """One commit that makes the model repo hold exactly `folder`'s files plus the card, then the tag.
+
+    Returns the commit sha. Files of an earlier version that this one lacks are deleted in the same commit,
+    so the tagged revision is this model and nothing else (`.gitattributes` stays)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    api = hf_api()
+    api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+    existing = set(api.list_repo_files(repo_id, repo_type="model"))
+    new_paths = {f.relative_to(folder).as_posix(): f for f in sorted(folder.rglob("*")) if f.is_file()}
+    new_paths.pop("README.md", None)  # the card below is the README
+    ops: list[Any] = [
+        CommitOperationDelete(path_in_repo=p)
+        for p in sorted(existing)
+        if p not in new_paths and p not in ("README.md", ".gitattributes")
+    ]
+    ops += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in new_paths.items()]
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode()))
+    info = api.create_commit(repo_id, ops, commit_message=commit_message, repo_type="model")
+    api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type="model", tag_message=commit_message)
     return info.oid
 
 
