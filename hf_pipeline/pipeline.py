@@ -14,6 +14,11 @@ mid-way resumes from its checkpoint chunks).
       collect_queries: {output: local/q, sources: [...]}
       genericize: {output: local/t, llm: {model: packaged:smollm2}}
       ...
+
+An entry is named after its stage, or named freely with `stage:` saying which stage it runs, so one stage can
+run twice (e.g. `train_embedder_round2: {stage: train_embedder, round: 2, ...}`). References name entries:
+`{entry}` is `repo@tag`, `{entry.repo}` and `{entry.tag}` its parts (for configs that take a model and its
+revision separately). Training stages publish model repos and are referenced the same way.
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ from typing import Any
 from hf_pipeline.config import read_yaml
 from hf_pipeline.errors import PipelineError
 
-_REFERENCE = re.compile(r"\{([a-z_]+)\}")
+_REFERENCE = re.compile(r"\{([a-z0-9_]+)(?:\.(repo|tag))?\}")
 
 
 def substitute(value: Any, published: dict[str, str]) -> Any:
-    """Replace `{stage}` in every string of `value` by that stage's published repo@tag."""
+    """Replace `{entry}`, `{entry.repo}`, `{entry.tag}` in every string of `value` by that entry's published
+    repo@tag, repo, tag."""
     if isinstance(value, str):
         def ref(m: re.Match) -> str:
             if m.group(1) not in published:
                 raise PipelineError(f"pipeline config refers to {{{m.group(1)}}}, which no earlier stage published.")
-            return published[m.group(1)]
+            repo, tag = published[m.group(1)].rsplit("@", 1)
+            return {"repo": repo, "tag": tag}.get(m.group(2), published[m.group(1)])
 
         return _REFERENCE.sub(ref, value)
     if isinstance(value, list):
@@ -56,7 +63,8 @@ def run_pipeline(config_path: str, sample_size: int | None = None) -> dict[str, 
     if unknown:
         raise PipelineError(f"unknown pipeline key '{sorted(unknown)[0]}' in {config_path} (known: publish, sample_size, sample_stage, stages).")
     stages = all_stages()
-    unknown_stages = [name for name in spec.get("stages", {}) if name not in stages]
+    entries = {name: (values or {}).get("stage", name) for name, values in (spec.get("stages") or {}).items()}
+    unknown_stages = [stage for stage in entries.values() if stage not in stages]
     if unknown_stages:
         raise PipelineError(f"pipeline config names unknown stage '{unknown_stages[0]}' (stages: {', '.join(stages)}).")
     started = time.time()
@@ -69,15 +77,15 @@ def run_pipeline(config_path: str, sample_size: int | None = None) -> dict[str, 
     results: dict[str, Any] = {}
     previous: str | None = None
     for name, values in spec["stages"].items():
-        stage = stages[name]
-        values = substitute(dict(values or {}), published)
+        stage = stages[entries[name]]
+        values = substitute({k: v for k, v in (values or {}).items() if k != "stage"}, published)
         if stage.needs_input and "input" not in values and previous:
             values["input"] = previous
         if sample_size is not None and name == spec.get("sample_stage"):
             values["max_rows"] = sample_size
         split_settings(stage, values)  # fail on a bad key now, not after the earlier stages ran
-        print(f"\n=== {name} ===", flush=True)
-        result = run_in_subprocess(name, values)
+        print(f"\n=== {name} ===" + (f" ({stage.name})" if stage.name != name else ""), flush=True)
+        result = run_in_subprocess(stage.name, values)
         published[name] = previous = f"{result.repo_id}@{result.tag}"
         results[name] = result
     print_pipeline_summary(results, time.time() - started)
@@ -97,6 +105,7 @@ def run_in_subprocess(name: str, values: dict[str, Any]):
     import yaml
 
     from hf_pipeline.runner import RunResult
+    from hf_pipeline.training import TrainResult
 
     with tempfile.TemporaryDirectory() as tmp:
         config, result_file = Path(tmp) / "stage.yaml", Path(tmp) / "result.json"
@@ -114,14 +123,21 @@ def run_in_subprocess(name: str, values: dict[str, Any]):
             time.sleep(0.5)
         if not result_file.exists():
             raise PipelineError(f"stage {name} failed (exit code {proc.returncode}); fix the cause and rerun the pipeline to resume.")
-        return RunResult(**json.loads(result_file.read_text()))
+        result = json.loads(result_file.read_text())
+        return TrainResult(**result) if "metrics" in result else RunResult(**result)
 
 
 def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
     from hf_pipeline.hub_io import load_card
+    from hf_pipeline.training import TrainResult
 
     lines = ["", f"===== pipeline done in {seconds / 60:.1f} min =====", "stage            output@tag  (rows in -> out; statuses)"]
     for name, r in results.items():
+        if isinstance(r, TrainResult):  # a model repo: its card has metrics, not row statuses
+            card = load_card(r.repo_id, r.tag, repo_type="model").data.hf_pipeline
+            figures = ", ".join(f"{k} {v}" for k, v in card["metrics"].items() if "loss" in k or "margin" in k)
+            lines.append(f"{name:<16} model {r.repo_id}@{r.tag}  ({card['rows_in']} rows -> {card['rows_out']} trained on; {figures})")
+            continue
         card = load_card(r.repo_id, r.tag).data.hf_pipeline  # skipped stages report their published counts
         statuses = "; ".join(
             f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())

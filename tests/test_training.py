@@ -278,3 +278,40 @@ def test_genericize_runs_with_a_trained_genericizer_by_repo_id(local_hub, tmp_pa
     ds = load_dataset("local/tiny-templates", revision="t", split="train")
     assert len(ds) == 2 and all(ds["status"])  # a random 2-layer model: every row keeps a status
     assert load_card("local/tiny-templates", "t").data.hf_pipeline["models"]["genericizer"].startswith("local/tiny-genericizer@v1")
+
+
+def test_training_killed_mid_run_resumes_to_the_same_model(tiny_instantiator, silver_file, tmp_path):
+    """SIGKILL after a checkpoint, rerun the same command: it resumes from that checkpoint and publishes the
+    weights of an uninterrupted run (the `tiny_instantiator` fixture: same data and config but for save_steps)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from huggingface_hub import hf_hub_download
+    from safetensors.numpy import load_file
+
+    from hf_pipeline.hub_io import load_card
+
+    run = ["train_instantiator", "--input", str(silver_file), *TINY_TRAINING, "--set", "save_steps=5",
+           "--output", "local/resumed", "--tag", "v1", "--work-dir", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "hf_pipeline.cli", *run], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("*/checkpoints/checkpoint-10/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(run) == 0
+
+    resumed = load_card("local/resumed", "v1", repo_type="model").data.hf_pipeline["metrics"]
+    whole = load_card("local/tiny-instantiator", "v1", repo_type="model").data.hf_pipeline["metrics"]
+    assert 10 <= resumed["resumed_from_step"] < 40 and whole["resumed_from_step"] == 0
+    assert resumed["steps"] == whole["steps"] == 40
+    a = load_file(hf_hub_download("local/resumed", "model.safetensors", revision="v1"))
+    b = load_file(hf_hub_download("local/tiny-instantiator", "model.safetensors", revision="v1"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)

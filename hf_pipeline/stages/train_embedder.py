@@ -196,7 +196,8 @@ def train_embedder(ds, ctx: TrainContext) -> TrainOutcome:
     for name, split in splits.items():
         figures.update(cosine_figures(model, split, config.round, f"{name}_before"))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss)
-    output = trainer.train(resume_from_checkpoint=last_checkpoint(ctx.checkpoint_dir))
+    checkpoint, figures["resumed_from_step"] = last_checkpoint(ctx.checkpoint_dir)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
     for name, split in splits.items():
         figures.update(cosine_figures(model, split, config.round, f"{name}_after"))
     figures["steps"] = int(output.global_step)

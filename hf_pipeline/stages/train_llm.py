@@ -130,10 +130,12 @@ def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def last_checkpoint(folder) -> str | None:
+def last_checkpoint(folder) -> tuple[str | None, int]:
+    """(the newest checkpoint a crashed run left in `folder`, its step), or (None, 0) for a fresh start."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    path = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return path, int(path.rsplit("-", 1)[1]) if path else 0
 
 
 def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
@@ -186,7 +188,8 @@ def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
     # The loss the Trainer reports is the mean cross-entropy over label tokens, i.e. over the replies alone.
     measured = {"train": as_dataset(train_rows), **({"eval": as_dataset(eval_rows)} if eval_rows else {})}
     before = {name: trainer.evaluate(split, metric_key_prefix=name)[f"{name}_loss"] for name, split in measured.items()}
-    output = trainer.train(resume_from_checkpoint=last_checkpoint(ctx.checkpoint_dir))
+    checkpoint, resumed_from = last_checkpoint(ctx.checkpoint_dir)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
     after = {name: trainer.evaluate(split, metric_key_prefix=name)[f"{name}_loss"] for name, split in measured.items()}
     trainer.save_model(str(ctx.output_dir))
     tokenizer.save_pretrained(str(ctx.output_dir))
@@ -198,6 +201,7 @@ def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "steps": int(output.global_step),
+        "resumed_from_step": resumed_from,
         "training_loss": _round(output.training_loss),
         **{f"{name}_loss_before": _round(v) for name, v in before.items()},
         **{f"{name}_loss_after": _round(v) for name, v in after.items()},
