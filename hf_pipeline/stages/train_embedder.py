@@ -48,6 +48,7 @@ class TrainEmbedderConfig:
     per_device_train_batch_size: int = 16
     warmup_ratio: float = 0.1
     eval_fraction: float = field(default=0.1, metadata={"help": "held-out share for the card's cosine figures (0 = none)"})
+    metrics_rows: int = field(default=1000, metadata={"help": "training rows sampled for the card's before/after cosines"})
     bf16: bool = field(default=True, metadata={"help": "bf16 mixed precision when a GPU is present (CPU: float32)"})
     save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps (a rerun resumes from the last)"})
     logging_steps: int = 10
@@ -145,7 +146,7 @@ def train_embedder(ds, ctx: TrainContext) -> TrainOutcome:
 
     from hf_pipeline.embedder import load_embedder
     from hf_pipeline.pooling import with_gaussian_pooling
-    from hf_pipeline.stages.train_llm import last_checkpoint, split_eval
+    from hf_pipeline.stages.train_llm import last_checkpoint, metrics_sample, split_eval
 
     config: TrainEmbedderConfig = ctx.config
     if config.round not in (1, 2):
@@ -192,7 +193,7 @@ def train_embedder(ds, ctx: TrainContext) -> TrainOutcome:
         use_cpu=not on_gpu,
     )
     figures: dict[str, Any] = {"train_rows": len(train_idx), "eval_rows": len(eval_idx), "round": config.round}
-    splits = {"train": train_rows, **({"eval": eval_rows} if eval_idx else {})}
+    splits = {"train": take(metrics_sample(train_idx, config.metrics_rows, config.seed)), **({"eval": eval_rows} if eval_idx else {})}
     for name, split in splits.items():
         figures.update(cosine_figures(model, split, config.round, f"{name}_before"))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss)

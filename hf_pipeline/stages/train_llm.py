@@ -43,6 +43,7 @@ class CausalLMTrainConfig:
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out share for the card's eval loss (0 = none)"})
+    metrics_rows: int = field(default=1000, metadata={"help": "training rows sampled for the card's before/after loss"})
     gradient_checkpointing: bool = False
     bf16: bool = field(default=True, metadata={"help": "bf16 mixed precision when a GPU is present (CPU: float32)"})
     save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps (a rerun resumes from the last)"})
@@ -130,6 +131,11 @@ def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+def metrics_sample(rows: list, n: int, seed: int) -> list:
+    """At most n rows, seeded: the before/after figures of a big run cost a bounded number of forward passes."""
+    return rows if len(rows) <= n else random.Random(seed).sample(rows, n)
+
+
 def last_checkpoint(folder) -> tuple[str | None, int]:
     """(the newest checkpoint a crashed run left in `folder`, its step), or (None, 0) for a fresh start."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -186,7 +192,10 @@ def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
         data_collator=lambda batch: pad_batch(batch, pad_id),
     )
     # The loss the Trainer reports is the mean cross-entropy over label tokens, i.e. over the replies alone.
-    measured = {"train": as_dataset(train_rows), **({"eval": as_dataset(eval_rows)} if eval_rows else {})}
+    measured = {
+        "train": as_dataset(metrics_sample(train_rows, config.metrics_rows, config.seed)),
+        **({"eval": as_dataset(eval_rows)} if eval_rows else {}),
+    }
     before = {name: trainer.evaluate(split, metric_key_prefix=name)[f"{name}_loss"] for name, split in measured.items()}
     checkpoint, resumed_from = last_checkpoint(ctx.checkpoint_dir)
     output = trainer.train(resume_from_checkpoint=checkpoint)
