@@ -136,6 +136,31 @@ class TrainResult:
         return f'"{self.repo_id}@{self.tag}"'
 
 
+def trainer_arguments(config: Any, checkpoint_dir: Path) -> dict[str, Any]:
+    """The `TrainingArguments` every training stage shares, from its config's common keys: checkpoints in the
+    run's work dir (resume), bf16 only on a GPU, seeded data order, no reporting integrations."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return dict(
+        output_dir=str(checkpoint_dir),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        warmup_steps=float(config.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of the steps
+        bf16=config.bf16 and on_gpu,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        report_to=[],
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=not on_gpu,
+    )
+
+
 # RunOptions fields that mean something for a training run (the rest are about mapping rows)
 TRAIN_OPTIONS = ("input", "output", "tag", "split", "max_rows", "private", "work_dir", "keep_work_dir")
 

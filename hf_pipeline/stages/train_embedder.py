@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.training import TrainContext, TrainingStage, TrainOutcome
+from hf_pipeline.training import TrainContext, TrainingStage, TrainOutcome, trainer_arguments
 
 DOCUMENT, DESCRIPTION, LABEL = "document", "compatible_document_description", "label"
 
@@ -140,7 +140,6 @@ def cosine_figures(model, rows: dict[str, list], round_: int, prefix: str) -> di
 
 def train_embedder(ds, ctx: TrainContext) -> TrainOutcome:
     import datasets
-    import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
@@ -174,24 +173,7 @@ def train_embedder(ds, ctx: TrainContext) -> TrainOutcome:
         {DOCUMENT: train_rows[DOCUMENT], DESCRIPTION: train_rows[DESCRIPTION], LABEL: label_values}
     )
     loss = CosineSimilarityLoss(model) if config.round == 1 else chunk_cosine_loss_class()(model)
-    on_gpu = torch.cuda.is_available()
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(ctx.checkpoint_dir),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        warmup_steps=float(config.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of the steps
-        bf16=config.bf16 and on_gpu,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=config.logging_steps,
-        report_to=[],
-        seed=config.seed,
-        data_seed=config.seed,
-        use_cpu=not on_gpu,
-    )
+    args = SentenceTransformerTrainingArguments(**trainer_arguments(config, ctx.checkpoint_dir))
     figures: dict[str, Any] = {"train_rows": len(train_idx), "eval_rows": len(eval_idx), "round": config.round}
     splits = {"train": take(metrics_sample(train_idx, config.metrics_rows, config.seed)), **({"eval": eval_rows} if eval_idx else {})}
     for name, split in splits.items():

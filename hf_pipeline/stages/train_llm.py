@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.training import MODEL_CARDS_DIR, TINY_RANDOM_PREFIX, ModelPin, TrainContext, TrainingStage, TrainOutcome
+from hf_pipeline.training import (
+    MODEL_CARDS_DIR,
+    TINY_RANDOM_PREFIX,
+    ModelPin,
+    TrainContext,
+    TrainingStage,
+    TrainOutcome,
+    trainer_arguments,
+)
 
 
 @dataclass
@@ -146,7 +154,6 @@ def last_checkpoint(folder) -> tuple[str | None, int]:
 
 def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
     import datasets
-    import torch
     from transformers import Trainer, TrainingArguments
 
     from hf_pipeline.chat_sft import IGNORE_INDEX, pad_batch
@@ -160,29 +167,14 @@ def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
         raise PipelineError(f"none of the {len(ds)} training rows is a usable example (dropped: {drops}).")
     train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(ctx.checkpoint_dir),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
+        **trainer_arguments(config, ctx.checkpoint_dir),
         per_device_eval_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        warmup_steps=float(config.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of the steps
         lr_scheduler_type=config.lr_scheduler_type,
         weight_decay=config.weight_decay,
         activation_checkpointing=config.gradient_checkpointing,
-        bf16=config.bf16 and on_gpu,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=config.logging_steps,
-        report_to=[],
-        seed=config.seed,
-        data_seed=config.seed,
-        remove_unused_columns=False,
-        use_cpu=not on_gpu,
+        remove_unused_columns=False,  # the collator needs `labels`, which the model's signature hides
     )
     as_dataset = lambda rs: datasets.Dataset.from_list(rs)  # noqa: E731
     trainer = Trainer(
@@ -224,24 +216,26 @@ def _round(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 4)
 
 
-STAGE_GENERICIZER = TrainingStage(
-    name="train_genericizer",
-    description="fine-tune the query genericizer on genericizer_silver data, loss on the reply only (§3.1)",
-    config_class=TrainGenericizerConfig,
-    base_model=lambda config: config.base_model,
-    train=train_causal_lm,
-    library_name="transformers",
-    pipeline_tag="text-generation",
-    card_template=str(MODEL_CARDS_DIR / "causal_lm.md"),
-)
+def causal_lm_stage(name: str, description: str, config_class: type) -> TrainingStage:
+    return TrainingStage(
+        name=name,
+        description=description,
+        config_class=config_class,
+        base_model=lambda config: config.base_model,
+        train=train_causal_lm,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        card_template=str(MODEL_CARDS_DIR / "causal_lm.md"),
+    )
 
-STAGE_INSTANTIATOR = TrainingStage(
-    name="train_instantiator",
-    description="fine-tune the template instantiator on instantiator_silver data, loss on the reply only (§3.3)",
-    config_class=TrainInstantiatorConfig,
-    base_model=lambda config: config.base_model,
-    train=train_causal_lm,
-    library_name="transformers",
-    pipeline_tag="text-generation",
-    card_template=str(MODEL_CARDS_DIR / "causal_lm.md"),
+
+STAGE_GENERICIZER = causal_lm_stage(
+    "train_genericizer",
+    "fine-tune the query genericizer on genericizer_silver data, loss on the reply only (§3.1)",
+    TrainGenericizerConfig,
+)
+STAGE_INSTANTIATOR = causal_lm_stage(
+    "train_instantiator",
+    "fine-tune the template instantiator on instantiator_silver data, loss on the reply only (§3.3)",
+    TrainInstantiatorConfig,
 )
