@@ -170,3 +170,23 @@ def clip_to_model(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PER
             clipped[i] = texts[i]
             truncated[i] = len(row) > limit
     return clipped, truncated
+
+
+def visible_texts(model, texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """(each text cut after the last token the embedder keeps, truncated flags); a text that fits is unchanged.
+
+    The cut is at the end of the last kept text token (tokenizer offsets), so the embedder sees the same tokens
+    in the cut text as in the full one, up to how a word cut in its middle re-tokenizes at the very end.
+    """
+    clipped, truncated = clip_to_model(model, texts)  # cheap on long documents: tokenizes a prefix only
+    out = list(clipped)
+    cut = [i for i in range(len(texts)) if truncated[i]]
+    if cut:
+        enc = model.tokenizer(
+            [clipped[i] for i in cut], truncation=True, max_length=model.max_seq_length,
+            return_offsets_mapping=True, return_special_tokens_mask=True,
+        )
+        for i, offsets, special in zip(cut, enc["offset_mapping"], enc["special_tokens_mask"]):
+            end = max((e for (_, e), s in zip(offsets, special) if not s), default=0)
+            out[i] = clipped[i][:end]
+    return out, truncated

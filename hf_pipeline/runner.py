@@ -10,11 +10,13 @@ had not been written, and publishes the same rows (chunks are concatenated in in
 sample derive their randomness from the row (e.g. a seed plus the doc id), never from chunk boundaries.
 
 Caching: the default tag is `<stage>-<fingerprint>`, the fingerprint hashing the stage, its version, its
-config and every input pinned to a commit sha; a rerun that finds that tag already published is a no-op.
+config, the content of its prompt files and every input pinned to a commit sha; a rerun that finds that tag
+already published is a no-op.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -142,14 +144,29 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     refs += [r for r in stage.input_refs(config) if r not in refs]
     inputs = {ref: resolve_dataset(ref) for ref in refs}
     shard = None if options.shard_index is None else [options.shard_index, options.num_shards]
+    prompts = prompt_digests(stage.prompts(config))
     fingerprint = config_hash(
         stage.name, stage.version, config_to_dict(config), [p.pinned for p in inputs.values()], options.split, shard,
-        *([options.max_rows] if options.max_rows is not None else []),  # absent when unset: older tags stay valid
+        # each absent when unset/empty, so tags of runs without them stay valid
+        *([options.max_rows] if options.max_rows is not None else []),
+        *([prompts] if prompts else []),
     )
     tag = options.tag or f"{stage.name}-{fingerprint}"
     if shard is not None and not options.tag:
         tag += f"-shard-{shard[0]}-of-{shard[1]}"
     return RunPlan(stage, options, config, inputs, fingerprint, tag, token_free_argv(argv or sys.argv))
+
+
+def prompt_digests(paths: list[Path]) -> dict[str, str]:
+    """{file name: sha256 of its content} of a stage's prompt files. Keyed by name, not path, so the same
+    prompt gives the same fingerprint in any checkout."""
+    digests = {}
+    for path in paths:
+        try:
+            digests[Path(path).name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as e:
+            raise PipelineError(f"cannot read the prompt file {path}: {e}") from e
+    return digests
 
 
 def already_published(plan: RunPlan) -> str | None:

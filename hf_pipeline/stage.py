@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 Batch = dict[str, list]
@@ -57,6 +58,9 @@ class Stage:
     extra_configs: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
     # model refs (name -> "repo@revision" or path) recorded in the card
     models: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
+    # prompt files the stage reads for this config: their content is part of the run's fingerprint, so editing a
+    # prompt makes a new tag instead of a rerun that finds the old output and is wrongly a no-op
+    prompts: Callable[[Any], list[Path]] = field(default=lambda config: [])
     # bump when the stage's code changes its output for the same config, so caches and tags don't collide
     version: int = 1
     needs_input: bool = True

@@ -229,3 +229,120 @@ def test_truncated_mask(gaussian):
     fits = "word " * (gaussian.max_seq_length - 2)  # + [CLS] and [SEP] = exactly max_seq_length
     mask = truncated_mask(gaussian, ["short", long_text, fits])
     assert mask.tolist() == [False, True, False]
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked chunks (§3.2, round 2): "applying Gaussian weights at the input attention mask and only
+# attending to tokens with a weight of ≥ 0.5".
+
+from hf_pipeline.pooling import encode_masked_chunks, gaussian_chunk_masks  # noqa: E402
+
+
+def reference_chunk_masks(mask: torch.Tensor, k: int, sigma: float, threshold: float, always=None) -> np.ndarray:
+    """Loop by loop: token i of row b is in chunk kk when unmasked and exp(-½((t-c)/(σT))²) ≥ threshold,
+    t its 1-based rank among the row's unmasked tokens; `always` tokens are in every chunk."""
+    B, L = mask.shape
+    out = np.zeros((B, k, L), dtype=bool)
+    for b in range(B):
+        slots = [i for i in range(L) if mask[b, i]]
+        T = len(slots)
+        for kk in range(1, k + 1):
+            c = kk / (k + 1) * T
+            for t, i in enumerate(slots, start=1):
+                weight = math.exp(-0.5 * ((t - c) / (sigma * T)) ** 2)
+                out[b, kk - 1, i] = weight >= threshold or bool(always is not None and always[b, i])
+    return out
+
+
+@pytest.mark.parametrize("k,sigma,threshold", [(5, 0.05, 0.5), (5, 0.2, 0.5), (3, 0.1, 0.8), (1, 0.3, 0.05), (4, 0.05, 1.0)])
+@pytest.mark.parametrize("side", ["right", "left", "holes"])
+def test_chunk_masks_match_reference(k, sigma, threshold, side):
+    gen = torch.Generator().manual_seed(11)
+    rows = [torch.zeros(n, 1) for n in (40, 17, 9, 1, 0, 120)]  # includes a one-token and an empty row
+    _, mask = layout(rows, 130, side, gen)
+    got = gaussian_chunk_masks(mask, k=k, sigma=sigma, threshold=threshold)
+    assert got.shape == (len(rows), k, 130) and got.dtype == torch.bool
+    np.testing.assert_array_equal(got.numpy(), reference_chunk_masks(mask, k, sigma, threshold))
+    # special tokens: attended in every chunk, but only where the row itself is unmasked
+    always = torch.zeros_like(mask, dtype=torch.bool)
+    always[:, 0] = always[:, -1] = True
+    got = gaussian_chunk_masks(mask, k=k, sigma=sigma, threshold=threshold, always_attend=always)
+    np.testing.assert_array_equal(got.numpy(), reference_chunk_masks(mask, k, sigma, threshold, always & mask.bool()))
+    assert not (got & ~mask.bool().unsqueeze(1)).any()  # padding is never attended
+
+
+def test_paper_chunks_are_disjoint_windows_of_about_twelve_percent():
+    # weight ≥ 0.5 <=> |t - c_k| ≤ σT·sqrt(2 ln 2): with σ = 0.05, 2·1.1774·0.05 = 11.8% of T per chunk,
+    # centred at k/6 of the document, so the five chunks do not overlap.
+    T = 1000
+    masks = gaussian_chunk_masks(torch.ones(1, T), k=5, sigma=0.05)[0]
+    half = 0.05 * T * math.sqrt(2 * math.log(2))
+    for kk in range(1, 6):
+        ranks = masks[kk - 1].nonzero().squeeze(1) + 1
+        c = kk / 6 * T
+        assert ranks.tolist() == list(range(math.ceil(c - half), math.floor(c + half) + 1))
+    assert masks.sum(dim=0).max() == 1
+
+
+def test_chunk_masks_reject_bad_parameters():
+    for kwargs in ({"k": 0}, {"sigma": 0.0}, {"threshold": 0.0}, {"threshold": 1.5}):
+        with pytest.raises(ValueError):
+            gaussian_chunk_masks(torch.ones(1, 4), **kwargs)
+
+
+# Common words that are one WordPiece each in MiniLM's vocabulary, so a chunk's text re-tokenizes to
+# exactly the chunk's tokens.
+WORDS = ("the river flows past the old mill and the children play near the water while birds sing in "
+         "the tall trees above the small town where people walk to the market every morning").split()
+
+
+def test_masked_chunk_vector_is_the_chunk_encoded_alone(stock):
+    text = " ".join(WORDS * 3)  # 102 words, 104 tokens with [CLS] and [SEP]
+    chunks = encode_masked_chunks(stock, [text], k=5, sigma=0.05, threshold=0.5)
+    assert chunks.embeddings.shape == (1, 5, 384) and chunks.embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(chunks.embeddings[0], axis=-1), 1.0, atol=1e-5)
+    ids = stock.tokenizer(text)["input_ids"]
+    masks = gaussian_chunk_masks(torch.ones(1, len(ids)), k=5)[0]
+    starts = []
+    for j in range(5):
+        start, end = chunks.spans[0, j]
+        piece = text[start:end]
+        starts.append(start)
+        # the span is exactly the chunk's tokens (none of them special here: [CLS]/[SEP] sit at the ends)
+        assert stock.tokenizer(piece)["input_ids"][1:-1] == [ids[i] for i in masks[j].nonzero().squeeze(1).tolist()]
+        assert chunks.num_tokens[0, j] == masks[j].sum()
+        np.testing.assert_allclose(chunks.embeddings[0, j], stock.encode(piece), atol=1e-5)
+    assert starts == sorted(starts) and len(set(starts)) == 5  # chunk k lies at k/(K+1) of the text
+
+
+def test_masked_chunk_equals_a_masked_forward_pass_with_chunk_positions(stock):
+    # The literal reading: the full row with the chunk (plus [CLS]/[SEP]) as attention mask, positions
+    # counted within the chunk, mean pooled over the attended tokens. Packing the chunk gives the same.
+    text = "Photosynthesis converts light energy into chemical energy stored in glucose, " * 5
+    chunks = encode_masked_chunks(stock, [text], k=5)
+    enc = stock.tokenizer([text], return_tensors="pt", return_special_tokens_mask=True)
+    masks = gaussian_chunk_masks(enc["attention_mask"], k=5, always_attend=enc["special_tokens_mask"])[0]
+    bert = stock[0].model
+    for j in range(5):
+        attend = masks[j].long().unsqueeze(0)
+        positions = (attend.cumsum(dim=1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            hidden = bert(input_ids=enc["input_ids"], attention_mask=attend, token_type_ids=enc["token_type_ids"],
+                          position_ids=positions).last_hidden_state
+        mean = (hidden * attend.unsqueeze(-1)).sum(dim=1) / attend.sum()
+        expected = torch.nn.functional.normalize(mean, dim=-1)[0].numpy()
+        np.testing.assert_allclose(chunks.embeddings[0, j], expected, atol=1e-5)
+
+
+def test_masked_chunks_batching_and_short_texts(stock):
+    texts = [TEXTS[3], "Short.", TEXTS[1]]
+    together = encode_masked_chunks(stock, texts, k=5, batch_size=4)  # chunks of all texts padded together
+    alone = encode_masked_chunks(stock, texts[2:], k=5, batch_size=1)
+    np.testing.assert_allclose(together.embeddings[2], alone.embeddings[0], atol=1e-5)
+    np.testing.assert_array_equal(together.spans[2], alone.spans[0])
+    # "Short." is [CLS] short . [SEP]: T = 4, and only some kernels reach a text token; the others are
+    # empty chunks with zero vectors and empty spans, which callers must skip.
+    short = together.num_tokens[1]
+    assert 0 < (short > 0).sum() < 5
+    assert (together.embeddings[1][short == 0] == 0).all() and (together.spans[1][short == 0] == 0).all()
+    assert encode_masked_chunks(stock, [], k=3).embeddings.shape == (0, 3, 384)

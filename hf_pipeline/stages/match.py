@@ -76,40 +76,51 @@ def input_refs(config: MatchConfig) -> list[str]:
     return [config.index]
 
 
-def setup(ctx: StageContext) -> dict[str, Any]:
-    """Embedder with Gaussian pooling, the FAISS index, and per-FAISS-id weights and hash keys."""
+def open_index(ctx: StageContext, stage: str) -> tuple[Any, Any]:
+    """(the embedder that built `ctx.config.index`, with its own pooling; the FAISS index, search parameters set,
+    on the GPU when asked and present). Shared by match and match_labels: both config classes have the keys
+    index, model, model_revision, max_seq_length, use_gpu, search_params. A model other than the index's is
+    refused: template and document vectors must share one space."""
     import faiss
-    import pyarrow.parquet as pq
     import torch
 
     from hf_pipeline.faiss_index import set_search_params, to_gpu
-    from hf_pipeline.pooling import with_gaussian_pooling
 
-    config: MatchConfig = ctx.config
-    check_config(config)
+    config = ctx.config
     info = json.loads(ctx.download(config.index, INFO_FILE).read_text())
     if (info.get("model"), info.get("model_revision")) != (config.model, config.model_revision):
         raise PipelineError(
             f"index {config.index} was built with model {model_ref(info.get('model'), info.get('model_revision'))}, "
-            f"but match is configured with {model_ref(config.model, config.model_revision)}; set config keys "
+            f"but {stage} is configured with {model_ref(config.model, config.model_revision)}; set config keys "
             f"'model'/'model_revision' to the index's model (template and document vectors must share one space)."
         )
     use_cuda = config.use_gpu and torch.cuda.is_available()
     model = load_embedder(config.model, config.model_revision, device=None if use_cuda else "cpu")
-    with_gaussian_pooling(model, k=config.k, sigma=config.sigma, alpha=config.alpha)
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     if model.device.type == "cuda":
         model.bfloat16()
     if model.get_embedding_dimension() != info["dimension"]:
         raise PipelineError(f"model dimension {model.get_embedding_dimension()} differs from the index's {info['dimension']}.")
-
     index = faiss.read_index(str(ctx.download(config.index, INDEX_FILE)))
     try:
         set_search_params(index, config.search_params)
     except RuntimeError as e:
         raise PipelineError(f"config key 'search_params' {config.search_params!r} does not apply to this index: {e}") from None
     index, _ = to_gpu(index, config.use_gpu)
+    return model, index
+
+
+def setup(ctx: StageContext) -> dict[str, Any]:
+    """Embedder with Gaussian pooling, the FAISS index, and per-FAISS-id weights and hash keys."""
+    import pyarrow.parquet as pq
+
+    from hf_pipeline.pooling import with_gaussian_pooling
+
+    config: MatchConfig = ctx.config
+    check_config(config)
+    model, index = open_index(ctx, "match")
+    with_gaussian_pooling(model, k=config.k, sigma=config.sigma, alpha=config.alpha)
     id_map = pq.read_table(ctx.download(config.index, ID_MAP_FILE))
     template_ids = np.asarray(id_map["template_id"].to_pylist(), dtype=object)
     weights = ComplexityWeights.from_json(ctx.download(config.index, WEIGHTS_FILE).read_text())

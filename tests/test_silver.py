@@ -1,0 +1,316 @@
+"""Silver data for distillation (§3.1, §3.3): the stratified draws, the topic filters, genericizer_silver end to
+end with the real SmolLM2 as teacher, and instantiator_silver's selection on hand-made judged rows."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from hf_pipeline.llm_config import LLMConfig
+from hf_pipeline.runner import RunOptions, run_stage
+from hf_pipeline.text.strata import bucket_of, quantile_edges, round_robin_sample
+from hf_pipeline.text.topics import topic_of
+
+# ---------------------------------------------------------------- pure parts
+
+
+def _strata(sizes: dict[str, int]) -> tuple[list[str], list[str]]:
+    strata = [s for s, n in sizes.items() for _ in range(n)]
+    return strata, [f"{s}-{i}" for i, s in enumerate(strata)]
+
+
+def test_round_robin_sample_balances_strata_and_redistributes_leftover():
+    strata, keys = _strata({"big": 10, "mid": 3, "tiny": 1})
+    picked = round_robin_sample(strata, keys, 9, seed=0)
+    # equal shares of 9 are 3 each; tiny has only 1, so its leftover goes to the others (big gets 5, mid all 3)
+    assert Counter(strata[i] for i in picked) == {"big": 5, "mid": 3, "tiny": 1}
+    assert len(set(picked)) == 9
+    # every stratum is represented before any stratum gets a second row: the first round holds all three
+    assert {strata[i] for i in picked[:3]} == {"big", "mid", "tiny"}
+
+
+def test_round_robin_sample_is_deterministic_and_independent_of_row_order():
+    strata, keys = _strata({"a": 20, "b": 7, "c": 5})
+    first = [keys[i] for i in round_robin_sample(strata, keys, 12, seed=3)]
+    assert [keys[i] for i in round_robin_sample(strata, keys, 12, seed=3)] == first
+    order = list(range(len(keys)))
+    random.Random(1).shuffle(order)
+    shuffled_strata, shuffled_keys = [strata[i] for i in order], [keys[i] for i in order]
+    shuffled = [shuffled_keys[i] for i in round_robin_sample(shuffled_strata, shuffled_keys, 12, seed=3)]
+    assert shuffled == first  # same rows, same seed: same sample in the same draw order
+    assert [keys[i] for i in round_robin_sample(strata, keys, 12, seed=4)] != first  # the seed matters
+
+
+def test_round_robin_sample_covers_every_row_when_asked_for_as_many_or_more():
+    strata, keys = _strata({"a": 4, "b": 2})
+    assert sorted(round_robin_sample(strata, keys, 100, seed=0)) == list(range(6))
+    assert sorted(round_robin_sample(strata, keys, None, seed=0)) == list(range(6))
+    assert round_robin_sample([], [], 5, seed=0) == []
+
+
+def test_quantile_buckets():
+    edges = quantile_edges([1, 2, 3, 4, 5, 6, 7, 8], 4)
+    assert edges == [3, 5, 7]
+    assert [bucket_of(v, edges) for v in [1, 2, 3, 4, 5, 6, 7, 8]] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert quantile_edges([5, 9], 1) == [] and bucket_of(9, []) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "topic"),
+    [
+        ("How do I reverse a list in Python?", "code"),
+        ("Why does my SQL query return duplicate rows?", "code"),
+        ("Is C# harder to learn than C++?", "code"),
+        ("int main() { return 0; }", "code"),
+        ("Write a Python program that computes the integral of x^2", "code"),  # code wins over math
+        ("Write a program for the school concert", "other"),  # "program" alone is not code
+        ("What is the integral of x^2 from 0 to 1?", "math"),
+        ("Solve 3 + 4 * 2", "math"),
+        ("What is the circumference of a circle?", "math"),
+        ("Prove the Pythagorean theorem", "math"),
+        ("What is the function of the liver?", "other"),  # everyday senses of technical words
+        ("Our return policy lasts 30 days; the store is open 24/7 since 2020-2021", "other"),
+        ("Why do chemicals react in a flask?", "other"),
+        ("Who wrote Pride and Prejudice?", "other"),
+    ],
+)
+def test_topic_keyword_filters(text, topic):
+    assert topic_of(text) == topic
+
+
+def test_topic_of_reads_every_text_given():
+    assert topic_of("How do I do this?", "Use numpy.linalg.solve on the matrix.") == "code"
+    assert topic_of(None, "") == "other"
+
+
+# ---------------------------------------------------------------- genericizer_silver (real SmolLM2 teacher)
+
+QUERIES = [
+    {"query_id": "w1", "query": "What is the capital of France?", "source": "wildchat"},
+    {"query_id": "w2", "query": "How do I bake sourdough bread at home?", "source": "wildchat"},
+    {"query_id": "w3", "query": "Give me three tips for learning the guitar.", "source": "wildchat"},
+    {"query_id": "w4", "query": "How tall is the Eiffel Tower?", "source": "wildchat"},
+    {"query_id": "g1", "query": "Who wrote Pride and Prejudice?", "source": "gooaq"},
+    {"query_id": "d1", "query": "Summarize the plot of Hamlet.", "source": "dolly"},
+]
+
+
+def test_genericizer_silver_end_to_end(local_hub, tmp_path):
+    """Through the runner on the local Hub with the real SmolLM2-135M as the teacher. SmolLM2 never writes <fi>
+    tags (it copies or answers the query), so with the default min_variables=1 every row would be dropped as
+    no_variables; min_variables=0 lets grammar-valid replies through, so the published rows can be checked."""
+    from datasets import load_dataset
+
+    from hf_pipeline.hub_io import load_card, push_local_dataset
+    from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig
+
+    path = tmp_path / "queries.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    push_local_dataset(str(path), "local/silver-queries", tag="v1")
+    config = GenericizerSilverConfig(
+        queries="local/silver-queries@v1", sample_size=4, seed=0, max_field_chars=40, min_variables=0,
+        llm=LLMConfig(model="packaged:smollm2", backend="transformers", max_tokens=64),
+    )
+    result = run_stage(STAGE, RunOptions(output="local/genericizer-silver", tag="t"), config)
+
+    # 4 of 6 queries, equal shares: gooaq and dolly give their only query, wildchat takes the leftover
+    stats = result.counts["stats"]
+    assert stats["sampled_by_source"] == {"dolly": 1, "gooaq": 1, "wildchat": 2}
+    assert stats["queries_by_source"] == {"dolly": 1, "gooaq": 1, "wildchat": 4}
+    drops = result.counts["drops"]
+    assert result.rows_in == 4 and result.rows_in == result.rows_out + sum(drops.values())  # nothing lost silently
+    assert "ok" not in drops and sum(stats["kept_by_source"].values()) == result.rows_out
+    assert load_card("local/genericizer-silver", "t").data.hf_pipeline["counts"]["drops"] == drops
+
+    assert result.rows_out > 0  # constrained decoding closes the JSON within max_tokens (see test_genericize)
+    rows = load_dataset("local/genericizer-silver", revision="t", split="train")
+    assert rows.column_names == list(STAGE.output_columns)
+    by_id = {q["query_id"]: q for q in QUERIES}
+    for row in rows:
+        user, assistant = row["messages"]
+        # the query_templatizer contract: the bare query in, the JSON reply out, the reply last (the only loss)
+        assert user == {"role": "user", "content": by_id[row["query_id"]]["query"]} and row["query"] == user["content"]
+        assert assistant["role"] == "assistant"
+        reply = json.loads(assistant["content"])
+        assert reply == {"template": row["template"], "compatible_document_description": row["compatible_document_description"]}
+
+
+def test_genericizer_silver_messages_parse_as_the_student_stage_parses_them():
+    from hf_pipeline.llm.base import Completion
+    from hf_pipeline.llm.json_output import parse_json_completion
+    from hf_pipeline.stages.genericize import template_schema
+    from hf_pipeline.stages.genericizer_silver import student_messages
+
+    messages = student_messages("Où est Paris ?", "Où est <fi>une ville</fi> ?", "Un atlas qui situe <fi>des villes</fi>.")
+    assert messages[0] == {"role": "user", "content": "Où est Paris ?"}  # genericize's student mode sends the bare query
+    value, status, _ = parse_json_completion(Completion(messages[1]["content"], "stop"), template_schema(1500))
+    assert status == "ok" and value == {"template": "Où est <fi>une ville</fi> ?", "compatible_document_description": "Un atlas qui situe <fi>des villes</fi>."}
+    assert "Où" in messages[1]["content"]  # not \u-escaped: the student learns plain text
+
+
+def test_genericizer_silver_finalize_counts_every_drop_by_reason():
+    import datasets
+
+    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.stage import StageContext
+    from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig, keep_valid
+
+    statuses = ["ok", "no_variables", "ok", "unparseable", "nested_tag", "no_variables"]
+    mapped = datasets.Dataset.from_list(
+        [
+            {"template_id": f"t{i}", "query_id": q["query_id"], "source": q["source"], "query": q["query"],
+             "template": "<fi>x</fi>?" if s == "ok" else None, "compatible_document_description": "d" if s == "ok" else None,
+             "num_variables": 1 if s == "ok" else 0, "status": s, "status_detail": None, "raw_output": None,
+             "messages": [{"role": "user", "content": q["query"]}, {"role": "assistant", "content": "{}"}] if s == "ok" else None}
+            for i, (q, s) in enumerate(zip(QUERIES, statuses))
+        ],
+        features=features_from_spec(STAGE.map_columns),
+    )
+    queries = datasets.Dataset.from_list(QUERIES)
+    ctx = StageContext(config=GenericizerSilverConfig(queries="q", sample_size=6), load=lambda ref, **_: queries, download=None)
+    kept, drops, stats = keep_valid(mapped, ctx)
+    assert kept["query_id"] == ["w1", "w3"]
+    assert drops == {"no_variables": 2, "unparseable": 1, "nested_tag": 1}
+    assert stats["sampled_by_source"] == {"dolly": 1, "gooaq": 1, "wildchat": 4} and stats["kept_by_source"] == {"wildchat": 2}
+
+
+# ---------------------------------------------------------------- instantiator_silver (hand-made judged rows)
+
+TEMPLATES = {
+    "t_math": "How do I compute the <fi>mathematical quantity</fi>?",
+    "t_code": "How do I write a <fi>programming language</fi> function that <fi>task</fi>?",
+    "t_other": "What is <fi>a thing</fi> known for in <fi>a place</fi> during <fi>a period</fi>?",
+    "t_null": "Which <fi>sports team</fi> won the <fi>tournament</fi>?",
+}
+TOPIC_TEXT = {  # an instruction per template, with the keywords its topic filter needs
+    "t_math": ("How do I compute the derivative of x^2?", "math"),
+    "t_code": ("How do I write a Python function that sorts a list?", "code"),
+    "t_other": ("What is Lyon known for in France during the Renaissance?", "other"),
+}
+MAX_DOCUMENT_CHARS = 40
+
+
+def _judged_rows() -> list[dict]:
+    """Judge-output rows: 19 positives (12 other, 4 math, 3 code; answers of growing length), 4 below the
+    score, 2 failed instantiations, 1 unparseable judgment, 10 nulls, 1 positive whose document is missing."""
+    rows = []
+
+    def row(doc_id, template_id, status, instruction=None, answer=None, raw=None, score=None, judge_status="skipped"):
+        rows.append(dict(
+            doc_id=doc_id, template_id=template_id, chunk_index=0, score=0.9, instruction=instruction, answer=answer,
+            excerpt_ratio=0.9 if answer else None, excerpt_spans=[[0, 5]] if answer else [], raw_answer=raw,
+            generated_tokens=10, status=status, status_detail=None, judge_score=score,
+            judge_feedback="fine" if score else None, judge_status=judge_status,
+        ))
+
+    n = 0
+    for template_id, count in (("t_other", 12), ("t_math", 4), ("t_code", 3)):
+        instruction, _ = TOPIC_TEXT[template_id]
+        for _ in range(count):
+            answer = "word " * (n + 1)  # answer i is 5·(i+1) characters: distinct lengths for the quantile buckets
+            row(f"d{n}", template_id, "ok", instruction, answer, f"Sure: <excerpt>{answer[:5]}<...>{answer[-5:]}</excerpt>", 4 + n % 2, "ok")
+            n += 1
+    for i in range(4):
+        row(f"d{i}", "t_other", "ok", TOPIC_TEXT["t_other"][0], "an answer", "<excerpt>an<...>answer</excerpt>", 1 + i % 3, "ok")
+    row("d0", "t_math", "excerpt_not_found", raw="<excerpt>nowhere<...>found</excerpt>")
+    row("d1", "t_math", "low_excerpt_ratio", answer="mostly my own words", raw="mostly my own words")
+    row("d2", "t_code", "ok", TOPIC_TEXT["t_code"][0], "an answer", "<excerpt>an<...>answer</excerpt>", None, "unparseable")
+    for i in range(10):
+        row(f"d{i}", "t_null", "null")
+    row("missing_doc", "t_other", "ok", TOPIC_TEXT["t_other"][0], "an answer", "<excerpt>an<...>answer</excerpt>", 5, "ok")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def judged_inputs(tmp_path_factory):
+    """Local parquet/jsonl inputs (local paths are valid refs): judged rows with judge.py's exact schema."""
+    import datasets
+
+    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.stages.judge import STAGE as JUDGE
+
+    folder = tmp_path_factory.mktemp("judged")
+    rows = _judged_rows()
+    features = features_from_spec(JUDGE.output_columns)
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(folder / "judged.parquet"))
+    doc_ids = sorted({r["doc_id"] for r in rows} - {"missing_doc"})
+    (folder / "documents.jsonl").write_text("".join(
+        json.dumps({"doc_id": d, "text": f"Document {d}. " + "Lorem ipsum dolor sit amet. " * 5}) + "\n" for d in doc_ids
+    ))
+    (folder / "templates.jsonl").write_text("".join(json.dumps({"template_id": k, "template": v}) + "\n" for k, v in TEMPLATES.items()))
+    return {"judged": str(folder / "judged.parquet"), "documents": str(folder / "documents.jsonl"), "templates": str(folder / "templates.jsonl")}
+
+
+def _run_instantiator_silver(inputs: dict, output: str, **config):
+    from datasets import load_dataset
+
+    from hf_pipeline.stages.instantiator_silver import STAGE, InstantiatorSilverConfig
+
+    cfg = InstantiatorSilverConfig(documents=inputs["documents"], templates=inputs["templates"], **config)
+    result = run_stage(STAGE, RunOptions(input=inputs["judged"], output=output, tag="t"), cfg)
+    return result, load_dataset(output, revision="t", split="train")
+
+
+def test_instantiator_silver_keeps_positives_and_five_percent_nulls(local_hub, judged_inputs):
+    from hf_pipeline.stages.instantiator_silver import STAGE
+
+    result, rows = _run_instantiator_silver(judged_inputs, "local/instantiator-silver", max_document_chars=MAX_DOCUMENT_CHARS)
+    assert rows.column_names == list(STAGE.output_columns)
+    # 19 positives, all kept (no cap); nulls sized to 5% of the output: round(19 · 0.05 / 0.95) = 1 of 20
+    assert result.rows_out == 20 and sum(rows["is_null"]) == 1
+    stats, drops = result.counts["stats"], result.counts["drops"]
+    assert stats["null_share"] == 0.05 and stats["positives_available"] == 19 and stats["nulls_available"] == 10
+    assert drops == {"below_min_score": 4, "not_ok": 2, "not_judged": 1, "unknown_document": 1, "null_not_selected": 9}
+    assert stats["not_ok_by_instantiate_status"] == {"excerpt_not_found": 1, "low_excerpt_ratio": 1}
+    assert result.rows_in == 37 == result.rows_out + sum(drops.values())
+    assert Counter(rows["topic"]) == {"other": 12 + 1, "math": 4, "code": 3}  # the null's topic is its template's
+
+    positives = [r for r in rows if not r["is_null"]]
+    assert all(r["judge_score"] >= 4 for r in positives)
+    assert {r["topic"] for r in positives if r["template_id"] == "t_math"} == {"math"}
+    assert {r["num_variables"] for r in positives if r["template_id"] == "t_other"} == {3}
+    # quantile buckets of the expanded answer's length (document dN's answer has 5·(N+1) characters): four
+    # buckets of about equal size, longer answers never in a lower bucket
+    buckets = [r["length_bucket"] for r in sorted(positives, key=lambda r: int(r["doc_id"][1:]))]
+    assert buckets == [0] * 4 + [1] * 5 + [2] * 5 + [3] * 5
+
+    documents = {json.loads(line)["doc_id"]: json.loads(line)["text"] for line in open(judged_inputs["documents"])}
+    for r in rows:
+        user, assistant = r["messages"]
+        # the template_instantiator contract, exactly as instantiate's student mode sends it
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert json.loads(user["content"]) == {
+            "instruction_template": TEMPLATES[r["template_id"]], "document": documents[r["doc_id"]][:MAX_DOCUMENT_CHARS],
+        }
+        if r["is_null"]:
+            assert assistant["content"] == "null" and r["instruction"] is None and r["length_bucket"] is None
+        else:
+            # the raw, tagged answer: what the student must learn to write
+            assert json.loads(assistant["content"]) == {"instruction": r["instruction"], "answer": r["answer"]}
+            assert r["answer"].startswith("Sure: <excerpt>")
+
+
+def test_instantiator_silver_draws_round_robin_across_strata(local_hub, judged_inputs):
+    config = dict(max_examples=8, null_fraction=0.25, length_buckets=1, seed=0)
+    result, rows = _run_instantiator_silver(judged_inputs, "local/instantiator-silver-capped", **config)
+    # 8 examples: 2 nulls (25%) and 6 positives, two from each of the three strata, although "other" has 12
+    assert result.rows_out == 8 and sum(rows["is_null"]) == 2
+    positives = [r for r in rows if not r["is_null"]]
+    assert Counter(r["topic"] for r in positives) == {"other": 2, "math": 2, "code": 2}
+    stats, drops = result.counts["stats"], result.counts["drops"]
+    assert stats["strata_selected"] == {"0/1/math": 2, "0/2/code": 2, "0/3/other": 2}
+    assert stats["strata_available"] == {"0/1/math": 4, "0/2/code": 3, "0/3/other": 12}
+    assert drops["not_selected"] == 13 and drops["null_not_selected"] == 8 and stats["null_share"] == 0.25
+    assert result.rows_in == result.rows_out + sum(drops.values())
+
+    # deterministic: the same seed picks the same rows; another seed other rows of the big stratum
+    _, again = _run_instantiator_silver(judged_inputs, "local/instantiator-silver-capped-again", **config)
+    def pairs(ds):
+        return list(zip(ds["doc_id"], ds["template_id"]))
+
+    assert pairs(again) == pairs(rows)
+    _, reseeded = _run_instantiator_silver(judged_inputs, "local/instantiator-silver-reseeded", **{**config, "seed": 1})
+    assert pairs(reseeded) != pairs(rows)
