@@ -1,8 +1,12 @@
-"""The pure parts of instantiate and judge: the paper's checks on a parsed pair, and Flow Judge reply parsing."""
+"""instantiate and judge: the paper's checks on a parsed pair, Flow Judge reply parsing, and both stages end to end
+through the runner with the real SmolLM2."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from hf_pipeline.stages.instantiate import InstantiateConfig, check_pair, user_message
 from hf_pipeline.stages.judge import parse_judgment
@@ -12,6 +16,7 @@ DOCUMENT = (
     "This results in increased incidence of caries and loss of teeth. Flossing daily helps."
 )
 CONFIG = InstantiateConfig(documents="d", templates="t")
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def test_ok_pair_is_expanded_with_offsets():
@@ -41,3 +46,127 @@ def test_parse_flow_judge_replies():
     assert parse_judgment("<feedback>meh</feedback><score> 3 </score>")[0] == 3
     assert parse_judgment("<feedback>no score given</feedback>") == (None, "no score given", "unparseable")
     assert parse_judgment("<score>7</score>")[2] == "unparseable"  # outside the 1-5 rubric
+
+
+# ---------------------------------------------------------------- instantiate then judge through the runner
+
+PAIRS = [  # two pairs of real sample documents and hand-written templates, and one naming an unknown document
+    {"doc_id": "enwiki-324", "template_id": "759ebf9ace15845d", "chunk_index": 0, "score": 0.45},
+    {"doc_id": "enwiki-12", "template_id": "7f51cd3ca487e13a", "chunk_index": 0, "score": 0.45},
+    {"doc_id": "enwiki-missing", "template_id": "7f51cd3ca487e13a", "chunk_index": 0, "score": 0.40},
+]
+
+
+@pytest.fixture(scope="module")
+def pair_inputs(local_hub, tmp_path_factory) -> dict[str, str]:
+    """The sample documents and templates the pairs name, and the pairs, published to the local Hub."""
+    from hf_pipeline.hub_io import push_local_dataset
+
+    folder = tmp_path_factory.mktemp("pairs")
+    wanted = {"documents": {p["doc_id"] for p in PAIRS}, "templates": {p["template_id"] for p in PAIRS}}
+    rows = {
+        "documents": [json.loads(line) for line in (SAMPLES / "documents" / "wikipedia.jsonl").open()],
+        "templates": [json.loads(line) for line in (SAMPLES / "templates" / "handmade.jsonl").open()],
+    }
+    rows["documents"] = [r for r in rows["documents"] if r["doc_id"] in wanted["documents"]]
+    rows["templates"] = [r for r in rows["templates"] if r["template_id"] in wanted["templates"]]
+    rows["pairs"] = PAIRS
+    refs = {}
+    for name, data in rows.items():
+        path = folder / name / f"{name}.jsonl"
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps(r) + "\n" for r in data))
+        push_local_dataset(str(path), f"local/ij-{name}", tag="v1")
+        refs[name] = f"local/ij-{name}@v1"
+    return refs
+
+
+def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs):
+    """The real SmolLM2 on the transformers backend, as the quickstart runs it: every row keeps a documented
+    status, ok answers are exact document spans, and each card names the revision it read."""
+    from datasets import load_dataset
+
+    from hf_pipeline.hub_io import load_card, resolve_dataset
+    from hf_pipeline.llm_config import LLMConfig
+    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.stages import instantiate, judge
+
+    smollm2 = dict(model="packaged:smollm2", backend="transformers")
+    inst_config = instantiate.InstantiateConfig(
+        documents=pair_inputs["documents"], templates=pair_inputs["templates"], mode="teacher",
+        max_document_chars=600, constrain_format=True, max_variable_words=4, llm=LLMConfig(**smollm2, max_tokens=120),
+    )
+    inst = run_stage(instantiate.STAGE, RunOptions(input=pair_inputs["pairs"], output="local/ij-instantiated"), inst_config)
+    rows = load_dataset(inst.repo_id, revision=inst.tag, split="train")
+    assert rows["doc_id"] == [p["doc_id"] for p in PAIRS]
+    assert set(rows["status"]) <= set(instantiate.STATUSES) and rows["status"][2] == "unknown_document"
+    documents = {p["doc_id"]: p for p in load_dataset("local/ij-documents", revision="v1", split="train")}
+    for row in rows:
+        if row["status"] == "ok":
+            text = documents[row["doc_id"]]["text"]
+            assert row["answer"] == "".join(text[start:end] for start, end in row["excerpt_spans"])
+            assert row["excerpt_ratio"] >= 0.8 and "<fi>" not in row["instruction"]
+    card = load_card(inst.repo_id, inst.tag).data.hf_pipeline
+    pairs_sha = resolve_dataset(pair_inputs["pairs"]).sha
+    assert card["inputs"][0]["ref"] == pair_inputs["pairs"] and card["inputs"][0]["sha"] == pairs_sha
+
+    judge_config = judge.JudgeConfig(constrain_format=True, max_feedback_words=20, llm=LLMConfig(**smollm2, max_tokens=60))
+    judged_input = f"{inst.repo_id}@{inst.tag}"
+    judged = run_stage(judge.STAGE, RunOptions(input=judged_input, output="local/ij-judged"), judge_config)
+    rows = load_dataset(judged.repo_id, revision=judged.tag, split="train")
+    assert set(rows["judge_status"]) <= set(judge.JUDGE_STATUSES)
+    for row in rows:
+        if row["status"] != "ok":
+            assert row["judge_status"] == "skipped" and row["judge_score"] is None
+        elif row["judge_status"] == "ok":
+            assert 1 <= row["judge_score"] <= 5 and row["judge_feedback"]
+    card = load_card(judged.repo_id, judged.tag).data.hf_pipeline
+    assert card["inputs"][0]["ref"] == judged_input and card["inputs"][0]["sha"] == inst.commit
+
+
+# ---------------------------------------------------------------- constrain_format grammars
+
+def _grammar_accepts(schema: dict, value) -> bool:
+    """Whether xgrammar's grammar for `schema` (as the backends compile it) accepts `value` written as JSON."""
+    import xgrammar as xgr
+
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo([]))  # no vocabulary needed to match a string
+    return xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(schema))).accept_string(json.dumps(value))
+
+
+def test_constrained_pair_schema_holds_template_wording_and_sentence_bounded_excerpts():
+    """The grammar (xgrammar) and the check (jsonschema) agree on what a constrained reply may be, and every
+    excerpt the grammar allows is found in the document by expansion, from a sentence start to a sentence end."""
+    from hf_pipeline.llm.base import Completion
+    from hf_pipeline.llm.json_output import nullable, parse_json_completion
+    from hf_pipeline.stages.instantiate import pair_schema
+    from hf_pipeline.text.excerpts import expand_excerpts
+
+    config = InstantiateConfig(documents="d", templates="t", constrain_format=True, max_variable_words=3,
+                               min_fragment_chars=5, max_fragment_chars=20)
+    schema = nullable(pair_schema(config, "What does <fi>a condition</fi> cause (if anything)?", DOCUMENT))
+    good = {"instruction": "What does diabetes cause (if anything)?", "answer": "<excerpt>This results in<...>loss of teeth.</excerpt>"}
+    bad = [
+        {"instruction": "What does diabetes lead to?", "answer": good["answer"]},  # template wording changed
+        {"instruction": "What does one two three four cause (if anything)?", "answer": good["answer"]},  # 4 words
+        {"instruction": "What does [a condition] cause (if anything)?", "answer": good["answer"]},  # a placeholder
+        {"instruction": good["instruction"], "answer": "<excerpt>results in<...>loss of teeth.</excerpt>"},  # mid-sentence
+        {"instruction": good["instruction"], "answer": "<excerpt>This results in</excerpt>"},  # no end
+        {"instruction": good["instruction"], "answer": "Because <excerpt>This results in<...>loss of teeth.</excerpt>"},
+        {"instruction": good["instruction"], "answer": "<excerpt>This<...>loss of teeth.</excerpt>"},  # start < 5 chars
+    ]
+    for value, expected in [(good, True), (None, True)] + [(b, False) for b in bad]:
+        _, status, _ = parse_json_completion(Completion(json.dumps(value), "stop"), schema)
+        assert _grammar_accepts(schema, value) is expected and (status in ("ok", "null")) is expected, value
+    expanded = expand_excerpts(good["answer"], DOCUMENT)
+    assert expanded.answer == "This results in increased incidence of caries and loss of teeth." and expanded.excerpt_ratio == 1.0
+
+
+def test_constrained_judge_reply_is_flow_judge_format():
+    from hf_pipeline.stages.judge import reply_schema
+
+    schema = reply_schema(max_feedback_words=5)
+    assert _grammar_accepts(schema, "<feedback>Direct and complete.</feedback><score>5</score>")
+    assert not _grammar_accepts(schema, "<feedback>Direct and complete.</feedback><score>6</score>")
+    assert not _grammar_accepts(schema, "<feedback>one two three four five six</feedback><score>3</score>")
+    assert parse_judgment("<feedback>Direct and complete.</feedback><score>5</score>") == (5, "Direct and complete.", "ok")

@@ -193,3 +193,30 @@ def test_decontamination_and_moderation_drop_counted(local_hub, query_repo, caps
     # moderation runs per row before the global dedupe, so the two duplicates count as moderated too
     assert meta["rows_out"] == 0 and meta["counts"]["drops"]["moderation"] == 5
     assert meta["models"] == {"moderation": str(moderator)}
+
+
+def test_prompt_file_content_is_part_of_the_fingerprint(tmp_path):
+    """Editing a stage's prompt file gives a new fingerprint and tag (a rerun is not a no-op on the old output);
+    a stage without prompt files keeps the fingerprint it had before prompts were hashed."""
+    from dataclasses import replace
+
+    from hf_pipeline.config import config_hash, config_to_dict
+    from hf_pipeline.runner import RunOptions, plan_run
+    from slow_stage import SLOW, SlowConfig
+
+    data = str(write_jsonl(tmp_path / "in" / "rows.jsonl", [{"id": 0, "text": "a row"}]))
+    options = RunOptions(input=data, output="local/prompted")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Shout this: {text}")
+    prompted = replace(SLOW, prompts=lambda config: [prompt])
+
+    before = plan_run(prompted, options, SlowConfig())
+    assert plan_run(prompted, options, SlowConfig()).fingerprint == before.fingerprint
+    prompt.write_text("Shout this, loudly: {text}")
+    after = plan_run(prompted, options, SlowConfig())
+    assert after.fingerprint != before.fingerprint and after.tag != before.tag
+
+    plain = plan_run(SLOW, options, SlowConfig())
+    pinned = [ref.pinned for ref in plain.inputs.values()]
+    assert plain.fingerprint == config_hash("slow_upper", 1, config_to_dict(SlowConfig()), pinned, "train", None)
+    assert plain.fingerprint not in (before.fingerprint, after.fingerprint)

@@ -112,4 +112,5 @@ STAGE = Stage(
     map_batch=genericize_batch,
     setup=setup,
     models=lambda config: {"genericizer": llm_card_ref(config.llm)},
+    prompts=lambda config: [TEACHER_PROMPT] if config.mode == "teacher" else [],
 )

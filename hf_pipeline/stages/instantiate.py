@@ -16,6 +16,7 @@ Every pair keeps its row, with a status.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,15 +28,83 @@ from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
 
 TEACHER_PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "instantiate_teacher.txt"
 
-PAIR_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "instruction": {"type": "string", "minLength": 1, "maxLength": 2000},
-        "answer": {"type": "string", "minLength": 1, "maxLength": 4000},
-    },
-    "required": ["instruction", "answer"],
-    "additionalProperties": False,
-}
+
+# constrain_format: regexes for the reply's strings. xgrammar matches a pattern against the JSON string's
+# decoded text; it cannot spell quotes, backslashes or control characters there, so patterns leave them out.
+_FI = re.compile(r"<fi>.*?</fi>", re.S)
+_REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\/])")
+_UNSPELLABLE = re.compile(r'["\\<>\x00-\x1f]')
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+_MAX_WORD_CHARS = 30
+
+
+def _escape(text: str) -> str:
+    return _REGEX_SPECIAL.sub(r"\\\1", text)
+
+
+def instruction_pattern(template: str, max_variable_words: int) -> str | None:
+    """The template's wording with each <fi> variable replaced by a few words; None for a template the pattern
+    cannot spell. A word may end in a comma but holds no other separator, so a variable cannot run on as one
+    long comma-joined "word"; no brackets, so it cannot be a placeholder like "[name of a country]"."""
+    if _UNSPELLABLE.search(_FI.sub("", template)):
+        return None
+    word = f"[^<>\\[\\] ,;?]{{1,{_MAX_WORD_CHARS}}},?"
+    words = f"{word}( {word}){{0,{max_variable_words - 1}}}"
+    return "^" + words.join(_escape(part) for part in _FI.split(template)) + "$"
+
+
+def _prefixes(text: str, min_chars: int) -> str:
+    """Any prefix of text at least min_chars long (or all of a shorter text): ab(c(d|)|) for "abcd" and 2.
+    Alternatives with an empty branch, not `?`: xgrammar 0.2.8 loses the bound of a repetition before a `?`
+    group inside a JSON string."""
+    pattern = ""
+    for char in reversed(text[min_chars:]):
+        pattern = f"({_escape(char)}{pattern}|)"
+    return _escape(text[:min_chars]) + pattern
+
+
+def _suffixes(text: str, min_chars: int) -> str:
+    """Any suffix of text at least min_chars long: ((a|)b|)cd for "abcd" and 2."""
+    pattern = ""
+    for char in text[:-min_chars]:
+        pattern = f"({pattern}{_escape(char)}|)"
+    return pattern + _escape(text[-min_chars:])
+
+
+def excerpt_answer_pattern(document: str, min_fragment_chars: int, max_fragment_chars: int) -> str:
+    """One excerpt, <excerpt>start<...>end</excerpt>, whose start is the beginning of one of the document's
+    sentences and whose end is the end of one: the model chooses which sentences, and how much of each it writes,
+    and expansion checks the span as usual (an end before the start is not found, a short start can be
+    ambiguous). A fragment has at least min_fragment_chars (so "The" alone cannot start one) and at most
+    max_fragment_chars."""
+    starts, ends = [], []
+    for sentence in _SENTENCE_BREAK.split(document):
+        pieces = _UNSPELLABLE.split(" ".join(sentence.split()))
+        head, tail = pieces[0][:max_fragment_chars].strip(), pieces[-1][-max_fragment_chars:].strip()
+        starts += [_prefixes(head, min_fragment_chars)] if head else []
+        ends += [_suffixes(tail, min_fragment_chars)] if tail else []
+    if not starts:  # nothing spellable: free text, which expansion will most likely not find
+        starts = ends = [f"[^<>]{{1,{max_fragment_chars}}}"]
+    return f"^<excerpt>({'|'.join(starts)})<\\.\\.\\.>({'|'.join(ends)})</excerpt>$"
+
+
+def pair_schema(config: InstantiateConfig, template: str = "", document: str = "") -> dict:
+    """The reply's JSON schema; with `constrain_format`, patterns for this template and document (their bounds do
+    maxLength's job: xgrammar ignores maxLength beside a pattern)."""
+    instruction = {"type": "string", "minLength": 1, "maxLength": 2000}
+    answer = {"type": "string", "minLength": 1, "maxLength": 4000}
+    if config.constrain_format:
+        pattern = instruction_pattern(template, config.max_variable_words)
+        if pattern is not None:
+            instruction = {"type": "string", "pattern": pattern}
+        pattern = excerpt_answer_pattern(document, config.min_fragment_chars, config.max_fragment_chars)
+        answer = {"type": "string", "pattern": pattern}
+    return {
+        "type": "object",
+        "properties": {"instruction": instruction, "answer": answer},
+        "required": ["instruction", "answer"],
+        "additionalProperties": False,
+    }
 
 
 @dataclass
@@ -51,6 +120,15 @@ class InstantiateConfig:
     )
     min_excerpt_ratio: float = field(default=0.80, metadata={"help": "answers with a smaller excerpted share get status low_excerpt_ratio"})
     max_document_chars: int = field(default=20000, metadata={"help": "longer documents are cut to this many characters in the prompt"})
+    # For small teacher models that do not follow the reply format from the prompt alone. The model still chooses
+    # every word; the grammar only keeps it to the format, and the paper's checks apply unchanged.
+    constrain_format: bool = field(
+        default=False,
+        metadata={"help": "decode the instruction as the template's wording with its variables filled, the answer as one <excerpt>"},
+    )
+    max_variable_words: int = field(default=8, metadata={"help": "constrain_format: most words filling one variable"})
+    min_fragment_chars: int = field(default=12, metadata={"help": "constrain_format: fewest characters of an excerpt's start or end"})
+    max_fragment_chars: int = field(default=40, metadata={"help": "constrain_format: most characters of an excerpt's start or end"})
 
 
 def check_config(config: InstantiateConfig) -> list[str]:
@@ -88,14 +166,19 @@ def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, li
     documents, templates = ctx.resources["documents"], ctx.resources["templates"]
     out: dict[str, list] = {k: [] for k in INSTANTIATE_COLUMNS}
     rows = list(zip(batch["doc_id"], batch["template_id"], batch["chunk_index"], batch["score"]))
-    todo, messages = [], []
+    # rows that share a schema share a generate call (with constrain_format, each template and document has its own)
+    groups: dict[str, tuple[dict, list[tuple[int, list[dict]]]]] = {}
     for i, (doc_id, template_id, _, _) in enumerate(rows):
         if doc_id in documents and template_id in templates:
-            todo.append(i)
-            document = documents[doc_id][: config.max_document_chars]
-            messages.append([{"role": "user", "content": user_message(templates[template_id], document, config.mode)}])
-    schema = nullable(PAIR_SCHEMA)
-    completions = dict(zip(todo, ctx.resources["llm"].generate(messages, sampling(config.llm), schema))) if todo else {}
+            document, template = documents[doc_id][: config.max_document_chars], templates[template_id]
+            schema = nullable(pair_schema(config, template, document))
+            message = [{"role": "user", "content": user_message(template, document, config.mode)}]
+            groups.setdefault(json.dumps(schema), (schema, []))[1].append((i, message))
+    schemas, completions = {}, {}
+    for schema, group in groups.values():
+        replies = ctx.resources["llm"].generate([message for _, message in group], sampling(config.llm), schema)
+        for (i, _), completion in zip(group, replies):
+            schemas[i], completions[i] = schema, completion
 
     for i, (doc_id, template_id, chunk_index, score) in enumerate(rows):
         instruction = answer = raw = None
@@ -107,7 +190,7 @@ def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, li
             detail = f"{doc_id if status == 'unknown_document' else template_id} is not in the {status.split('_')[1]}s input"
         else:
             generated = completion.completion_tokens or 0
-            value, status, detail = parse_json_completion(completion, schema)
+            value, status, detail = parse_json_completion(completion, schemas[i])
             if status == "ok":
                 instruction, raw = value["instruction"].strip(), value["answer"]
                 status, detail, answer, spans, ratio = check_pair(instruction, raw, documents[doc_id], config)
@@ -143,6 +226,12 @@ def check_pair(instruction: str, raw_answer: str, document: str, config: Instant
     return "ok", None, expanded.answer, spans, expanded.excerpt_ratio
 
 
+# every row's `status`; dataset_cards/instantiate.md says what each means
+STATUSES = (
+    "ok", "null", "unfilled_variables", "excerpt_not_found", "excerpt_ambiguous", "malformed_excerpt",
+    "low_excerpt_ratio", "unparseable", "length", "schema_mismatch", "error", "unknown_document", "unknown_template",
+)
+
 INSTANTIATE_COLUMNS = {
     "doc_id": "string",
     "template_id": "string",
@@ -168,4 +257,5 @@ STAGE = Stage(
     setup=setup,
     input_refs=check_config,
     models=lambda config: {"instantiator": llm_card_ref(config.llm)},
+    prompts=lambda config: [TEACHER_PROMPT] if config.mode == "teacher" else [],
 )

@@ -30,6 +30,25 @@ class JudgeConfig:
         default_factory=lambda: LLMConfig(model="flowaicom/Flow-Judge-v0.1", max_tokens=512),
         metadata={"help": "the judge model and how to run it (llm.model, llm.backend, ...)"},
     )
+    # For small stand-in judges that do not write Flow Judge's reply format from the prompt alone. The model still
+    # writes the feedback and picks the score; the grammar only keeps the reply to the format.
+    constrain_format: bool = field(
+        default=False, metadata={"help": "decode the reply as <feedback>...</feedback><score>1-5</score>"}
+    )
+    max_feedback_words: int = field(default=60, metadata={"help": "constrain_format: most words of feedback"})
+
+
+def reply_schema(max_feedback_words: int) -> dict:
+    """Flow Judge's reply format as a JSON string: the backends constrain decoding by JSON schema, so the reply is
+    written as a JSON string whose text is the Flow Judge reply. The feedback is bounded in words, not characters:
+    xgrammar 0.2.8 fails to compile a character repetition much over 100 against a real vocabulary."""
+    word = "[^<> ]{1,30}"
+    feedback = f"{word}( {word}){{0,{max_feedback_words - 1}}}"
+    return {"type": "string", "pattern": f"^<feedback>{feedback}</feedback><score>[1-5]</score>$"}
+
+
+# every row's `judge_status`; dataset_cards/judge.md says what each means
+JUDGE_STATUSES = ("ok", "skipped", "unparseable", "length", "error")
 
 
 def parse_judgment(text: str) -> tuple[int | None, str | None, str]:
@@ -42,13 +61,16 @@ def parse_judgment(text: str) -> tuple[int | None, str | None, str]:
 
 
 def judge_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+    from hf_pipeline.llm.json_output import parse_json_completion
+
     prompt = ctx.resources["prompt"]
     todo = [i for i, s in enumerate(batch["status"]) if s == "ok"]
     messages = [
         [{"role": "user", "content": prompt.format(instruction=batch["instruction"][i], answer=batch["answer"][i])}]
         for i in todo
     ]
-    completions = dict(zip(todo, ctx.resources["llm"].generate(messages, sampling(ctx.config.llm)))) if todo else {}
+    schema = reply_schema(ctx.config.max_feedback_words) if ctx.config.constrain_format else None
+    completions = dict(zip(todo, ctx.resources["llm"].generate(messages, sampling(ctx.config.llm), schema))) if todo else {}
     scores, feedbacks, statuses = [], [], []
     for i in range(len(batch["status"])):
         completion = completions.get(i)
@@ -57,7 +79,11 @@ def judge_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         elif completion.finish_reason == "error":
             score, feedback, status = None, completion.error, "error"
         else:
-            score, feedback, status = parse_judgment(completion.text)
+            text = completion.text
+            if schema is not None:
+                reply, json_status, _ = parse_json_completion(completion, schema)
+                text = reply if json_status == "ok" else text  # else the raw text, which says what went wrong
+            score, feedback, status = parse_judgment(text)
             if status != "ok" and completion.finish_reason == "length":
                 status = "length"
         scores.append(score)
@@ -76,4 +102,5 @@ STAGE = Stage(
     map_batch=judge_batch,
     setup=lambda ctx: {"llm": load_llm(ctx.config.llm), "prompt": PROMPT.read_text()},
     models=lambda config: {"judge": llm_card_ref(config.llm)},
+    prompts=lambda config: [PROMPT],
 )
