@@ -143,20 +143,24 @@ def user_message(template: str, document: str, mode: str) -> str:
     return TEACHER_PROMPT.read_text().format(template=template, document=document)
 
 
-def setup(ctx: StageContext) -> dict:
-    """The LLM, and lookups from doc_id / template_id to their text (the pairs carry only ids)."""
-    config: InstantiateConfig = ctx.config
-    docs = ctx.load(config.documents)
-    templates = ctx.load(config.templates)
-    for ds, ref, columns in ((docs, config.documents, ("doc_id", "text")), (templates, config.templates, ("template_id", "template"))):
+def load_lookups(ctx: StageContext) -> dict[str, dict[str, str]]:
+    """{"documents": doc_id -> text, "templates": template_id -> template} from the config's `documents` and
+    `templates` refs (pairs carry only ids); rows with a null id or text are left out, so their pairs are
+    `unknown_document` / `unknown_template`. Shared with instantiator_silver, which rebuilds the same prompts."""
+    config = ctx.config
+    lookups = {}
+    for key, ref, columns in (("documents", config.documents, ("doc_id", "text")), ("templates", config.templates, ("template_id", "template"))):
+        ds = ctx.load(ref)
         missing = [c for c in columns if c not in ds.column_names]
         if missing:
             raise PipelineError(f"{ref} lacks column '{missing[0]}' (it has: {', '.join(ds.column_names)}).")
-    return {
-        "llm": load_llm(config.llm),
-        "documents": dict(zip(docs["doc_id"][:], docs["text"][:])),
-        "templates": {t: s for t, s in zip(templates["template_id"][:], templates["template"][:]) if t is not None},
-    }
+        lookups[key] = {k: v for k, v in zip(ds[columns[0]][:], ds[columns[1]][:]) if k is not None and v is not None}
+    return lookups
+
+
+def setup(ctx: StageContext) -> dict:
+    """The LLM, and lookups from doc_id / template_id to their text."""
+    return {"llm": load_llm(ctx.config.llm), **load_lookups(ctx)}
 
 
 def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.stages.instantiate import InstantiateConfig, user_message
+from hf_pipeline.stages.instantiate import InstantiateConfig, load_lookups, user_message
 from hf_pipeline.text.strata import bucket_of, quantile_edges, round_robin_sample
 from hf_pipeline.text.templates import TemplateError, count_variables
 from hf_pipeline.text.topics import topic_of
@@ -66,19 +66,6 @@ def check_config(config: InstantiatorSilverConfig) -> list[str]:
     if config.max_examples is not None and config.max_examples < 1:
         raise PipelineError(f"max_examples must be at least 1 (or unset), got {config.max_examples}.")
     return [config.documents, config.templates]
-
-
-def setup(ctx: StageContext) -> dict:
-    """Lookups from doc_id / template_id to their text: the judged rows carry only ids."""
-    config: InstantiatorSilverConfig = ctx.config
-    lookups = {}
-    for key, ref, columns in (("documents", config.documents, ("doc_id", "text")), ("templates", config.templates, ("template_id", "template"))):
-        ds = ctx.load(ref)
-        missing = [c for c in columns if c not in ds.column_names]
-        if missing:
-            raise PipelineError(f"{ref} lacks column '{missing[0]}' (it has: {', '.join(ds.column_names)}).")
-        lookups[key] = {k: v for k, v in zip(ds[columns[0]][:], ds[columns[1]][:]) if k is not None and v is not None}
-    return lookups
 
 
 def selection_of(status: str, judge_status: str | None, judge_score: int | None, min_score: int) -> str:
@@ -225,7 +212,7 @@ STAGE = Stage(
     map_columns=MAP_COLUMNS,
     input_columns=JUDGED_COLUMNS,
     map_batch=silver_batch,
-    setup=setup,
+    setup=load_lookups,  # doc_id / template_id -> text: the judged rows carry only ids
     finalize=select_examples,
     input_refs=check_config,
 )
