@@ -9,73 +9,78 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
-from hf_pipeline.config import build_config, deep_merge, parse_overrides, read_yaml
+from hf_pipeline.config import deep_merge, parse_overrides, read_yaml
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.runner import RunOptions
+from hf_pipeline.specs import build_spec, is_training, run_option_names, run_spec
 
+# flag -> (run option key, dotted for executor options; help)
 RUN_FLAGS = {
-    "input": "input dataset: org/name, org/name@revision, or a local path",
-    "output": "output dataset repo (org/name) to publish to",
-    "tag": "tag for the published revision (default: <stage>-<config hash>)",
-    "split": "split of the input to read",
-    "max_rows": "take only the first N rows of the input (a sample)",
-    "num_shards": "split the input into this many contiguous shards",
-    "shard_index": "run (and publish) only this shard",
-    "batch_size": "rows per batch given to the stage's function",
-    "chunk_rows": "rows per checkpoint chunk: the most work a crash can lose",
-    "rows_per_file": "rows per published parquet file",
-    "private": "create the output repo as private",
-    "work_dir": "where checkpoint chunks live until published (default: $HF_PIPELINE_CACHE/runs)",
-    "keep_work_dir": "keep checkpoint chunks after publishing",
-    "executor": "'local' (this process) or 'ray' (one Ray actor per worker, one shard per task)",
-    "ray_address": "Ray: address of an existing cluster ('auto', 'ray://host:10001'); default: start a local instance",
-    "num_workers": "Ray: number of worker actors (default: as many as the cluster fits, at most one per shard)",
-    "cpus_per_worker": "Ray: CPUs reserved per worker",
-    "gpus_per_worker": "Ray: GPUs reserved per worker (fractions share a GPU)",
-    "max_shard_retries": "Ray: retries of a shard whose worker died or whose map raised",
+    "input": ("input", "input dataset: org/name, org/name@revision, or a local path"),
+    "output": ("output", "output dataset repo (org/name) to publish to"),
+    "tag": ("tag", "tag for the published revision (default: <stage>-<config hash>)"),
+    "split": ("split", "split of the input to read"),
+    "max_rows": ("max_rows", "take only the first N rows of the input (a sample)"),
+    "num_shards": ("num_shards", "cut the input's files into this many shards (a shard is a set of files)"),
+    "shard_index": ("shard_index", "run only this shard and commit it to the run's pull request (a job array); "
+                    "the same command without it finishes and seals the run"),
+    "batch_size": ("batch_size", "rows per batch given to the stage's function"),
+    "chunk_rows": ("chunk_rows", "rows per checkpoint chunk: the most work a crash can lose"),
+    "rows_per_file": ("rows_per_file", "most rows per published parquet file"),
+    "private": ("private", "create the output repo as private"),
+    "work_dir": ("work_dir", "where a worker keeps its checkpoint chunks (default: $HF_PIPELINE_CACHE/runs)"),
+    "keep_work_dir": ("keep_work_dir", "keep checkpoint chunks after the shard is on the Hub"),
+    "executor": ("executor", "'local' (this process) or 'ray' (Ray actors, one task at a time each)"),
+    "ray_address": ("ray.address", "Ray: address of an existing cluster ('auto', 'ray://host:10001'); default: a local instance"),
+    "num_workers": ("ray.num_workers", "Ray: number of worker actors (default: as many as the cluster fits, at most one per task)"),
+    "cpus_per_worker": ("ray.cpus_per_worker", "Ray: CPUs reserved per worker"),
+    "gpus_per_worker": ("ray.gpus_per_worker", "Ray: GPUs reserved per worker (fractions share a GPU)"),
+    "max_task_retries": ("ray.max_task_retries", "Ray: retries of a task whose worker died or whose map raised"),
+    "worker_cache_dir": ("ray.worker_cache_dir", "Ray: give each worker its own work dir and caches under DIR/worker-N"),
 }
 FLAG_TYPES = {"max_rows": int, "num_shards": int, "shard_index": int, "batch_size": int, "chunk_rows": int, "rows_per_file": int,
-              "num_workers": int, "max_shard_retries": int, "cpus_per_worker": float, "gpus_per_worker": float}
+              "num_workers": int, "max_task_retries": int, "cpus_per_worker": float, "gpus_per_worker": float}
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _describe_fields(cls: type, prefix: str = "") -> list[str]:
+    """Every config key with its type (a Literal's choices), default and help; nested dataclasses as dotted keys."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
-        type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
         doc = f.metadata.get("help", "")
-        lines.append(f"  {prefix + f.name:<28} {type_name:<14} default: {default!r}")
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"  {prefix + f.name}.*{'':<22} {doc}")
+            lines += _describe_fields(hints[f.name], prefix=f"{prefix}{f.name}.")
+            continue
+        lines.append(f"  {prefix + f.name:<28} {_type_name(hints[f.name]):<14} default: {default!r}")
         if doc:
             lines.append(f"      {doc}")
     return lines
 
 
-def is_training(stage) -> bool:
-    from hf_pipeline.training import TrainingStage
-
-    return isinstance(stage, TrainingStage)
-
-
-def run_flags(stage) -> dict[str, str]:
+def run_flags(stage) -> dict[str, tuple[str, str]]:
     """The run options a stage's command line takes: all of them, or for a training stage those that apply."""
     if not is_training(stage):
         return RUN_FLAGS
-    from hf_pipeline.training import TRAIN_OPTIONS
-
-    flags = {name: RUN_FLAGS[name] for name in TRAIN_OPTIONS}
-    flags.update(input="training data: org/name, org/name@revision, or a local path",
-                 output="output model repo (org/name) to publish to", work_dir="where checkpoints live until published "
-                 "(default: $HF_PIPELINE_CACHE/runs); a rerun resumes from the last one")
+    flags = {name: RUN_FLAGS[name] for name in run_option_names(stage)}
+    flags.update(input=("input", "training data: org/name, org/name@revision, or a local path"),
+                 output=("output", "output model repo (org/name) to publish to"),
+                 work_dir=("work_dir", "where checkpoints live until published (default: $HF_PIPELINE_CACHE/runs); "
+                           "a rerun resumes from the last one"))
     return flags
 
 
@@ -90,10 +95,14 @@ def _add_stage_parser(sub, stage) -> None:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from hf_pipeline.runner import RunOptions
+
     defaults = RunOptions()
-    for name, doc in run_flags(stage).items():
+    for name, (key, doc) in run_flags(stage).items():
         flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
+        default = defaults
+        for part in key.split("."):
+            default = getattr(default, part)
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=f"{doc} (default: {default})")
         else:
@@ -108,7 +117,6 @@ def _add_stage_parser(sub, stage) -> None:
             "for ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
         )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--result-file", help=argparse.SUPPRESS)  # the pipeline command reads each stage's result here
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,39 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def split_settings(stage, values: dict[str, Any]) -> tuple[RunOptions, Any]:
-    """YAML/--set values -> (run options, stage config); keys are run options or config keys, nothing else."""
-    run_keys = set(run_flags(stage)) if is_training(stage) else {f.name for f in dataclasses.fields(RunOptions)}
-    run_values = {k: v for k, v in values.items() if k in run_keys}
-    config = build_config(stage.config_class, {k: v for k, v in values.items() if k not in run_keys})
-    return build_config(RunOptions, run_values), config
-
-
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from hf_pipeline.runner import run_stage
     from hf_pipeline.stages import all_stages
 
     stage = all_stages()[args.command]
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     values = deep_merge(values, parse_overrides(args.set))
-    for name in run_flags(stage):
+    for name, (key, _) in run_flags(stage).items():
         flag_value = getattr(args, name)
         if flag_value is not None:
-            values[name] = flag_value
-    options, config = split_settings(stage, values)
-    if is_training(stage):
-        from hf_pipeline.training import run_training
-
-        result = run_training(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
-    elif args.estimate is not None:
+            values = deep_merge(values, _nested(key, flag_value))
+    spec = build_spec(stage.name, values, argv=["run_stage.py", *argv], dry_run=args.dry_run)
+    if not is_training(stage) and args.estimate is not None:
         from hf_pipeline.estimate import estimate_command
 
-        return estimate_command(stage, options, config, args.estimate, argv=["run_stage.py", *argv])
-    else:
-        result = run_stage(stage, options, config, argv=["run_stage.py", *argv], dry_run=args.dry_run)
-    if args.result_file and result is not None:
-        Path(args.result_file).write_text(json.dumps(dataclasses.asdict(result)))
+        return estimate_command(stage, spec.options, spec.config, args.estimate, argv=spec.argv)
+    result = run_spec(spec)
     return 0 if result is not None or args.dry_run else 1
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """"ray.address", v -> {"ray": {"address": v}}."""
+    *parents, leaf = key.split(".")
+    node: dict[str, Any] = {leaf: value}
+    for p in reversed(parents):
+        node = {p: node}
+    return node
 
 
 def hub_command(args: argparse.Namespace) -> int:

@@ -460,11 +460,11 @@ def estimate_command(stage, options, config, rows_arg: str, argv: list[str] | No
     if stage.name not in ROW_UNITS:
         raise PipelineError(f"no cost model for stage {stage.name} (known: {', '.join(ROW_UNITS)}).")
     if rows_arg == "input":
-        from hf_pipeline.runner import load_mapped_input, plan_run, print_plan
+        from hf_pipeline.runner import plan_run, print_plan
 
-        plan = plan_run(stage, options, config, argv)
+        plan = plan_run(stage, options, config, argv)  # row counts from the parquet footers: nothing downloaded
         print_plan(plan)
-        rows = float(len(load_mapped_input(plan, plan.context())))
+        rows = float(plan.rows)
         print()
     else:
         rows = parse_rows(rows_arg)

@@ -61,7 +61,7 @@ def _hash_files(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _local_data_files(path: Path) -> tuple[str, list[Path]] | None:
+def local_data_files(path: Path) -> tuple[str, list[Path]] | None:
     """(builder, files) for a local data file or a folder of them; None when `path` holds no data files."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     by_builder: dict[str, list[Path]] = {}
@@ -84,7 +84,7 @@ def resolve_dataset(ref: str) -> DatasetRef:
         if local.is_dir() and (local / "dataset_info.json").exists():
             files = sorted(p for p in local.iterdir() if p.suffix == ".arrow" or p.name.endswith(".json"))
             return DatasetRef(ref, None, None, _hash_files(files), str(local))
-        found = _local_data_files(local)
+        found = local_data_files(local)
         if found is None:
             raise PipelineError(
                 f"{ref} is not a dataset: expected a folder saved with Dataset.save_to_disk, or "
@@ -123,7 +123,7 @@ def load_dataset_ref(ref: DatasetRef, split: str = "train", name: str | None = N
                 if isinstance(ds, datasets.DatasetDict):
                     ds = _pick_split(ds, split, ref.ref)
                 return ds
-            builder, files = _local_data_files(path)
+            builder, files = local_data_files(path)
             return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
         dsd = datasets.load_dataset(ref.repo_id, name=name, revision=ref.sha)
         return _pick_split(dsd, split, ref.ref)

@@ -54,8 +54,8 @@ def substitute(value: Any, published: dict[str, str]) -> Any:
 
 
 def run_pipeline(config_path: str, sample_size: int | None = None) -> dict[str, Any]:
-    from hf_pipeline.cli import split_settings
     from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.specs import build_spec
     from hf_pipeline.stages import all_stages
 
     spec = read_yaml(config_path)
@@ -67,64 +67,87 @@ def run_pipeline(config_path: str, sample_size: int | None = None) -> dict[str, 
     unknown_stages = [stage for stage in entries.values() if stage not in stages]
     if unknown_stages:
         raise PipelineError(f"pipeline config names unknown stage '{unknown_stages[0]}' (stages: {', '.join(stages)}).")
-    started = time.time()
-    for repo, path in (spec.get("publish") or {}).items():
-        repo, tag, _ = push_local_dataset(path, repo)
-        print(f"input {path} is {repo}@{tag}")
-
     sample_size = sample_size if sample_size is not None else spec.get("sample_size")
-    published: dict[str, str] = {}
-    results: dict[str, Any] = {}
-    previous: str | None = None
-    for name, values in spec["stages"].items():
+
+    def settings(name: str, values: dict, published: dict[str, str], previous: str | None) -> dict:
         stage = stages[entries[name]]
         values = substitute({k: v for k, v in (values or {}).items() if k != "stage"}, published)
         if stage.needs_input and "input" not in values and previous:
             values["input"] = previous
         if sample_size is not None and name == spec.get("sample_stage"):
             values["max_rows"] = sample_size
-        split_settings(stage, values)  # fail on a bad key now, not after the earlier stages ran
-        print(f"\n=== {name} ===" + (f" ({stage.name})" if stage.name != name else ""), flush=True)
-        result = run_in_subprocess(stage.name, values)
+        return values
+
+    # every entry's keys and types checked before the first stage runs (references stand in for what they will be)
+    placeholders = {name: f"pipeline/{name}@check" for name in entries}
+    previous = None
+    for name, values in spec["stages"].items():
+        build_spec(entries[name], settings(name, values, placeholders, previous))
+        previous = placeholders[name]
+
+    started = time.time()
+    for repo, path in (spec.get("publish") or {}).items():
+        repo, tag, _ = push_local_dataset(path, repo)
+        print(f"input {path} is {repo}@{tag}")
+    published: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    previous = None
+    for name, values in spec["stages"].items():
+        stage_spec = build_spec(entries[name], settings(name, values, published, previous),
+                                argv=["run_stage.py", "pipeline", "--config", str(config_path), f"# entry {name}"])
+        print(f"\n=== {name} ===" + (f" ({stage_spec.stage})" if stage_spec.stage != name else ""), flush=True)
+        result = run_in_subprocess(stage_spec)
         published[name] = previous = f"{result.repo_id}@{result.tag}"
         results[name] = result
     print_pipeline_summary(results, time.time() - started)
     return results
 
 
-def run_in_subprocess(name: str, values: dict[str, Any]):
-    """One stage as `python -m hf_pipeline.cli STAGE` in its own session: each stage's models (a vLLM engine, an
-    embedder) are freed when it ends, and a crash in one stage cannot take the earlier stages' results with it.
-    The child writes its result to a file first; an engine process that lingers after that is ended with it."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
+def _child(spec, conn) -> None:
+    """The stage in a new session (its own process group, which the parent can end with every engine it started)."""
+    import traceback
 
-    import yaml
+    from hf_pipeline.specs import run_spec
 
-    from hf_pipeline.runner import RunResult
-    from hf_pipeline.training import TrainResult
+    os.setsid()
+    try:
+        conn.send(("ok", run_spec(spec)))
+    except PipelineError as e:
+        conn.send(("error", str(e)))
+    except BaseException as e:  # noqa: BLE001 - the traceback is shown here, the parent owns the exit code
+        traceback.print_exc()
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config, result_file = Path(tmp) / "stage.yaml", Path(tmp) / "result.json"
-        config.write_text(yaml.safe_dump(values))
-        cmd = [sys.executable, "-m", "hf_pipeline.cli", name, "--config", str(config), "--result-file", str(result_file)]
-        proc = subprocess.Popen(cmd, start_new_session=True)
-        finished_at = None
-        while proc.poll() is None:
-            if finished_at is None and result_file.exists():
-                finished_at = time.time()
-            if finished_at is not None and time.time() - finished_at > 60:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
-                break
-            time.sleep(0.5)
-        if not result_file.exists():
-            raise PipelineError(f"stage {name} failed (exit code {proc.returncode}); fix the cause and rerun the pipeline to resume.")
-        result = json.loads(result_file.read_text())
-        return TrainResult(**result) if "metrics" in result else RunResult(**result)
+
+def run_in_subprocess(spec):
+    """One stage in a fresh process: each stage's models (a vLLM engine, an embedder) are freed when it ends, and a
+    crash in one stage cannot take the earlier stages' results with it. The typed spec and the result travel over
+    a pipe; an engine process that lingers after the result is in is ended with the stage's process group."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(spec, child), daemon=False)
+    proc.start()
+    child.close()
+    message = None
+    while message is None and proc.is_alive():
+        if parent.poll(0.5):
+            message = parent.recv()
+    if message is None and parent.poll(0):
+        message = parent.recv()
+    proc.join(60)
+    if proc.is_alive():  # the result is in, but an engine keeps the process alive
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.join()
+    if message is None:
+        raise PipelineError(f"stage {spec.stage} failed (exit code {proc.exitcode}); fix the cause and rerun the pipeline to resume.")
+    kind, value = message
+    if kind == "error":
+        raise PipelineError(f"stage {spec.stage} failed: {value} (fix the cause and rerun the pipeline to resume)")
+    return value
 
 
 def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:

@@ -1,50 +1,35 @@
-"""The one runner: load -> shard -> batched map (checkpointed) -> finalize -> check -> push -> tag -> card.
+"""The driver of a dataset stage's run: plan -> open the run's pull request -> tasks -> seal.
 
-Stages own only their function and config (see `stage.py`). The runner is split so an executor can call
-it per shard: `plan_run` pins inputs and decides the tag, `process_shard` maps one shard into checkpoint
-chunks on disk, and `publish_run` turns all chunks into one commit + tag + card.
+1. `plan_run` pins every input (the run contract, `contract.py`), lists the mapped inputs' data files at their
+   pinned commits with row counts from the parquet footers (no data read), checks their columns before any model
+   loads, cuts them into shards (`sharding.py`: a shard is a set of files), and derives fingerprint and tag.
+2. `run_stage` opens (or, on a rerun, finds) the run's pull request on the output repo (`hub_run.py`), reads which
+   tasks are already in, and hands the others to an executor (`executors/`). Each worker commits its own output to
+   the pull request: no data row passes through the driver and nothing needs a shared filesystem.
+3. A stage with a `reduce` then runs its partitions the same way, each reading its row group of every shard.
+4. `seal_run` sums the per-task records into the card's counts and stats, builds the stage's artifacts, and merges
+   the pull request: `main` moves in one step, and the tag is set on the merge commit. Until then, another client
+   sees `main` and the tags unchanged.
 
-Resume: a shard is mapped in chunks of `chunk_rows` rows; each finished chunk is written to the work dir
-atomically (tmp file + rename), so a run killed with SIGKILL and started again redoes only the chunks that
-had not been written, and publishes the same rows (chunks are concatenated in input order). Stages that
-sample derive their randomness from the row (e.g. a seed plus the doc id), never from chunk boundaries.
-
-Caching: the default tag is `<stage>-<fingerprint>`, the fingerprint hashing the stage, its version, its
-config, the content of its prompt files and every input pinned to a commit sha; a rerun that finds that tag
-already published is a no-op.
+`--shard-index i` runs just one shard (a job array's element) and leaves the sealing to a run without it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_pipeline import __version__
-from hf_pipeline.config import config_hash, config_to_dict
+from hf_pipeline import contract
+from hf_pipeline.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import (
-    DatasetRef,
-    cache_root,
-    download_file,
-    load_dataset_ref,
-    output_tags,
-    publish,
-    read_card_metadata,
-    resolve_dataset,
-    token_free_argv,
-)
-from hf_pipeline.stage import Stage, StageContext
-
-CARDS_DIR = Path(__file__).resolve().parent.parent / "dataset_cards"
+from hf_pipeline.executors.ray import RayOptions
+from hf_pipeline.hub_io import DatasetRef, cache_root, download_file, load_dataset_ref, token_free_argv
+from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, StageContext, merge_stats
+from hf_pipeline.worker import Task
 
 
 @dataclass
@@ -57,19 +42,15 @@ class RunOptions:
     split: str = "train"
     max_rows: int | None = None  # take only the first N input rows (a sample)
     num_shards: int = 1
-    shard_index: int | None = None  # run and publish just this shard
+    shard_index: int | None = None  # run just this shard (commit it to the run's PR; another run seals)
     batch_size: int = 64  # rows per map_batch call
     chunk_rows: int = 1000  # rows per checkpoint chunk: the most work a crash can lose
-    rows_per_file: int = 500_000  # rows per published parquet file
+    rows_per_file: int = 1_000_000  # most rows per published parquet file (a shard's output is split beyond)
     private: bool = False
     work_dir: str | None = None  # default: $HF_PIPELINE_CACHE/runs (~/.cache/hf_pipeline/runs)
     keep_work_dir: bool = False
-    executor: str = "local"  # "local" (in this process) or "ray" (see hf_pipeline/ray_executor.py)
-    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); default: a local instance
-    num_workers: int | None = None  # Ray actors; default: as many as the cluster's resources fit, at most one per shard
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_shard_retries: int = 2  # Ray: retries of a shard whose worker died or whose map raised
+    executor: str = "local"  # see hf_pipeline/executors
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 @dataclass
@@ -77,10 +58,21 @@ class RunPlan:
     stage: Stage
     options: RunOptions
     config: Any
-    inputs: dict[str, DatasetRef]  # ref as written -> pinned; the main input first
+    inputs: dict[str, DatasetRef]  # ref as written -> pinned; the mapped inputs first
+    parts: list[InputPart]
+    part_refs: list[DatasetRef]
+    files: list  # sharding.DataFile of every part, in read order
+    schemas: list  # arrow schema of each part
+    shards: list  # sharding.ShardSpec
     fingerprint: str
     tag: str
+    num_partitions: int = 1
+    aligned: AlignedInput | None = None
+    aligned_files: list = field(default_factory=list)
+    aligned_groups: list = field(default_factory=list)  # per shard: sharding.GroupRange to read
     argv: list[str] = field(default_factory=list)
+    run: Any = None  # hub_run.RunPR, once opened
+    run_stats: dict = field(default_factory=dict)  # the map shards' summed stats, for a reduce
 
     @property
     def work_dir(self) -> Path:
@@ -88,25 +80,28 @@ class RunPlan:
         return base / f"{self.stage.name}-{self.fingerprint}"
 
     @property
-    def main_input(self) -> DatasetRef | None:
-        return self.inputs.get(self.options.input) if self.options.input else None
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def pinned(self, ref: str) -> DatasetRef:
+        pinned = self.inputs.get(ref)
+        if pinned is None:
+            raise PipelineError(f"stage {self.stage.name} read '{ref}', which it did not declare as an input.")
+        return pinned
 
     def context(self, resources: Any = None) -> StageContext:
         return StageContext(config=self.config, load=self.load, download=self.download, resources=resources)
 
     def load(self, ref: str, split: str | None = None, name: str | None = None):
-        """Load an input exactly as pinned at planning time (a branch that moves mid-run changes nothing)."""
-        pinned = self.inputs.get(ref)
-        if pinned is None:
-            raise PipelineError(f"stage {self.stage.name} loaded '{ref}', which its input_refs did not declare.")
-        return load_dataset_ref(pinned, split=split or self.options.split, name=name)
+        """A small side input, loaded exactly as pinned at plan time (a branch that moves mid-run changes nothing)."""
+        return load_dataset_ref(self.pinned(ref), split=split or self.options.split, name=name)
 
     def download(self, ref: str, filename: str) -> Path:
         """One file of a declared input, at its pinned commit (or from the local folder it names)."""
-        pinned = self.inputs.get(ref)
-        if pinned is None:
-            raise PipelineError(f"stage {self.stage.name} read '{ref}', which its input_refs did not declare.")
-        return download_file(pinned, filename)
+        return download_file(self.pinned(ref), filename)
+
+    def empty_input(self, part: int):
+        return self.schemas[part].empty_table()
 
 
 @dataclass
@@ -116,8 +111,9 @@ class RunResult:
     commit: str
     rows_in: int
     rows_out: int
-    counts: dict[str, dict[str, int]]
+    counts: dict[str, dict]
     skipped: bool = False  # True when the result was already published
+    pull_request: str | None = None
 
     def load_hint(self) -> str:
         return f'load_dataset("{self.repo_id}", revision="{self.tag}", split="train")'
@@ -126,249 +122,239 @@ class RunResult:
 # ---------------------------------------------------------------- planning
 
 
-def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None) -> RunPlan:
-    """Pin every input to a commit sha and derive the fingerprint and tag. Raises PipelineError on bad input."""
+def check_options(stage: Stage, options: RunOptions) -> None:
     if not options.output:
         raise PipelineError(f"stage {stage.name} needs --output org/name (the dataset repo to publish to).")
-    if options.executor not in ("local", "ray"):
-        raise PipelineError(f"--executor must be 'local' or 'ray', got '{options.executor}'.")
     if options.num_shards < 1:
         raise PipelineError("--num-shards must be at least 1.")
     if options.shard_index is not None and not 0 <= options.shard_index < options.num_shards:
         raise PipelineError(f"--shard-index must be in [0, {options.num_shards - 1}], got {options.shard_index}.")
-    refs: list[str] = []
-    if stage.needs_input:
-        if not options.input:
-            raise PipelineError(f"stage {stage.name} needs --input (org/name[@revision] or a local path).")
-        refs.append(options.input)
-    refs += [r for r in stage.input_refs(config) if r not in refs]
-    inputs = {ref: resolve_dataset(ref) for ref in refs}
-    shard = None if options.shard_index is None else [options.shard_index, options.num_shards]
-    prompts = prompt_digests(stage.prompts(config))
-    fingerprint = config_hash(
-        stage.name, stage.version, config_to_dict(config), [p.pinned for p in inputs.values()], options.split, shard,
-        # each absent when unset/empty, so tags of runs without them stay valid
-        *([options.max_rows] if options.max_rows is not None else []),
-        *([prompts] if prompts else []),
+    if options.chunk_rows < 1 or options.batch_size < 1 or options.rows_per_file < 1:
+        raise PipelineError("--chunk-rows, --batch-size and --rows-per-file must be at least 1.")
+
+
+def mapped_parts(stage: Stage, options: RunOptions, config: Any) -> list[InputPart]:
+    if stage.inputs is not None:
+        return list(stage.inputs(config, options))
+    if not stage.needs_input:
+        return []
+    if not options.input:
+        raise PipelineError(f"stage {stage.name} needs --input (org/name[@revision] or a local path).")
+    return [InputPart(options.input, options.split)]
+
+
+def check_columns(stage: Stage, part: InputPart, schema) -> None:
+    """The mapped input has the stage's columns: said now, before a model loads or a shard starts."""
+    names = list(schema.names) if schema is not None else []
+    missing = [c for c in stage.input_columns if c not in names]
+    if missing:
+        raise PipelineError(
+            f"input {part.ref} lacks column '{missing[0]}' required by stage {stage.name} (it has: {', '.join(names) or 'no columns'})."
+        )
+
+
+def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None) -> RunPlan:
+    """Pin every input, list and check the mapped inputs' files, cut shards, derive fingerprint and tag."""
+    from hf_pipeline.datafiles import group_ranges, list_files
+    from hf_pipeline.sharding import align_groups, plan_shards
+
+    check_options(stage, options)
+    parts = mapped_parts(stage, options, config)
+    aligned = stage.aligned(config)
+    refs = [p.ref for p in parts] + list(stage.input_refs(config)) + ([aligned.ref] if aligned else [])
+    inputs = contract.pin_datasets(refs)
+    files, schemas = [], []
+    for k, part in enumerate(parts):
+        part_files, schema = list_files(inputs[part.ref], part.split, part.name, part=k)
+        if stage.inputs is None:
+            check_columns(stage, part, schema)
+        files += part_files
+        schemas.append(schema)
+    shards = plan_shards(files, options.num_shards, options.max_rows)
+    aligned_files, aligned_groups = [], []
+    if aligned is not None:
+        aligned_files, _ = list_files(inputs[aligned.ref])
+        ranges = group_ranges(inputs[aligned.ref], aligned_files, aligned.file_column, aligned.row_column)
+        aligned_groups = align_groups(shards, files, ranges)
+    prompts = contract.prompt_digests(stage.prompts(config))
+    fp = contract.fingerprint(
+        stage.name, stage.version, config, [p.pinned for p in inputs.values()], options.split, options.max_rows,
+        prompts or None, options.num_shards if stage.sharding_changes_output else None,
     )
-    tag = options.tag or f"{stage.name}-{fingerprint}"
-    if shard is not None and not options.tag:
-        tag += f"-shard-{shard[0]}-of-{shard[1]}"
-    return RunPlan(stage, options, config, inputs, fingerprint, tag, token_free_argv(argv or sys.argv))
+    return RunPlan(
+        stage, options, config, inputs, parts, [inputs[p.ref] for p in parts], files, schemas, shards, fp,
+        options.tag or contract.default_tag(stage.name, fp), stage.partitions(config) if stage.reduce else 1,
+        aligned, aligned_files, aligned_groups, token_free_argv(argv or sys.argv),
+    )
 
 
-def prompt_digests(paths: list[Path]) -> dict[str, str]:
-    """{file name: sha256 of its content} of a stage's prompt files. Keyed by name, not path, so the same
-    prompt gives the same fingerprint in any checkout."""
-    digests = {}
-    for path in paths:
-        try:
-            digests[Path(path).name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        except OSError as e:
-            raise PipelineError(f"cannot read the prompt file {path}: {e}") from e
-    return digests
+# ---------------------------------------------------------------- the whole run
 
 
-def already_published(plan: RunPlan) -> str | None:
-    """Commit sha if the output repo already holds this exact run under its tag; error if the tag holds another."""
-    tags = output_tags(plan.options.output)
-    if plan.tag not in tags:
-        return None
-    meta = read_card_metadata(plan.options.output, tags[plan.tag]).get("hf_pipeline", {})
-    if meta.get("fingerprint") != plan.fingerprint:
-        raise PipelineError(
-            f"tag '{plan.tag}' of {plan.options.output} already holds a different run "
-            f"(fingerprint {meta.get('fingerprint')}, this run {plan.fingerprint}); choose another --tag."
-        )
-    return tags[plan.tag]
+def latest_records(plan: RunPlan) -> dict[str, dict]:
+    """task name -> its record on the run's PR (the latest, should a task have been committed twice)."""
+    from hf_pipeline.hub_run import shard_records
 
-
-# ---------------------------------------------------------------- mapping
-
-
-def load_mapped_input(plan: RunPlan, ctx: StageContext):
-    """The dataset the stage maps over: the main input, or what the stage's load_input builds."""
-    stage = plan.stage
-    ds = stage.load_input(ctx) if stage.load_input else plan.load(plan.options.input)
-    missing = [c for c in stage.input_columns if c not in ds.column_names]
-    if missing:
-        what = plan.options.input or "the stage's input"
-        raise PipelineError(
-            f"input {what} lacks column '{missing[0]}' required by stage {stage.name} "
-            f"(it has: {', '.join(ds.column_names)})."
-        )
-    if plan.options.max_rows is not None and plan.options.max_rows < len(ds):
-        ds = ds.select(range(plan.options.max_rows))
-    return ds
-
-
-def _map_features(stage: Stage):
-    from hf_pipeline.features import features_from_spec
-
-    return features_from_spec(stage.map_columns or stage.output_columns)
-
-
-def process_shard(plan: RunPlan, shard_index: int, num_shards: int, resources: Any = None, dataset=None) -> list[Path]:
-    """Map one shard of the input into checkpointed parquet chunks; returns the chunk files in order.
-
-    Chunks already on disk from an earlier (crashed) attempt are kept and not recomputed.
-    """
-    import datasets
-    from tqdm.auto import tqdm
-
-    stage, opts = plan.stage, plan.options
-    ctx = plan.context(resources)
-    if ctx.resources is None and stage.setup is not None:
-        ctx.resources = stage.setup(ctx)
-    ds = dataset if dataset is not None else load_mapped_input(plan, ctx)
-    if num_shards > 1:
-        ds = ds.shard(num_shards, shard_index, contiguous=True)
-    shard_dir = plan.work_dir / f"shard-{shard_index:05d}-of-{num_shards:05d}"
-    manifest = {"rows": len(ds), "chunk_rows": opts.chunk_rows, "fingerprint": plan.fingerprint}
-    manifest_file = shard_dir / "manifest.json"
-    if manifest_file.exists() and json.loads(manifest_file.read_text()) != manifest:
-        shutil.rmtree(shard_dir)  # chunks of another chunking or input: not reusable
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    manifest_file.write_text(json.dumps(manifest))
-
-    n_chunks = max(1, math.ceil(len(ds) / opts.chunk_rows))
-    chunk_files = [shard_dir / f"chunk-{i:05d}.parquet" for i in range(n_chunks)]
-    done_rows = sum(min(opts.chunk_rows, len(ds) - i * opts.chunk_rows) for i, f in enumerate(chunk_files) if f.exists())
-    features = _map_features(stage)
-    bar = tqdm(total=len(ds), initial=done_rows, desc=f"{stage.name} shard {shard_index + 1}/{num_shards}", unit="row")
-
-    def map_fn(batch: dict[str, list]) -> dict[str, list]:
-        out = stage.map_batch(batch, ctx)
-        bar.update(len(next(iter(batch.values()))) if batch else 0)
-        return out
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # one bar for the whole shard, not one per chunk
-    try:
-        for i, chunk_file in enumerate(chunk_files):
-            if chunk_file.exists():
-                continue
-            chunk = ds.select(range(i * opts.chunk_rows, min((i + 1) * opts.chunk_rows, len(ds))))
-            mapped = chunk.map(
-                map_fn,
-                batched=True,
-                batch_size=opts.batch_size,
-                remove_columns=chunk.column_names,
-                features=features,
-                keep_in_memory=True,
-                load_from_cache_file=False,
-                new_fingerprint=f"{plan.fingerprint}-{shard_index}-{i}",
+    records = {}
+    for record in shard_records(plan.run):
+        if record.get("fingerprint") != plan.fingerprint:
+            continue
+        expected = plan.options.num_shards if record["phase"] == "map" else plan.num_partitions
+        if record["of"] != expected:
+            what = "--num-shards" if record["phase"] == "map" else "partitions"
+            raise PipelineError(
+                f"the run's pull request {plan.run.url} holds tasks of {record['of']} {what}, this run asks for {expected}: "
+                f"rerun with the same {what}, or close that pull request to start over."
             )
-            if set(mapped.column_names) != set(features):
-                raise PipelineError(
-                    f"stage {stage.name} returned columns {mapped.column_names}, expected {list(features)}."
-                )
-            tmp = chunk_file.with_suffix(".tmp")
-            mapped.to_parquet(str(tmp))
-            os.replace(tmp, chunk_file)  # atomic: a chunk is either whole on disk or absent
-    finally:
-        bar.close()
-        if was_enabled:
-            datasets.enable_progress_bars()
-    return chunk_files
+        records[record["task"]] = record
+    return records
 
 
-# ---------------------------------------------------------------- publishing
+def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None,
+              dry_run: bool = False) -> RunResult | None:
+    from hf_pipeline.executors import get_executor
+    from hf_pipeline.hub_run import open_run
+
+    started = time.time()
+    plan = plan_run(stage, options, config, argv)
+    existing = contract.published_commit(options.output, plan.tag, plan.fingerprint)
+    if existing:
+        print(f"nothing to do: {options.output}@{plan.tag} (commit {existing[:12]}) already holds {stage.name} "
+              "for these inputs and this config.")
+        return RunResult(options.output, plan.tag, existing, 0, 0, {}, skipped=True)
+    if dry_run:
+        print_plan(plan)
+        return None
+    executor = get_executor(options.executor, options)
+    description = (f"`hf_pipeline` run of stage `{stage.name}` (fingerprint `{plan.fingerprint}`, tag `{plan.tag}`): "
+                   f"{plan.rows} input rows in {options.num_shards} shard(s). Workers commit their shards here; the "
+                   "run merges when every shard is in.\n\nCommand: `" + " ".join(plan.argv) + "`")
+    plan.run, opened = open_run(options.output, stage.name, plan.fingerprint, description, options.private)
+    done = latest_records(plan)
+    shards = [options.shard_index] if options.shard_index is not None else range(options.num_shards)
+    tasks = [Task("map", i, options.num_shards) for i in shards]
+    pending = [t for t in tasks if t.name not in done]
+    print(f"run {'opened' if opened else 'resumed'}: {plan.run.url} ({len(tasks) - len(pending)} of {len(tasks)} "
+          f"shard(s) already in)", flush=True)
+    executor.run(plan, pending)
+    if options.shard_index is not None:
+        print(f"shard {options.shard_index} of {options.num_shards} is in {plan.run.url}; the run is sealed by the same "
+              "command without --shard-index once every shard is in.")
+        return RunResult(options.output, plan.tag, "", plan.shards[options.shard_index].rows, 0, {},
+                         pull_request=plan.run.url)
+    done = latest_records(plan)
+    if stage.reduce is not None:
+        run_reduce(plan, executor, done)
+        done = latest_records(plan)
+    result = seal_run(plan, done, started)
+    print_run_summary(plan, result, time.time() - started)
+    return result
 
 
-def read_chunks(chunk_files: list[Path], stage: Stage):
-    import datasets
+def run_reduce(plan: RunPlan, executor, done: dict[str, dict]) -> None:
+    """The stage's reduce, one task per partition, each reading its row group of every shard's scratch file."""
+    from hf_pipeline.hub_run import scratch_dir
 
-    parts = [datasets.Dataset.from_parquet(str(f), features=_map_features(stage)) for f in chunk_files]
-    return datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({}, features=_map_features(stage))
+    maps = [done[Task("map", i, plan.options.num_shards).name] for i in range(plan.options.num_shards)]
+    plan.run_stats = {"rows_in": sum(r["rows_in"] for r in maps), "rows_out": sum(r["rows_out"] for r in maps)}
+    for r in maps:
+        plan.run_stats = merge_stats(plan.run_stats, r["stats"])
+    inputs: dict[int, list[tuple[str, int]]] = {p: [] for p in range(plan.num_partitions)}
+    for r in maps:
+        path = f"{scratch_dir(plan.fingerprint)}/map-{r['index']:05d}-of-{r['of']:05d}.parquet"
+        for p, group in r["partitions"].items():
+            inputs[int(p)].append((path, group))
+    tasks = [Task("reduce", p, plan.num_partitions) for p in range(plan.num_partitions)]
+    executor.run(plan, [t for t in tasks if t.name not in done], inputs)
 
 
-def publish_run(plan: RunPlan, chunk_files: list[Path], rows_in: int, started: float) -> RunResult:
-    """Concatenate the chunks, run the stage's global step, write parquet files, commit, tag, card."""
-    import datasets
+def missing_tasks(plan: RunPlan, done: dict[str, dict]) -> list[str]:
+    names = [Task("map", i, plan.options.num_shards).name for i in range(plan.options.num_shards)]
+    if plan.stage.reduce is not None:
+        names += [Task("reduce", p, plan.num_partitions).name for p in range(plan.num_partitions)]
+    return [n for n in names if n not in done]
+
+
+def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
+    """Sum the records, build artifacts and the card, merge the run's PR and tag the merge commit."""
+    from hf_pipeline.hub_run import seal
 
     stage, opts = plan.stage, plan.options
-    ds = read_chunks(chunk_files, stage)
-    drops: dict[str, int] = {}
-    stats: dict[str, Any] = {}
-    ctx = plan.context()  # one context for finalize and artifacts: finalize may leave files' contents in ctx.scratch
-    if stage.finalize is not None:
-        ds, drop_counts, *more = stage.finalize(ds, ctx)
-        drops = {k: int(v) for k, v in drop_counts.items()}
-        stats = dict(more[0]) if more else {}
-    missing = [c for c in stage.output_columns if c not in ds.column_names]
+    missing = missing_tasks(plan, done)
     if missing:
-        raise PipelineError(f"stage {stage.name} did not produce output column(s) {missing}.")
-    ds = ds.select_columns(list(stage.output_columns))
-    counts = {"drops": drops}
+        raise PipelineError(f"{len(missing)} task(s) of the run are not in its pull request {plan.run.url} (e.g. {missing[0]}); "
+                            "rerun the same command to finish them.")
+    records = list(done.values())
+    maps = [r for r in records if r["phase"] == "map"]
+    data = [r for r in records if r["phase"] == ("reduce" if stage.reduce else "map")]
+    rows_in, rows_out = sum(r["rows_in"] for r in maps), sum(r["rows_out"] for r in data)
+    counts: dict[str, Any] = {"drops": {}}
+    stats: dict[str, Any] = {}
+    for r in records:
+        # statuses are counted on the published rows (a reduce stage's partitions); drops come from every step
+        counts = merge_stats(counts, {k: v for k, v in r["counts"].items() if k == "drops" or r["phase"] == data[0]["phase"]})
+        stats = merge_stats(stats, r["stats"])
+    if stage.summarize is not None:
+        stats = stage.summarize(stats, plan.config)
     if stats:
         counts["stats"] = stats
-    for column in ds.column_names:  # `status`, `judge_status`, ...: every per-row status is counted in the card
-        if column == "status" or column.endswith("_status"):
-            counts[column] = dict(Counter(ds[column][:]).most_common())
-
-    out_dir = plan.work_dir / "publish"
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    (out_dir / "data").mkdir(parents=True)
-    n_files = max(1, math.ceil(len(ds) / opts.rows_per_file))
-    data_files = []
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        for i in range(n_files):
-            path = out_dir / "data" / f"train-{i:05d}-of-{n_files:05d}.parquet"
-            ds.shard(n_files, i, contiguous=True).to_parquet(str(path))
-            data_files.append(path)
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-
-    artifacts = {}
+    files = sorted(f for r in data for f in r["files"] if f.startswith("data/"))
+    out_dir = plan.work_dir / "seal"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    artifacts: dict[str, Path] = {}
     if stage.artifacts is not None:
-        (out_dir / "artifacts").mkdir()
-        artifacts = {k: Path(v) for k, v in stage.artifacts(ds, ctx, out_dir / "artifacts").items()}
-    result = RunResult(opts.output, plan.tag, "", rows_in, len(ds), counts)
-    card = render_card(plan, result, ds, time.time() - started, sorted(artifacts))
-    result.commit = publish(
-        opts.output,
-        data_files,
-        card,
-        plan.tag,
-        commit_message=f"{stage.name}: {len(ds)} rows from {rows_in} ({plan.tag})",
-        extra_files=artifacts,
-        private=opts.private,
-    )
+        actx = ArtifactContext(plan.config, stats, counts, rows_out, output_reader(plan, files), plan.download)
+        artifacts = {k: Path(v) for k, v in stage.artifacts(actx, out_dir).items()}
+    result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, pull_request=plan.run.url)
+    card = render_card(plan, result, examples(plan, files), time.time() - started, sorted(artifacts))
+    message = f"{stage.name}: {rows_out} rows from {rows_in} ({plan.tag})"
+    result.commit = seal(plan.run, card, artifacts, plan.fingerprint, plan.tag, message)
     if not opts.keep_work_dir:
         shutil.rmtree(plan.work_dir, ignore_errors=True)
     return result
 
 
-def render_card(plan: RunPlan, result: RunResult, ds, seconds: float, artifacts: list[str] = ()) -> str:
-    """The dataset card from dataset_cards/<stage>.md, with lineage, config and counts filled in."""
-    import jinja2
-    import yaml
+def output_reader(plan: RunPlan, files: list[str]):
+    """read_output(columns, config_name="train"): the final data files, a row group at a time, from the run's PR."""
+
+    def read_output(columns: list[str] | None = None, config_name: str = "train"):
+        import pyarrow.parquet as pq
+        from huggingface_hub import HfFileSystem
+
+        from hf_pipeline.hub_io import hf_api
+
+        head = hf_api().dataset_info(plan.run.repo_id, revision=plan.run.ref).sha
+        fs = HfFileSystem()
+        for path in files:
+            if not path.startswith(f"data/{config_name}-"):
+                continue
+            with fs.open(f"hf://datasets/{plan.run.repo_id}@{head}/{path}", "rb", block_size=8 << 20) as fh:
+                pf = pq.ParquetFile(fh)
+                for g in range(pf.num_row_groups):
+                    yield pf.read_row_group(g, columns=columns)
+
+    return read_output
+
+
+def examples(plan: RunPlan, files: list[str], n: int = 3) -> list[dict]:
+    """The first rows of the output, for the card (the first row group that has any)."""
+    for table in output_reader(plan, files)():
+        if table.num_rows:
+            return table.slice(0, n).to_pylist()
+    return []
+
+
+def render_card(plan: RunPlan, result: RunResult, rows: list[dict], seconds: float, artifacts: list[str] = ()) -> str:
+    """The dataset card from the package's dataset_cards/<stage>.md, with lineage, config and counts filled in."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     stage = plan.stage
-    template = Path(stage.card_template) if stage.card_template else CARDS_DIR / f"{stage.name}.md"
-    if not template.exists():
-        raise PipelineError(f"card template {template} is missing for stage {stage.name}.")
-    lineage = {
-        "stage": stage.name,
-        "stage_version": stage.version,
-        "package": f"fineinstructions-pipeline {__version__}",
-        "fingerprint": plan.fingerprint,
-        "tag": plan.tag,
-        "inputs": [p.card_dict() for p in plan.inputs.values()],
-        "models": stage.models(plan.config),
-        "config": config_to_dict(plan.config),
-        "run": asdict(plan.options),
-        "command": " ".join(plan.argv),
-        "rows_in": result.rows_in,
-        "rows_out": result.rows_out,
-        "counts": result.counts,
-    }
+    lineage = contract.lineage(
+        stage.name, stage.version, plan.fingerprint, plan.tag, [p.card_dict() for p in plan.inputs.values()],
+        stage.models(plan.config), plan.config, asdict(plan.options), plan.argv, result.rows_in, result.rows_out,
+        counts=result.counts, shards=plan.options.num_shards, pull_request=result.pull_request,
+    )
     card_data = DatasetCardData(
         pretty_name=f"{result.repo_id.split('/')[-1]} ({stage.name})",
         tags=["fineinstructions", "hf_pipeline", stage.name],
@@ -377,87 +363,36 @@ def render_card(plan: RunPlan, result: RunResult, ds, seconds: float, artifacts:
         hf_pipeline=lineage,
     )
     variables = dict(
-        repo_id=result.repo_id,
-        tag=plan.tag,
-        lineage=lineage,
-        inputs=list(plan.inputs.values()),
-        models=lineage["models"],
-        config_yaml=yaml.safe_dump(lineage["config"], sort_keys=False).strip(),
-        counts=result.counts,
-        rows_in=result.rows_in,
-        rows_out=result.rows_out,
-        seconds=round(seconds, 1),
-        examples=[ds[i] for i in range(min(3, len(ds)))],
-        load_hint=result.load_hint(),
-        artifacts=list(artifacts),
+        repo_id=result.repo_id, tag=plan.tag, lineage=lineage, inputs=list(plan.inputs.values()), models=lineage["models"],
+        counts=result.counts, rows_in=result.rows_in, rows_out=result.rows_out, seconds=round(seconds, 1),
+        examples=rows, load_hint=result.load_hint(), artifacts=list(artifacts),
     )
-    # the lineage section is shared by every stage's card: rendered once here, placed by `{{ lineage_section }}`
-    variables["lineage_section"] = jinja2.Template((CARDS_DIR / "_lineage.md").read_text()).render(**variables)
-    card = DatasetCard.from_template(card_data, template_path=str(template), **variables)
-    return str(card)
-
-
-# ---------------------------------------------------------------- the whole run
-
-
-def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None, dry_run: bool = False) -> RunResult | None:
-    started = time.time()
-    plan = plan_run(stage, options, config, argv)
-    existing = already_published(plan)
-    if existing:
-        print(
-            f"nothing to do: {options.output}@{plan.tag} (commit {existing[:12]}) already holds {stage.name} "
-            f"for these inputs and this config."
-        )
-        return RunResult(options.output, plan.tag, existing, 0, 0, {}, skipped=True)
-    if dry_run:
-        print_plan(plan)
-        return None
-    if options.executor == "ray":
-        from hf_pipeline.ray_executor import run_on_ray
-
-        return run_on_ray(plan, started)
-    shards = [options.shard_index] if options.shard_index is not None else list(range(options.num_shards))
-    ctx = plan.context()
-    if stage.setup is not None:
-        ctx.resources = stage.setup(ctx)
-    ds = load_mapped_input(plan, ctx)
-    chunk_files: list[Path] = []
-    for i in shards:
-        chunk_files += process_shard(plan, i, options.num_shards, resources=ctx.resources, dataset=ds)
-    rows_in = len(ds) if options.shard_index is None else len(ds.shard(options.num_shards, options.shard_index, contiguous=True))
-    result = publish_run(plan, chunk_files, rows_in, started)
-    print_summary(plan, result, time.time() - started)
-    return result
+    template = contract.card_template("dataset", stage.name, stage.card_template)
+    return contract.render_card(DatasetCard, card_data, template, variables)
 
 
 def print_plan(plan: RunPlan) -> None:
-    ctx = plan.context()
-    ds = load_mapped_input(plan, ctx)
     opts = plan.options
     lines = [f"plan for stage {plan.stage.name} (dry run: nothing is written)"]
     for ref, pinned in plan.inputs.items():
         lines.append(f"  input        {ref} -> {pinned.pinned}")
-    lines.append(f"  input rows   {len(ds)}")
-    shard = f"{opts.shard_index} of {opts.num_shards}" if opts.shard_index is not None else f"all {opts.num_shards}"
-    lines.append(f"  shards       {shard}; chunks of {opts.chunk_rows} rows, batches of {opts.batch_size}")
-    lines.append(f"  output       {opts.output} tag {plan.tag}")
+    sizes = [s.rows for s in plan.shards]
+    lines.append(f"  input rows   {plan.rows} in {len(plan.files)} file(s)")
+    lines.append(f"  shards       {opts.num_shards} (rows per shard {min(sizes)}..{max(sizes)}); chunks of {opts.chunk_rows} "
+                 f"rows, batches of {opts.batch_size}" + (f"; running only shard {opts.shard_index}" if opts.shard_index is not None else ""))
+    if plan.stage.reduce is not None:
+        lines.append(f"  reduce       {plan.num_partitions} partition(s)")
+    lines.append(f"  output       {opts.output} tag {plan.tag}, through a pull request of that repo")
     lines.append(f"  work dir     {plan.work_dir}")
     print("\n".join(lines))
 
 
-def print_summary(plan: RunPlan, result: RunResult, seconds: float) -> None:
-    lines = [
-        "",
-        f"== {plan.stage.name} done in {seconds:.1f}s ==",
-        *(f"  input     {p.pinned}" for p in plan.inputs.values()),
-        f"  rows      {result.rows_in} in -> {result.rows_out} out",
-    ]
+def print_run_summary(plan: RunPlan, result: RunResult, seconds: float) -> None:
+    lines = [("input", ", ".join(p.pinned for p in plan.inputs.values())),
+             ("rows", f"{result.rows_in} in -> {result.rows_out} out ({plan.options.num_shards} shard(s))")]
     for kind, counts in result.counts.items():
-        if counts:
-            lines.append(f"  {kind:<9} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    lines += [
-        f"  output    {result.repo_id}@{result.tag} (commit {result.commit[:12]})",
-        f"  load with {result.load_hint()}",
-    ]
-    print("\n".join(lines))
+        if counts and kind != "stats":
+            lines.append((kind, ", ".join(f"{k}: {v}" for k, v in counts.items())))
+    lines += [("output", f"{result.repo_id}@{result.tag} (commit {result.commit[:12]}, merged from {result.pull_request})"),
+              ("load with", result.load_hint())]
+    contract.print_summary(plan.stage.name, seconds, lines)

@@ -1,4 +1,19 @@
-"""How a stage is declared: once, with its function and its config. The runner does everything else."""
+"""How a stage is declared: once, with its function and its config. The runner does everything else.
+
+A run of a dataset stage has up to three steps, each where it belongs at a billion rows:
+
+1. `map_batch`, on every shard (a set of the input's files), in checkpointed chunks; then `finalize` on the
+   shard's own mapped rows (a filter, per-shard packing). Its output is the shard's data files.
+2. `reduce`, only for a stage that truly needs rows of several shards together (a dedupe, a stratified
+   selection, per-template totals): the shards' outputs are split into `partitions(config)` partitions by a hash
+   of `partition_key`, and each partition is reduced on its own (one partition = one global step, said so).
+3. `artifacts`, once, on the driver, from the summed per-shard figures and, where a stage needs them, columns of
+   the final data streamed back (e.g. build_index's FAISS index from the `embedding` column).
+
+Figures for the card (`stats`) are summed across shards and partitions (`merge_stats`), so every stat a stage
+records must be additive (counts, sums, histograms, or `min_`/`max_` keys); `summarize` derives means, medians
+and fits from the sums once, at the end.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +28,39 @@ Batch = dict[str, list]
 class StageContext:
     """What a stage's hooks get from the runner besides their config.
 
-    `load(ref, split)` loads a dataset input by ref and records its pinned revision in the card's lineage,
-    so side inputs (an index repo, benchmark sets, query sources) are versioned like the main input.
-    `download(ref, filename)` fetches one file of a declared input repo at its pinned commit (e.g. a FAISS index).
-    `resources` is what `setup` returned: models loaded once per process/worker.
+    `load(ref, split)` loads a (small) side input by ref exactly as pinned at plan time (benchmark sets, query
+    source mappings); a side input that scales with the corpus is read by position instead: `read_rows` (rows of
+    one of an input's files, e.g. the documents of a shard's pairs) or `aligned_rows` (the rows of the stage's
+    `aligned` input that belong to a batch's documents). `download(ref, filename)` fetches one file of a declared
+    input at its pinned commit (a FAISS index). `resources` is what `setup` returned: models loaded once per
+    worker. `shard` and `part` say which shard (or partition) and which input part is being mapped.
     """
 
     config: Any
     load: Callable[..., Any]
     download: Callable[[str, str], Any]
+    read_rows: Callable[[str, str, list[int]], Any] | None = None
+    aligned_rows: Callable[[list[str], list[int]], Any] | None = None
     resources: Any = None
-    # shared by finalize and artifacts of one publish (same process): what finalize computed for the files
+    shard: int = 0
+    num_shards: int = 1
+    part: Any = None  # the InputPart being mapped (its `label` names a query source, for instance)
+    # figures of the whole run, summed over its shards: what a reduce or artifacts step may need (e.g. totals)
+    run_stats: dict = field(default_factory=dict)
+    # shared by finalize and the per-shard extra outputs of one shard (same process)
     scratch: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlignedInput:
+    """A side input whose rows point at rows of the main input (pairs pointing at their documents by `doc_file`,
+    `doc_row`): each shard reads only the row groups whose positions fall in its own files, found at plan time
+    from the parquet footers' statistics."""
+
+    ref: str
+    file_column: str = "doc_file"
+    row_column: str = "doc_row"
+    columns: tuple[str, ...] | None = None  # what to read (None: every column)
 
 
 @dataclass(frozen=True)
@@ -34,35 +70,88 @@ class Stage:
     config_class: type
     # output column -> dtype ("string", "int64", "float32", "bool", "list<int64>", ...); checked on every chunk
     output_columns: Mapping[str, str]
-    # batched map over the (possibly sharded) input: a batch in, a batch out (may change the row count)
+    # batched map over a shard's rows: a batch in, a batch out (may change the row count)
     map_batch: Callable[[Batch, StageContext], Batch]
     # columns map_batch produces when they differ from the published ones (e.g. a status that finalize filters on)
     map_columns: Mapping[str, str] | None = None
     input_columns: tuple[str, ...] = ()
-    # models etc., loaded once per process/worker; its result lands in ctx.resources
+    # models etc., loaded once per worker; its result lands in ctx.resources
     setup: Callable[[StageContext], Any] | None = None
-    # builds the mapped dataset itself (for stages whose inputs come from their config); default: the --input ref
-    load_input: Callable[[StageContext], Any] | None = None
-    # a global step after all shards are mapped (dedupe, filter); returns (dataset, drop counts by reason), or
-    # (dataset, drops, stats) where stats are other JSON-able figures for the card (e.g. documents truncated)
-    finalize: Callable[[Any, StageContext], tuple[Any, Mapping[str, int]]] | None = None
-    # dataset refs besides --input that the stage reads (query sources, an index repo, benchmarks): pinned and
-    # recorded like the main input, and loaded through ctx.load
+    # the datasets the stage maps over, in order (default: the --input); e.g. one per query source
+    inputs: Callable[[Any, Any], list[Any]] | None = None
+    # a side input read per shard by position (see AlignedInput)
+    aligned: Callable[[Any], AlignedInput | None] = field(default=lambda config: None)
+    # a step on one shard's mapped rows (a filter, per-shard packing): returns (dataset, drop counts by reason), or
+    # (dataset, drops, stats) where stats are additive figures for the card (see merge_stats)
+    finalize: Callable[[Any, StageContext], tuple] | None = None
+    # more outputs of a shard besides its rows, {config name: dataset}, from what finalize left in ctx.scratch
+    # (published as data/<name>-NNNNN-of-NNNNN.parquet and listed as a config of the card)
+    shard_outputs: Callable[[StageContext], Mapping[str, Any]] | None = None
+    # a step over the rows of all shards, per partition (see the module docstring); same return as finalize
+    reduce: Callable[[Any, StageContext], tuple] | None = None
+    partitions: Callable[[Any], int] = field(default=lambda config: 1)
+    partition_key: str | None = None  # a column of the shard output; rows with the same value meet in one partition
+    # derived figures (means, medians, fits) from the summed stats, once at the end
+    summarize: Callable[[dict, Any], dict] | None = None
+    # dataset refs besides the mapped inputs that the stage reads (an index repo, benchmarks, documents): pinned and
+    # recorded like the main input
     input_refs: Callable[[Any], list[str]] = field(default=lambda config: [])
-    # files published beside the data in the same commit (a FAISS index, sampling weights): called after
-    # finalize with the final dataset and a folder to write into; returns {path in repo: local file}
-    artifacts: Callable[[Any, StageContext, Any], dict[str, Any]] | None = None
-    # more dataset configs in the same commit, {config name: data files path in repo, e.g. "data/baseline-*"};
-    # listed in the card's `configs` beside "default" (data/train-*), so load_dataset(repo, name) reads them.
-    # Their files are published by `artifacts` (under data/, so the next commit replaces them).
+    # files published beside the data in the same commit (a FAISS index, plots): called once, on the driver, with
+    # (ArtifactContext, folder to write into); returns {path in repo: local file}
+    artifacts: Callable[[Any, Any], dict[str, Any]] | None = None
+    # more dataset configs of the output: {config name: data files pattern}, beside "default" (data/train-*)
     extra_configs: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
     # model refs (name -> "repo@revision" or path) recorded in the card
     models: Callable[[Any], dict[str, str]] = field(default=lambda config: {})
-    # prompt files the stage reads for this config: their content is part of the run's fingerprint, so editing a
-    # prompt makes a new tag instead of a rerun that finds the old output and is wrongly a no-op
+    # prompt files the stage reads for this config: their content is part of the run's fingerprint
     prompts: Callable[[Any], list[Path]] = field(default=lambda config: [])
+    # True when the rows published depend on how the input is cut into shards (assemble's per-shard budgets):
+    # the number of shards is then part of the fingerprint
+    sharding_changes_output: bool = False
     # bump when the stage's code changes its output for the same config, so caches and tags don't collide
     version: int = 1
     needs_input: bool = True
-    # the card's Jinja template; default dataset_cards/<name>.md
+    # the card's Jinja template; default the package's dataset_cards/<name>.md
     card_template: str | None = None
+
+
+def merge_stats(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-shard figures summed: numbers add, mappings merge key by key, lists of numbers add element-wise
+    (histograms), keys starting with `min_`/`max_` keep the smaller/larger, anything else must agree."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out or out[key] is None:
+            out[key] = value
+        elif value is None:
+            continue
+        elif key.startswith("min_"):
+            out[key] = min(out[key], value)
+        elif key.startswith("max_"):
+            out[key] = max(out[key], value)
+        elif isinstance(value, Mapping):
+            out[key] = merge_stats(out[key], value)
+        elif isinstance(value, bool) or isinstance(value, str):
+            if out[key] != value:
+                raise ValueError(f"stat {key!r} differs between shards ({out[key]!r} vs {value!r}) and cannot be summed")
+        elif isinstance(value, (int, float)):
+            out[key] = out[key] + value
+        elif isinstance(value, list):
+            if len(value) != len(out[key]):
+                raise ValueError(f"stat {key!r} has lists of different lengths across shards")
+            out[key] = [x + y for x, y in zip(out[key], value)]
+        else:
+            raise ValueError(f"stat {key!r} of type {type(value).__name__} cannot be summed across shards")
+    return out
+
+
+@dataclass
+class ArtifactContext:
+    """What a stage's `artifacts` step gets, once, on the driver: its config, the run's summed figures, and the
+    final data, read back from the run's pull request a few columns at a time (never all of it in memory)."""
+
+    config: Any
+    stats: dict
+    counts: dict
+    rows_out: int
+    read_output: Callable[..., Any]  # read_output(columns, config_name="train") -> iterator of arrow tables
+    download: Callable[[str, str], Any]

@@ -13,8 +13,6 @@ stages hand it to `Trainer` as `output_dir` and resume from its last checkpoint 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import shutil
 import sys
 import time
@@ -22,72 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hf_pipeline import __version__
-from hf_pipeline.config import config_hash, config_to_dict
+from hf_pipeline import contract
+from hf_pipeline.contract import TINY_RANDOM_PREFIX, ModelPin, pin_model  # noqa: F401  (the stages' names for them)
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import (
-    DatasetRef,
-    cache_root,
-    load_dataset_ref,
-    output_tags,
-    publish_model,
-    read_card_metadata,
-    resolve_dataset,
-    split_ref,
-    token_free_argv,
-)
-from hf_pipeline.runner import CARDS_DIR, RunOptions
-
-MODEL_CARDS_DIR = CARDS_DIR.parent / "model_cards"
-TINY_RANDOM_PREFIX = "tiny-random:"  # a small random causal LM built from a config (tests, CPU demos)
-
-
-@dataclass(frozen=True)
-class ModelPin:
-    """A base model pinned to exactly what was loaded: a Hub repo at a commit, a local folder by content hash,
-    a packaged model by package version, or a tiny random model by name (its weights follow from the seed)."""
-
-    ref: str  # what the user wrote
-    load: str  # what from_pretrained loads
-    revision: str | None  # the resolved commit for a Hub repo, else None
-    pinned: str  # recorded in the fingerprint and the card
-
-    @property
-    def hub_id(self) -> str | None:
-        return self.load if self.revision else None
-
-
-def pin_model(ref: str) -> ModelPin:
-    """Resolve `repo[@revision]`, a local folder, a packaged embedder name or `tiny-random:NAME` to a ModelPin.
-    Raises PipelineError naming the model when it cannot be found."""
-    from hf_pipeline.embedder import packaged_model_path
-
-    if ref.startswith(TINY_RANDOM_PREFIX):
-        return ModelPin(ref, ref, None, ref)
-    packaged = packaged_model_path(ref)
-    if packaged is not None:
-        package = ref
-        return ModelPin(ref, str(packaged), None, f"{ref}=={importlib.metadata.version(package)}")
-    local = Path(ref).expanduser()
-    if local.is_dir():
-        digest = hashlib.sha256()
-        for f in sorted(p for p in local.rglob("*") if p.is_file()):
-            digest.update(f.relative_to(local).as_posix().encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    digest.update(block)
-        return ModelPin(ref, str(local.resolve()), None, f"{local.resolve()}#{digest.hexdigest()[:16]}")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
-
-    repo, revision = split_ref(ref)
-    try:
-        sha = HfApi().model_info(repo, revision=revision).sha
-    except RevisionNotFoundError:
-        raise PipelineError(f"model {repo} has no revision '{revision}'.") from None
-    except (RepositoryNotFoundError, HFValidationError):
-        raise PipelineError(f"model '{ref}' is neither a local folder nor a model repo on the Hub.") from None
-    return ModelPin(ref, repo, sha, f"{repo}@{sha}")
+from hf_pipeline.hub_io import DatasetRef, cache_root, load_dataset_ref, publish_model, token_free_argv
 
 
 @dataclass
@@ -118,7 +54,7 @@ class TrainingStage:
     library_name: str = "transformers"
     pipeline_tag: str | None = None
     version: int = 1
-    card_template: str | None = None  # default model_cards/<name>.md
+    card_name: str | None = None  # the package's model_cards/<card_name>.md; default the stage's name
     needs_input: bool = True  # the training data (the pipeline command passes the previous stage's output)
 
 
@@ -161,36 +97,30 @@ def trainer_arguments(config: Any, checkpoint_dir: Path) -> dict[str, Any]:
     )
 
 
-# RunOptions fields that mean something for a training run (the rest are about mapping rows)
+# run options that mean something for a training run (the rest are about mapping rows)
 TRAIN_OPTIONS = ("input", "output", "tag", "split", "max_rows", "private", "work_dir", "keep_work_dir")
 
 
-def run_training(stage: TrainingStage, options: RunOptions, config: Any, argv: list[str] | None = None,
+def run_training(stage: TrainingStage, options: Any, config: Any, argv: list[str] | None = None,
                  dry_run: bool = False) -> TrainResult | None:
+    """The run contract (pins, fingerprint, tag, published check, card, summary: `contract.py`) around `train`."""
     started = time.time()
     if not options.output:
         raise PipelineError(f"stage {stage.name} needs --output org/name (the model repo to publish to).")
     if not options.input:
         raise PipelineError(f"stage {stage.name} needs --input (the training data: org/name[@revision] or a local path).")
-    data = resolve_dataset(options.input)
+    data = contract.pin_datasets([options.input])[options.input]
     base = pin_model(stage.base_model(config))
-    fingerprint = config_hash(
-        stage.name, stage.version, config_to_dict(config), data.pinned, base.pinned, options.split,
-        *([options.max_rows] if options.max_rows is not None else []),
-    )
-    tag = options.tag or f"{stage.name}-{fingerprint}"
-    tags = output_tags(options.output, repo_type="model")
-    if tag in tags:
-        meta = read_card_metadata(options.output, tags[tag], repo_type="model").get("hf_pipeline", {})
-        if meta.get("fingerprint") != fingerprint:
-            raise PipelineError(
-                f"tag '{tag}' of model {options.output} already holds a different run "
-                f"(fingerprint {meta.get('fingerprint')}, this run {fingerprint}); choose another --tag."
-            )
-        print(f"nothing to do: model {options.output}@{tag} (commit {tags[tag][:12]}) already holds {stage.name} "
+    fp = contract.fingerprint(stage.name, stage.version, config, data.pinned, base.pinned, options.split, options.max_rows)
+    tag = options.tag or contract.default_tag(stage.name, fp)
+    existing = contract.published_commit(options.output, tag, fp, repo_type="model")
+    if existing:
+        print(f"nothing to do: model {options.output}@{tag} (commit {existing[:12]}) already holds {stage.name} "
               "for this data, base model and config.")
-        return TrainResult(options.output, tag, tags[tag], 0, 0, meta.get("metrics", {}), skipped=True)
+        meta = contract.read_card_metadata(options.output, existing, repo_type="model").get("hf_pipeline", {})
+        return TrainResult(options.output, tag, existing, 0, 0, meta.get("metrics", {}), skipped=True)
 
+    # training reads its whole (silver, ~100K-row) dataset: the one stage kind that truly needs every row at once
     ds = load_dataset_ref(data, split=options.split)
     missing = [c for c in stage.input_columns if c not in ds.column_names]
     if missing:
@@ -200,7 +130,7 @@ def run_training(stage: TrainingStage, options: RunOptions, config: Any, argv: l
         )
     if options.max_rows is not None and options.max_rows < len(ds):
         ds = ds.select(range(options.max_rows))
-    work_dir = (Path(options.work_dir) if options.work_dir else cache_root() / "runs") / f"{stage.name}-{fingerprint}"
+    work_dir = (Path(options.work_dir) if options.work_dir else cache_root() / "runs") / f"{stage.name}-{fp}"
     if dry_run:
         print("\n".join([
             f"plan for training stage {stage.name} (dry run: nothing is written)",
@@ -219,7 +149,7 @@ def run_training(stage: TrainingStage, options: RunOptions, config: Any, argv: l
     if not (output_dir / "config.json").exists():
         raise PipelineError(f"stage {stage.name} saved no model to {output_dir}.")
     result = TrainResult(options.output, tag, "", len(ds), outcome.rows_used, outcome.metrics)
-    card = render_model_card(stage, config, data, base, fingerprint, tag, result, outcome,
+    card = render_model_card(stage, config, data, base, fp, tag, result, outcome,
                              token_free_argv(argv or sys.argv), time.time() - started, options)
     result.commit = publish_model(
         options.output, output_dir, card, tag,
@@ -232,36 +162,18 @@ def run_training(stage: TrainingStage, options: RunOptions, config: Any, argv: l
     return result
 
 
-def render_model_card(stage: TrainingStage, config: Any, data: DatasetRef, base: ModelPin, fingerprint: str, tag: str,
-                      result: TrainResult, outcome: TrainOutcome, argv: list[str], seconds: float,
-                      options: RunOptions) -> str:
-    """The model card from model_cards/<stage>.md; the lineage section is the one dataset cards share."""
+def render_model_card(stage: TrainingStage, config: Any, data: DatasetRef, base: ModelPin, fp: str, tag: str,
+                      result: TrainResult, outcome: TrainOutcome, argv: list[str], seconds: float, options: Any) -> str:
+    """The model card from the package's model_cards/<stage>.md; the lineage section is the one every card shares."""
     from dataclasses import asdict
 
-    import jinja2
-    import yaml
     from huggingface_hub import ModelCard, ModelCardData
 
-    template = Path(stage.card_template) if stage.card_template else MODEL_CARDS_DIR / f"{stage.name}.md"
-    if not template.exists():
-        raise PipelineError(f"model card template {template} is missing for stage {stage.name}.")
-    lineage = {
-        "stage": stage.name,
-        "stage_version": stage.version,
-        "package": f"fineinstructions-pipeline {__version__}",
-        "fingerprint": fingerprint,
-        "tag": tag,
-        "inputs": [data.card_dict()],
-        "base_model": {"ref": base.ref, "pinned": base.pinned},
-        "models": {"base": base.pinned},
-        "config": config_to_dict(config),
-        "run": {k: v for k, v in asdict(options).items() if k in TRAIN_OPTIONS},
-        "command": " ".join(argv),
-        "rows_in": result.rows_in,
-        "rows_out": result.rows_out,
-        "drops": outcome.drops,
-        "metrics": outcome.metrics,
-    }
+    lineage = contract.lineage(
+        stage.name, stage.version, fp, tag, [data.card_dict()], {"base": base.pinned}, config,
+        {k: v for k, v in asdict(options).items() if k in TRAIN_OPTIONS}, argv, result.rows_in, result.rows_out,
+        base_model={"ref": base.ref, "pinned": base.pinned}, drops=outcome.drops, metrics=outcome.metrics,
+    )
     card_data = ModelCardData(
         base_model=base.hub_id,  # only a Hub id is meaningful here; local and random bases are in the lineage
         datasets=[data.repo_id] if data.repo_id else None,
@@ -271,22 +183,12 @@ def render_model_card(stage: TrainingStage, config: Any, data: DatasetRef, base:
         hf_pipeline=lineage,
     )
     variables = dict(
-        repo_id=result.repo_id,
-        tag=tag,
-        lineage=lineage,
-        inputs=[data],
-        models=lineage["models"],
-        base=base,
-        data=data,
-        config_yaml=yaml.safe_dump(lineage["config"], sort_keys=False).strip(),
-        metrics=outcome.metrics,
-        drops=outcome.drops,
-        rows_in=result.rows_in,
-        rows_out=result.rows_out,
+        repo_id=result.repo_id, tag=tag, lineage=lineage, inputs=[data], models=lineage["models"], base=base, data=data,
+        metrics=outcome.metrics, drops=outcome.drops, rows_in=result.rows_in, rows_out=result.rows_out,
         seconds=round(seconds, 1),
     )
-    variables["lineage_section"] = jinja2.Template((CARDS_DIR / "_lineage.md").read_text()).render(**variables)
-    return str(ModelCard.from_template(card_data, template_path=str(template), **variables))
+    template = contract.card_template("model", stage.card_name or stage.name)
+    return contract.render_card(ModelCard, card_data, template, variables)
 
 
 def print_training_summary(stage: TrainingStage, data: DatasetRef, base: ModelPin, result: TrainResult,

@@ -24,7 +24,6 @@ from typing import Any
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.training import (
-    MODEL_CARDS_DIR,
     TINY_RANDOM_PREFIX,
     ModelPin,
     TrainContext,
@@ -225,7 +224,7 @@ def causal_lm_stage(name: str, description: str, config_class: type) -> Training
         train=train_causal_lm,
         library_name="transformers",
         pipeline_tag="text-generation",
-        card_template=str(MODEL_CARDS_DIR / "causal_lm.md"),
+        card_name="causal_lm",
     )
 
 

@@ -1,0 +1,182 @@
+"""The run contract every kind of stage keeps, dataset stages and training stages alike (and in one place):
+
+- every input is pinned before anything runs: a dataset to its commit sha (or a local folder to a content hash),
+  a model to its commit sha, a local model folder to a content hash, a packaged model to its package version;
+- the fingerprint hashes the stage, its version, its config, prompt files and the pinned inputs; the default tag
+  is `<stage>-<fingerprint>`;
+- a rerun that finds its tag published (with the same fingerprint in the card) is a no-op; a tag holding another
+  run is an error;
+- the card records the lineage (inputs as asked and as pinned, models, package, config, command, rows) in its
+  YAML under `hf_pipeline:` and in the shared `_lineage.md` section;
+- the end of a run prints one screen of summary.
+
+Card templates ship inside the package (`hf_pipeline/dataset_cards`, `hf_pipeline/model_cards`) and are read
+with `importlib.resources`, so a plain `pip install` publishes the same cards as a checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_pipeline import __version__
+from hf_pipeline.config import config_hash, config_to_dict
+from hf_pipeline.errors import PipelineError
+from hf_pipeline.hub_io import DatasetRef, output_tags, read_card_metadata, resolve_dataset, split_ref
+
+TINY_RANDOM_PREFIX = "tiny-random:"  # a small random causal LM built from a config (tests, CPU demos)
+PACKAGE = f"fineinstructions-pipeline {__version__}"
+
+
+# ---------------------------------------------------------------- pinning
+
+
+def pin_datasets(refs: list[str]) -> dict[str, DatasetRef]:
+    """ref as written -> pinned, in order; raises PipelineError naming a ref that cannot be resolved."""
+    return {ref: resolve_dataset(ref) for ref in dict.fromkeys(refs)}
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    """A model pinned to exactly what was loaded: a Hub repo at a commit, a local folder by content hash,
+    a packaged model by package version, or a tiny random model by name (its weights follow from the seed)."""
+
+    ref: str  # what the user wrote
+    load: str  # what from_pretrained loads
+    revision: str | None  # the resolved commit for a Hub repo, else None
+    pinned: str  # recorded in the fingerprint and the card
+
+    @property
+    def hub_id(self) -> str | None:
+        return self.load if self.revision else None
+
+
+def pin_model(ref: str) -> ModelPin:
+    """Resolve `repo[@revision]`, a local folder, a packaged embedder name or `tiny-random:NAME` to a ModelPin.
+    Raises PipelineError naming the model when it cannot be found."""
+    from hf_pipeline.embedder import packaged_model_path
+
+    if ref.startswith(TINY_RANDOM_PREFIX):
+        return ModelPin(ref, ref, None, ref)
+    packaged = packaged_model_path(ref)
+    if packaged is not None:
+        return ModelPin(ref, str(packaged), None, f"{ref}=={importlib.metadata.version(ref)}")
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(p for p in local.rglob("*") if p.is_file()):
+            digest.update(f.relative_to(local).as_posix().encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    digest.update(block)
+        return ModelPin(ref, str(local.resolve()), None, f"{local.resolve()}#{digest.hexdigest()[:16]}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo, revision = split_ref(ref)
+    try:
+        sha = HfApi().model_info(repo, revision=revision).sha
+    except RevisionNotFoundError:
+        raise PipelineError(f"model {repo} has no revision '{revision}'.") from None
+    except (RepositoryNotFoundError, HFValidationError):
+        raise PipelineError(f"model '{ref}' is neither a local folder nor a model repo on the Hub.") from None
+    return ModelPin(ref, repo, sha, f"{repo}@{sha}")
+
+
+# ---------------------------------------------------------------- fingerprint, tag, published check
+
+
+def prompt_digests(paths: list[Path]) -> dict[str, str]:
+    """{file name: sha256 of its content} of a stage's prompt files. Keyed by name, not path, so the same
+    prompt gives the same fingerprint in any checkout or install."""
+    digests = {}
+    for path in paths:
+        try:
+            digests[Path(path).name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as e:
+            raise PipelineError(f"cannot read the prompt file {path}: {e}") from e
+    return digests
+
+
+def fingerprint(name: str, version: int, config: Any, pinned: list[str], *extra: Any) -> str:
+    """The run's identity: stage, version, config and pinned inputs, plus whatever else changes its output (each
+    extra part only when set, so tags of runs without it stay valid)."""
+    return config_hash(name, version, config_to_dict(config), pinned, *[e for e in extra if e is not None])
+
+
+def default_tag(name: str, fp: str) -> str:
+    return f"{name}-{fp}"
+
+
+def published_commit(repo_id: str, tag: str, fp: str, repo_type: str = "dataset") -> str | None:
+    """Commit sha when `repo_id` already holds this run under `tag`; None when the tag is free; an error when the
+    tag holds another run."""
+    tags = output_tags(repo_id, repo_type=repo_type)
+    if tag not in tags:
+        return None
+    meta = read_card_metadata(repo_id, tags[tag], repo_type=repo_type).get("hf_pipeline", {})
+    if meta.get("fingerprint") != fp:
+        raise PipelineError(
+            f"tag '{tag}' of {repo_id} already holds a different run "
+            f"(fingerprint {meta.get('fingerprint')}, this run {fp}); choose another --tag."
+        )
+    return tags[tag]
+
+
+# ---------------------------------------------------------------- cards
+
+
+def card_template(kind: str, name: str, override: str | None = None) -> str:
+    """The text of a card template: `override` (a file path) or the package's `<kind>_cards/<name>.md`."""
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise PipelineError(f"card template {override} is missing.")
+        return path.read_text()
+    resource = importlib.resources.files("hf_pipeline") / f"{kind}_cards" / f"{name}.md"
+    if not resource.is_file():
+        raise PipelineError(f"no {kind} card template '{name}.md' ships with hf_pipeline.")
+    return resource.read_text()
+
+
+def lineage(name: str, version: int, fp: str, tag: str, inputs: list[dict], models: dict, config: Any,
+            run: dict, command: list[str], rows_in: int, rows_out: int, **more: Any) -> dict[str, Any]:
+    """What every card records, in its YAML under `hf_pipeline:` and in the lineage section."""
+    return {
+        "stage": name,
+        "stage_version": version,
+        "package": PACKAGE,
+        "fingerprint": fp,
+        "tag": tag,
+        "inputs": inputs,
+        "models": models,
+        "config": config_to_dict(config),
+        "run": run,
+        "command": " ".join(command),
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        **more,
+    }
+
+
+def render_card(card_class: type, card_data: Any, template_text: str, variables: dict[str, Any]) -> str:
+    """A dataset or model card from its template; `{{ lineage_section }}` is the section every card shares."""
+    import jinja2
+    import yaml
+
+    variables = dict(variables)
+    variables.setdefault("config_yaml", yaml.safe_dump(variables["lineage"]["config"], sort_keys=False).strip())
+    variables["lineage_section"] = jinja2.Template(card_template("dataset", "_lineage")).render(**variables)
+    return str(card_class.from_template(card_data, template_str=template_text, **variables))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def print_summary(title: str, seconds: float, lines: list[tuple[str, str]]) -> None:
+    """The one screen a run ends with: a title, then `label  value` lines."""
+    print("\n".join(["", f"== {title} done in {seconds:.1f}s =="] + [f"  {k:<9} {v}" for k, v in lines if v]))

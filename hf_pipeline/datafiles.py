@@ -1,0 +1,355 @@
+"""An input's data files at its pinned revision: listing them with their row counts, and reading rows of them.
+
+Listing reads parquet footers only (through `HfFileSystem`'s range requests on the Hub), never the data. Reading
+is bounded by what is asked: a slice that covers a whole Hub file downloads that file once (into this machine's
+Hub cache, at the pinned commit); a slice of part of a file, or a few rows (`read_rows`), reads only the row
+groups that hold them, by range requests. Local inputs (a parquet/jsonl/json/csv file or folder, a
+`save_to_disk` folder) are read in place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from hf_pipeline.errors import PipelineError
+from hf_pipeline.hub_io import DatasetRef, local_data_files
+from hf_pipeline.sharding import DataFile, FileSlice
+
+# Position columns the runner adds to every chunk it reads: where each row lives in its input
+FILE_COLUMN, ROW_COLUMN = "_input_file", "_input_row"
+
+
+@dataclass(frozen=True)
+class InputPart:
+    """One dataset a stage maps over (most stages have one: --input; collect_queries one per query source)."""
+
+    ref: str  # as written: org/name[@revision] or a local path
+    split: str = "train"
+    name: str | None = None  # the dataset config
+    label: str = ""  # what the stage calls it (e.g. the query source's name)
+
+
+def hub_url(ref: DatasetRef, path: str) -> str:
+    return f"hf://datasets/{ref.repo_id}@{ref.sha}/{path}"
+
+
+def _hub_data_files(ref: DatasetRef, split: str, name: str | None) -> list[str]:
+    """Paths in the repo of the split's data files, resolved by `datasets` exactly as `load_dataset` would."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(ref.repo_id, name=name, revision=ref.sha)
+    except Exception as e:  # datasets raises many types for a repo it cannot read as a dataset
+        raise PipelineError(f"could not read {ref.ref} as a dataset: {type(e).__name__}: {e}") from e
+    files = (builder.config.data_files or {}).get(split)
+    if files is None:
+        known = ", ".join(builder.config.data_files or {}) or "none"
+        raise PipelineError(f"dataset {ref.ref} has no split '{split}' (splits: {known}).")
+    prefix = f"hf://datasets/{ref.repo_id}@{ref.sha}/"
+    paths = [str(f)[len(prefix):] if str(f).startswith(prefix) else str(f) for f in files]
+    wrong = [p for p in paths if not p.endswith(".parquet")]
+    if wrong:
+        raise PipelineError(
+            f"dataset {ref.ref} holds non-parquet data files (e.g. {wrong[0]}): stages read Hub inputs as parquet, whose "
+            "footers give row counts without downloading the data. Publish it as parquet (`run_stage.py hub push`), "
+            "or read the Hub's own conversion at revision refs/convert/parquet."
+        )
+    return sorted(paths)
+
+
+def _parquet_meta(source) -> tuple[int, tuple[int, ...], object]:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(source)
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return meta.num_rows, groups, meta.schema.to_arrow_schema()
+
+
+def list_files(ref: DatasetRef, split: str = "train", name: str | None = None, part: int = 0):
+    """(files in read order, arrow schema or None) of one input at its pinned revision. Parquet: row counts and
+    schema from the footers; other local formats are counted by reading them (local files only)."""
+    schema = None
+    files: list[DataFile] = []
+    if ref.repo_id is not None:
+        from huggingface_hub import HfFileSystem
+
+        fs = HfFileSystem()
+        for path in _hub_data_files(ref, split, name):
+            with fs.open(hub_url(ref, path), "rb", block_size=1 << 16) as fh:
+                rows, groups, file_schema = _parquet_meta(fh)
+                size = fh.size
+            schema = schema or file_schema
+            files.append(DataFile(path, rows, groups, part, size))
+        return files, schema
+    root = Path(ref.path)
+    for path in _local_files(root):
+        full = root / path if root.is_dir() else root
+        if full.suffix == ".parquet":
+            rows, groups, file_schema = _parquet_meta(str(full))
+        else:
+            table = _read_local_table(full)
+            rows, groups, file_schema = table.num_rows, (), table.schema
+        schema = schema or file_schema
+        files.append(DataFile(path, rows, groups, part, full.stat().st_size))
+    return files, schema
+
+
+def _local_files(root: Path) -> list[str]:
+    """Data files of a local input, relative to it (a single file: its own name)."""
+    if root.is_dir() and (root / "state.json").exists():  # Dataset.save_to_disk
+        state = json.loads((root / "state.json").read_text())
+        return [f["filename"] for f in state.get("_data_files", [])]
+    found = local_data_files(root)
+    if found is None:
+        raise PipelineError(f"{root} holds no data files.")
+    return [f.relative_to(root).as_posix() if root.is_dir() else f.name for f in found[1]]
+
+
+def _read_local_table(path: Path):
+    """A whole local non-parquet data file as an arrow table (jsonl/json/csv; arrow stream from save_to_disk)."""
+    import pyarrow as pa
+
+    if path.suffix == ".arrow":
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_stream(source).read_all()
+    import datasets
+
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv"}[path.suffix.lower()]
+    return datasets.load_dataset(builder, data_files=[str(path)], split="train").data.table
+
+
+class FileReader:
+    """Reads slices and single rows of one input's files, downloading or streaming only what is asked.
+
+    Sequential slices of a file (a shard's chunks) continue from a kept cursor instead of re-reading the file from
+    its start; row groups read for `read_rows` are kept (a few) for the next call."""
+
+    def __init__(self, ref: DatasetRef, files: list[DataFile], columns: list[str] | None = None):
+        self.ref, self.files, self.columns = ref, files, columns
+        self._local: dict[int, str] = {}
+        self._cursor: tuple[int, int, Iterator] | None = None  # (file, next row, batch iterator)
+        self._pending = None  # rows read past the last slice's end (a table), handed to the next slice
+        self._groups: dict[tuple[int, int], object] = {}  # (file, row group) -> table, the last few read
+        self._by_path = {f.path: i for i, f in enumerate(files)}
+
+    # ------------------------------------------------------------------ opening files
+    def _source(self, file: int, whole: bool):
+        """A path or file object for pyarrow: the downloaded file when the whole file is wanted (read once, cached
+        by the Hub client), else a range-reading HfFileSystem handle."""
+        path = self.files[file].path
+        if self.ref.repo_id is None:
+            root = Path(self.ref.path)
+            return str(root / path if root.is_dir() else root)
+        if file in self._local:
+            return self._local[file]
+        if whole:
+            from huggingface_hub import hf_hub_download
+
+            self._local[file] = hf_hub_download(self.ref.repo_id, path, repo_type="dataset", revision=self.ref.sha)
+            return self._local[file]
+        from huggingface_hub import HfFileSystem
+
+        return HfFileSystem().open(hub_url(self.ref, path), "rb", block_size=8 << 20)
+
+    def _parquet(self, file: int, whole: bool):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self._source(file, whole))
+
+    # ------------------------------------------------------------------ slices
+    def read_slice(self, s: FileSlice):
+        """Rows [start, stop) of a file as an arrow table, with the position columns added."""
+        import pyarrow as pa
+
+        info = self.files[s.file]
+        if not info.path.endswith(".parquet"):
+            root = Path(self.ref.path)
+            table = _read_local_table(root / info.path if root.is_dir() else root).slice(s.start, s.rows)
+            if self.columns:
+                table = table.select([c for c in self.columns if c in table.column_names])
+        else:
+            table = self._read_parquet_slice(s, whole=s.start == 0 and s.stop == info.rows)
+        rows = pa.array(range(s.start, s.stop), pa.int64())
+        return table.append_column(FILE_COLUMN, pa.array([info.path] * s.rows, pa.string())).append_column(ROW_COLUMN, rows)
+
+    def _read_parquet_slice(self, s: FileSlice, whole: bool):
+        import pyarrow as pa
+
+        if self._cursor is None or self._cursor[:2] != (s.file, s.start):
+            self._cursor = self._open_cursor(s, whole)
+            self._pending = None
+        batches = self._cursor[2]
+        pieces = [self._pending] if self._pending is not None else []
+        have = sum(p.num_rows for p in pieces)
+        while have < s.rows:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            pieces.append(pa.Table.from_batches([batch]))
+            have += batch.num_rows
+        table = pa.concat_tables(pieces) if pieces else self._empty(s.file)
+        self._pending = table.slice(s.rows) if table.num_rows > s.rows else None
+        self._cursor = (s.file, s.stop, batches)
+        return table.slice(0, s.rows)
+
+    def _open_cursor(self, s: FileSlice, whole: bool):
+        """A batch iterator starting exactly at row `start` of the file: whole row groups before it are skipped
+        without reading them, rows of the first row group before it are dropped."""
+        pf = self._parquet(s.file, whole)
+        groups = self.files[s.file].row_groups or (self.files[s.file].rows,)
+        first, offset = 0, 0
+        while first < len(groups) and offset + groups[first] <= s.start:
+            offset += groups[first]
+            first += 1
+        skip = s.start - offset
+
+        def batches():
+            to_skip = skip
+            for batch in pf.iter_batches(batch_size=8192, row_groups=range(first, len(groups)), columns=self._columns(pf)):
+                if to_skip >= batch.num_rows:
+                    to_skip -= batch.num_rows
+                    continue
+                if to_skip:
+                    batch, to_skip = batch.slice(to_skip), 0
+                yield batch
+
+        return (s.file, s.start, batches())
+
+    def _columns(self, pf) -> list[str] | None:
+        if not self.columns:
+            return None
+        present = set(pf.schema_arrow.names)
+        return [c for c in self.columns if c in present]
+
+    def _empty(self, file: int):
+        pf = self._parquet(file, whole=False)
+        schema = pf.schema_arrow
+        if self.columns:
+            import pyarrow as pa
+
+            schema = pa.schema([schema.field(c) for c in self._columns(pf)])
+        return schema.empty_table()
+
+    # ------------------------------------------------------------------ random access
+    def read_rows(self, path: str, rows: list[int]):
+        """The given rows of one file (by path), in the order asked, reading only the row groups that hold them."""
+        import pyarrow as pa
+
+        index = self._index_of(path)
+        info = self.files[index]
+        if not info.path.endswith(".parquet"):
+            root = Path(self.ref.path)
+            table = _read_local_table(root / info.path if root.is_dir() else root)
+            table = table.select(self.columns) if self.columns else table
+            return table.take(pa.array(rows, pa.int64()))
+        bounds, start = [], 0
+        for n in info.row_groups or (info.rows,):
+            bounds.append((start, start + n))
+            start += n
+        pieces, order = [], []
+        by_group: dict[int, list[int]] = {}
+        for r in rows:
+            if not 0 <= r < info.rows:
+                raise PipelineError(f"{self.ref.ref} file {path} has {info.rows} rows; row {r} does not exist.")
+            g = next(i for i, (lo, hi) in enumerate(bounds) if lo <= r < hi)
+            by_group.setdefault(g, []).append(r)
+        for g, wanted in by_group.items():
+            key = (index, g)
+            if key not in self._groups:
+                if len(self._groups) >= 4:
+                    self._groups.pop(next(iter(self._groups)))
+                self._groups[key] = self._parquet(index, whole=False).read_row_group(g, columns=self.columns)
+            pieces.append(self._groups[key].take(pa.array([r - bounds[g][0] for r in wanted], pa.int64())))
+            order += wanted
+        table = pa.concat_tables(pieces) if pieces else self._empty(index)
+        position = {r: i for i, r in enumerate(order)}
+        return table.take(pa.array([position[r] for r in rows], pa.int64()))
+
+    def _index_of(self, path: str) -> int:
+        if path not in self._by_path:
+            raise PipelineError(f"{self.ref.ref} has no data file {path!r} (at {self.ref.sha[:12]}).")
+        return self._by_path[path]
+
+
+def group_ranges(ref: DatasetRef, files: list[DataFile], file_column: str, row_column: str):
+    """The positions each row group of an aligned input points at (see sharding.GroupRange), from footers only."""
+    import pyarrow.parquet as pq
+
+    from hf_pipeline.sharding import GroupRange
+
+    ranges = []
+    for i, f in enumerate(files):
+        if ref.repo_id is not None:
+            from huggingface_hub import HfFileSystem
+
+            with HfFileSystem().open(hub_url(ref, f.path), "rb", block_size=1 << 16) as fh:
+                meta = pq.read_metadata(fh)
+        else:
+            root = Path(ref.path)
+            meta = pq.read_metadata(str(root / f.path if root.is_dir() else root))
+        names = meta.schema.to_arrow_schema().names
+        if file_column not in names or row_column not in names:
+            raise PipelineError(
+                f"{ref.ref} lacks the position columns '{file_column}', '{row_column}' that point its rows at the "
+                f"documents (the match stage writes them; it has: {', '.join(names)})."
+            )
+        fc, rc = names.index(file_column), names.index(row_column)
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if group.num_rows == 0:
+                continue
+            fs, rs = group.column(fc).statistics, group.column(rc).statistics
+            if fs is None or rs is None or not fs.has_min_max or not rs.has_min_max:
+                # no statistics: the group may point anywhere
+                ranges.append(GroupRange(i, g, "", "\U0010ffff", 0, 2**62))
+                continue
+            ranges.append(GroupRange(i, g, fs.min, fs.max, int(rs.min), int(rs.max)))
+    return ranges
+
+
+class AlignedReader:
+    """The rows of an aligned input (pairs) that point at given main-input positions, reading only this shard's
+    row groups that may hold them (a few kept for the next batch)."""
+
+    def __init__(self, ref: DatasetRef, files: list[DataFile], groups, file_column: str, row_column: str,
+                 columns: list[str] | None = None):
+        self.reader = FileReader(ref, files, columns=None if columns is None else list(dict.fromkeys([*columns, file_column, row_column])))
+        self.groups, self.file_column, self.row_column = groups, file_column, row_column
+        self._cache: dict[tuple[int, int], object] = {}
+
+    def rows_for(self, doc_files: list[str], doc_rows: list[int]):
+        """Rows pointing at any of the (file, row) positions, in the aligned input's order."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        wanted: dict[str, set[int]] = {}
+        for f, r in zip(doc_files, doc_rows):
+            wanted.setdefault(f, set()).add(int(r))
+        bounds = {f: (min(rows), max(rows)) for f, rows in wanted.items()}
+        pieces = []
+        for g in self.groups:
+            hit = any(g.first_file <= f <= g.last_file and (g.first_file != g.last_file or not (g.max_row < lo or g.min_row > hi))
+                      for f, (lo, hi) in bounds.items())
+            if not hit:
+                continue
+            table = self._group(g)
+            mask = None
+            for f, rows in wanted.items():
+                m = pc.and_(pc.equal(table[self.file_column], f), pc.is_in(table[self.row_column], pa.array(sorted(rows), pa.int64())))
+                mask = m if mask is None else pc.or_(mask, m)
+            pieces.append(table.filter(mask))
+        if not pieces:
+            return self.reader._empty(0) if self.reader.files else None
+        return pa.concat_tables(pieces)
+
+    def _group(self, g):
+        key = (g.file, g.group)
+        if key not in self._cache:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            pf = self.reader._parquet(g.file, whole=False)
+            self._cache[key] = pf.read_row_group(g.group, columns=self.reader._columns(pf))
+        return self._cache[key]

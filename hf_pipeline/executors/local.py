@@ -1,0 +1,16 @@
+"""The local executor: every task in this process, in order, with the stage's models loaded once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hf_pipeline.worker import Task, Worker
+
+
+class LocalExecutor:
+    def __init__(self, options: Any = None):
+        self.options = options
+
+    def run(self, plan: Any, tasks: list[Task], reduce_inputs: dict[int, list[tuple[str, int]]] | None = None) -> list[dict]:
+        worker = Worker(plan)
+        return [worker.run(task, (reduce_inputs or {}).get(task.index)) for task in tasks]

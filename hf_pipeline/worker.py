@@ -1,0 +1,328 @@
+"""What one worker does with one task of a run: a shard (map) or a partition (reduce), start to upload.
+
+A map task reads only its shard's files (`datafiles.FileReader`: the whole files it owns are downloaded once, at
+the pinned commit; parts of files are read by range), maps them in checkpoint chunks, runs the stage's per-shard
+`finalize`, writes the shard's parquet files and commits them, with a record of its counts and stats, to the run's
+pull request. Nothing leaves the worker but that commit: no filesystem is shared with the driver or other workers.
+
+Resume: each finished chunk is an Arrow file in the worker's work dir, written whole or not at all (tmp + rename),
+so a worker killed mid-shard and started again on the same machine redoes only the missing chunks; a shard whose
+record is on the PR is finished for every machine. Chunks are memory-mapped when the shard is finalized, so a
+worker holds a chunk's rows in memory, not its shard's.
+
+A reduce task reads, from every map shard's scratch file in the PR, only the row group of its partition, and
+runs the stage's `reduce` on those rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_pipeline.errors import PipelineError
+from hf_pipeline.stage import StageContext
+
+ROW_GROUP_ROWS = 10_000  # rows per parquet row group: what readers of a slice or of a few rows fetch at once
+
+
+@dataclass(frozen=True)
+class Task:
+    phase: str  # "map" (a shard of the input) or "reduce" (a partition of the shards' outputs)
+    index: int
+    of: int
+
+    @property
+    def name(self) -> str:
+        kind = "shard" if self.phase == "map" else "partition"
+        return f"{kind}-{self.index:05d}-of-{self.of:05d}"
+
+
+def features_of(columns):
+    from hf_pipeline.features import features_from_spec
+
+    return features_from_spec(columns)
+
+
+def status_counts(ds) -> dict[str, dict[str, int]]:
+    """Every per-row status column (`status`, `judge_status`, ...) of a dataset counted: the card shows them all."""
+    import pyarrow.compute as pc
+
+    columns = [c for c in ds.column_names if c == "status" or c.endswith("_status")]
+    if not columns:
+        return {}
+    table = ds.with_format("arrow", columns=columns)[:]  # just these columns in memory
+    return {c: {str(v["values"]): int(v["counts"]) for v in pc.value_counts(table[c]).to_pylist()} for c in columns}
+
+
+class Worker:
+    """One process's view of a run: its plan, its models (loaded once, on the first map task) and its readers."""
+
+    def __init__(self, plan, resources: Any = None):
+        self.plan = plan
+        self.resources = resources
+        self._readers: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ context
+    def context(self, task: Task | None = None) -> StageContext:
+        plan = self.plan
+        ctx = plan.context(self.resources)
+        ctx.read_rows = self.read_rows
+        if task is not None:
+            ctx.shard, ctx.num_shards = task.index, task.of
+        return ctx
+
+    def read_rows(self, ref: str, path: str, rows: list[int]):
+        """Rows of one data file of a declared input (e.g. a shard's documents, by the positions its pairs carry)."""
+        from hf_pipeline.datafiles import FileReader
+
+        pinned = self.plan.pinned(ref)
+        if ref not in self._readers:
+            self._readers[ref] = FileReader(pinned, [], columns=None)
+        return self._readers[ref].read_rows(path, rows)
+
+    def ensure_setup(self) -> None:
+        if self.resources is None and self.plan.stage.setup is not None:
+            self.resources = self.plan.stage.setup(self.context())
+
+    # ------------------------------------------------------------------ tasks
+    def run(self, task: Task, reduce_inputs: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+        """Run one task to its commit on the run's PR; returns its record. A task already on the PR is not redone."""
+        from hf_pipeline.hub_run import shard_records
+
+        done = {r["task"]: r for r in shard_records(self.plan.run) if r.get("fingerprint") == self.plan.fingerprint}
+        if task.name in done:
+            return done[task.name]
+        started = time.time()
+        if task.phase == "map":
+            self.ensure_setup()
+            out, counts, stats, extra, rows_in = self.map_shard(task)
+        else:
+            out, counts, stats, rows_in = self.reduce_partition(task, reduce_inputs or [])
+            extra = {}
+        files, rows_out, partitions = self.write_outputs(task, out, extra)
+        record = {
+            "task": task.name, "phase": task.phase, "index": task.index, "of": task.of,
+            "fingerprint": self.plan.fingerprint, "rows_in": rows_in, "rows_out": rows_out,
+            "files": sorted(files), "counts": counts, "stats": stats, "seconds": round(time.time() - started, 2),
+        }
+        if partitions is not None:
+            record["partitions"] = partitions
+        self.upload(task, files, record, done)
+        if not self.plan.options.keep_work_dir:
+            shutil.rmtree(self.task_dir(task), ignore_errors=True)
+        return record
+
+    def task_dir(self, task: Task) -> Path:
+        return self.plan.work_dir / task.name
+
+    # ------------------------------------------------------------------ map
+    def map_shard(self, task: Task):
+        """Map the shard's rows in checkpoint chunks, then run the stage's per-shard finalize on them."""
+        import datasets
+        import pyarrow as pa
+        from tqdm.auto import tqdm
+
+        from hf_pipeline.datafiles import FileReader
+        from hf_pipeline.sharding import plan_chunks
+
+        plan, stage, opts = self.plan, self.plan.stage, self.plan.options
+        shard = plan.shards[task.index]
+        chunks = plan_chunks(shard, plan.files, opts.chunk_rows)
+        shard_dir = self.task_dir(task)
+        manifest = {"fingerprint": plan.fingerprint, "chunks": [[list(s.__dict__.values()) for s in c.slices] for c in chunks]}
+        manifest_file = shard_dir / "manifest.json"
+        if manifest_file.exists() and json.loads(manifest_file.read_text()) != manifest:
+            shutil.rmtree(shard_dir)  # chunks of another plan: not reusable
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        manifest_file.write_text(json.dumps(manifest))
+
+        readers = [FileReader(ref, plan.files) for ref in plan.part_refs]
+        ctx = self.context(task)
+        ctx.aligned_rows = self.aligned_reader(task)
+        features = features_of(stage.map_columns or stage.output_columns)
+        files = [shard_dir / f"chunk-{c.index:05d}.arrow" for c in chunks]
+        done_rows = sum(c.rows for c, f in zip(chunks, files) if f.exists())
+        bar = tqdm(total=shard.rows, initial=done_rows, unit="row", desc=f"{stage.name} {task.name}")
+
+        def map_fn(batch: dict[str, list]) -> dict[str, list]:
+            out = stage.map_batch(batch, ctx)
+            bar.update(len(next(iter(batch.values()))) if batch else 0)
+            return out
+
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # one bar for the whole shard, not one per chunk
+        try:
+            for chunk, path in zip(chunks, files):
+                if path.exists():
+                    continue
+                part = plan.files[chunk.slices[0].file].part if chunk.slices else 0
+                ctx.part = plan.parts[part]
+                tables = [readers[part].read_slice(s) for s in chunk.slices]
+                table = pa.concat_tables(tables, promote_options="default") if tables else plan.empty_input(part)
+                mapped = datasets.Dataset(datasets.table.InMemoryTable(table)).map(
+                    map_fn, batched=True, batch_size=opts.batch_size, remove_columns=table.column_names,
+                    features=features, keep_in_memory=True, load_from_cache_file=False,
+                    new_fingerprint=f"{plan.fingerprint}-{task.name}-{chunk.index}",
+                )
+                if set(mapped.column_names) != set(features):
+                    raise PipelineError(f"stage {stage.name} returned columns {mapped.column_names}, expected {list(features)}.")
+                tmp = path.with_suffix(".tmp")
+                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, mapped.data.table.schema) as writer:
+                    writer.write_table(mapped.data.table)
+                os.replace(tmp, path)  # atomic: a chunk is either whole on disk or absent
+        finally:
+            bar.close()
+            if was_enabled:
+                datasets.enable_progress_bars()
+
+        parts = [datasets.Dataset.from_file(str(f)) for f in files]  # memory-mapped
+        ds = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({}, features=features)
+        drops, stats = {}, {}
+        if stage.finalize is not None:
+            ds, drop_counts, *more = stage.finalize(ds, ctx)
+            drops, stats = {k: int(v) for k, v in drop_counts.items()}, dict(more[0]) if more else {}
+        extra = dict(stage.shard_outputs(ctx)) if stage.shard_outputs is not None else {}
+        if stage.reduce is None:
+            ds = self.check_output(ds)
+        return ds, {"drops": drops, **status_counts(ds)}, stats, extra, shard.rows
+
+    def check_output(self, ds):
+        stage = self.plan.stage
+        missing = [c for c in stage.output_columns if c not in ds.column_names]
+        if missing:
+            raise PipelineError(f"stage {stage.name} did not produce output column(s) {missing}.")
+        return ds.select_columns(list(stage.output_columns))
+
+    def aligned_reader(self, task: Task):
+        """ctx.aligned_rows for this shard: the aligned input's rows pointing at given positions, or None."""
+        plan = self.plan
+        if plan.aligned is None:
+            return None
+        from hf_pipeline.datafiles import AlignedReader
+
+        spec = plan.aligned
+        reader = AlignedReader(plan.pinned(spec.ref), plan.aligned_files, plan.aligned_groups[task.index],
+                               spec.file_column, spec.row_column, list(spec.columns) if spec.columns else None)
+        return reader.rows_for
+
+    # ------------------------------------------------------------------ reduce
+    def reduce_partition(self, task: Task, inputs: list[tuple[str, int]]):
+        """The rows of one partition from every shard's scratch file (its row group only), then the stage's reduce."""
+        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from huggingface_hub import HfFileSystem
+
+        from hf_pipeline.hub_io import hf_api
+
+        plan, stage = self.plan, self.plan.stage
+        head = hf_api().dataset_info(plan.run.repo_id, revision=plan.run.ref).sha  # files never change once in
+        fs = HfFileSystem()
+        tables = []
+        for path, group in inputs:
+            with fs.open(f"hf://datasets/{plan.run.repo_id}@{head}/{path}", "rb", block_size=8 << 20) as fh:
+                tables.append(pq.ParquetFile(fh).read_row_group(group))
+        features = features_of(stage.map_columns or stage.output_columns)
+        if tables:
+            table = pa.concat_tables(tables, promote_options="default").drop_columns([PARTITION_COLUMN])
+            ds = datasets.Dataset(datasets.table.InMemoryTable(table))
+        else:
+            ds = datasets.Dataset.from_dict({c: [] for c in features}, features=features)
+        rows_in = len(ds)
+        ctx = self.context(task)
+        ctx.run_stats = plan.run_stats
+        ds, drop_counts, *more = stage.reduce(ds, ctx)
+        ds = self.check_output(ds)
+        counts = {"drops": {k: int(v) for k, v in drop_counts.items()}, **status_counts(ds)}
+        return ds, counts, dict(more[0]) if more else {}, rows_in
+
+    # ------------------------------------------------------------------ outputs
+    def write_outputs(self, task: Task, ds, extra: dict[str, Any]) -> tuple[dict[str, Path], int, dict | None]:
+        """({path in repo: local file}, rows, partitions): the task's data files, or before a reduce its scratch
+        file with {partition: row group}."""
+        plan, opts = self.plan, self.plan.options
+        out_dir = self.task_dir(task) / "out"
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        files: dict[str, Path] = {}
+        if task.phase == "map" and plan.stage.reduce is not None:
+            from hf_pipeline.hub_run import scratch_dir
+
+            path = out_dir / "map.parquet"
+            partitions = write_partitioned(ds, plan.stage.partition_key, plan.num_partitions, path)
+            files[f"{scratch_dir(plan.fingerprint)}/map-{task.index:05d}-of-{task.of:05d}.parquet"] = path
+            return files, len(ds), partitions
+        n_files = max(1, math.ceil(len(ds) / opts.rows_per_file))
+        for k in range(n_files):
+            suffix = "" if n_files == 1 else f"-part-{k:03d}"
+            name = f"train-{task.index:05d}-of-{task.of:05d}{suffix}.parquet"
+            write_parquet(ds.shard(n_files, k, contiguous=True), out_dir / name)
+            files[f"data/{name}"] = out_dir / name
+        for config_name, extra_ds in extra.items():
+            name = f"{config_name}-{task.index:05d}-of-{task.of:05d}.parquet"
+            write_parquet(extra_ds, out_dir / name)
+            files[f"data/{name}"] = out_dir / name
+        return files, len(ds), None
+
+    def upload(self, task: Task, files: dict[str, Path], record: dict[str, Any], done: dict[str, dict]) -> None:
+        from hf_pipeline.hub_run import commit_shard, progress_title
+
+        finished = sum(1 for r in done.values() if r["phase"] == task.phase) + 1
+        rows_in = sum(r["rows_in"] for r in done.values() if r["phase"] == task.phase) + record["rows_in"]
+        what = f"{task.name.replace('-', ' ', 1).replace('-of-', ' of ')}"
+        title = progress_title(self.plan.stage.name, what, finished, task.of, rows_in, self.plan.run.created_at)
+        commit_shard(self.plan.run, files, record, title)
+
+
+PARTITION_COLUMN = "_partition"
+
+
+def partition_of(values: list, num_partitions: int) -> list[int]:
+    """Stable across machines and Python processes (not `hash()`, which is salted per process)."""
+    import hashlib
+
+    return [int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "big") % num_partitions for v in values]
+
+
+def write_partitioned(ds, key: str | None, num_partitions: int, path: Path) -> dict[str, int]:
+    """The shard's rows sorted by partition (input order kept within one), one row group per partition present;
+    returns {partition: row group index} for the record, so a reduce task reads just its row group."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = ds.with_format("arrow")[:]
+    parts = np.asarray(partition_of(table[key].to_pylist(), num_partitions) if key is not None else [0] * len(table),
+                       dtype=np.int32)
+    order = np.argsort(parts, kind="stable")  # by partition, input order kept within one
+    table = table.take(pa.array(order)).append_column(PARTITION_COLUMN, pa.array(parts[order], pa.int32()))
+    groups: dict[str, int] = {}
+    with pq.ParquetWriter(str(path), table.schema) as writer:
+        if not len(table):
+            writer.write_table(table)
+        start = 0
+        for p, n in zip(*np.unique(parts[order], return_counts=True)):
+            groups[str(int(p))] = len(groups)
+            writer.write_table(table.slice(start, int(n)), row_group_size=int(n))
+            start += int(n)
+    return groups
+
+
+def write_parquet(ds, path: Path) -> None:
+    """A dataset as parquet with row groups of ROW_GROUP_ROWS rows, keeping its features in the schema metadata
+    (so `load_dataset` restores them exactly); an empty dataset gives an empty file with the schema."""
+    import pyarrow.parquet as pq
+
+    schema = ds.features.arrow_schema
+    with pq.ParquetWriter(str(path), schema) as writer:
+        if not len(ds):
+            writer.write_table(schema.empty_table())
+        for batch in ds.with_format("arrow").iter(batch_size=ROW_GROUP_ROWS):
+            writer.write_table(batch.cast(schema), row_group_size=ROW_GROUP_ROWS)
