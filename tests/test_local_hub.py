@@ -518,6 +518,12 @@ def test_create_commit_with_create_pr(api):
     api.change_discussion_status(repo_id, pr.num, new_status="open", repo_type="dataset")
     _shard(api, repo_id, pr, 0)
     assert "data/shard-00000.parquet" in api.list_repo_files(repo_id, repo_type="dataset", revision="refs/pr/1")
+    # With a parent commit, the pull request starts from it rather than from main's head.
+    initial = api.list_repo_commits(repo_id, repo_type="dataset")[-1].commit_id
+    older = api.create_commit(repo_id, repo_type="dataset", create_pr=True, parent_commit=initial,
+                              commit_message="From the start", operations=[CommitOperationAdd("y.txt", b"y")])
+    assert older.pr_num == 2 and [c.commit_id for c in api.list_repo_commits(
+        repo_id, repo_type="dataset", revision=older.pr_revision)] == [older.oid, initial]
 
 
 def test_access_log_has_one_line_per_request_and_no_token(tmp_path):

@@ -267,11 +267,11 @@ class Store:
         Returns the commit sha and the number of the pull request it went to (None for a branch).
         """
         expected = (header.get("parentCommit") or "").lower()
-        message = header.get("summary") or "Upload files"
+        title, description = header.get("summary") or "Upload files", header.get("description") or ""
         with self.lock(path):
             if create_pr:  # the Hub opens it from parentCommit when given, else from the branch head
                 num = _next_discussion_num(path)
-                ref, parent = f"refs/pr/{num}", self._pr_start(path, revision, expected)
+                ref, (base, parent) = f"refs/pr/{num}", self._pr_start(path, revision, expected)
             else:
                 ref, num = self._commit_ref(path, revision)
                 parent = _commit_of(path, ref)
@@ -281,12 +281,10 @@ class Store:
                 if expected and not (parent or "").startswith(expected):  # the status and words of huggingface.co
                     raise HubError(412, "A commit has happened since. Please refresh and try again.")
             files = self._files_after(path, parent, operations)
-            if header.get("description"):
-                message += "\n\n" + header["description"]
+            message = f"{title}\n\n{description}" if description else title
             sha = self._commit_tree(path, ref, parent, files, message, new_ref=create_pr)
             if create_pr:  # opened by a commit, it is open at once (only create_discussion makes drafts)
-                _save_discussion(path, _new_discussion(num, message.split("\n", 1)[0], header.get("description", ""),
-                                                       status="open", start=parent))
+                _save_discussion(path, _new_discussion(num, title, description, status="open", base=base, start=parent))
             return sha, num
 
     def _commit_ref(self, path: Path, revision: str) -> tuple[str, int | None]:
@@ -302,14 +300,16 @@ class Store:
         return revision, record["num"]
 
     @staticmethod
-    def _pr_start(path: Path, branch: str, expected: str) -> str:
-        head = _commit_of(path, f"refs/heads/{branch.removeprefix('refs/heads/')}")
+    def _pr_start(path: Path, branch: str, expected: str) -> tuple[str, str]:
+        """(base ref, start commit) of a pull request opened against ``branch``, from ``expected`` if given."""
+        base = f"refs/heads/{branch.removeprefix('refs/heads/')}"
+        head = _commit_of(path, base)
         if head is None:
             raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
         start = _commit_of(path, expected) if COMMIT_PREFIX_RE.fullmatch(expected) else None if expected else head
         if start is None:
             raise HubError(404, f"Invalid rev id: {expected}", "RevisionNotFound")
-        return start
+        return base, start
 
     def _files_after(self, path: Path, parent: str | None, operations: list[dict]) -> dict[str, tuple[str, str]]:
         """path -> (mode, blob) of the tree ``operations`` make from ``parent``'s."""
@@ -400,9 +400,9 @@ class Store:
             record = _load_discussion(path, num)
             _check_mergeable(record)
             head, base = _commit_of(path, f"refs/pr/{num}"), _commit_of(path, record["base"])
-            if head is None or base is None:
-                raise HubError(404, f"Invalid rev id: {record['base'] if head else f'refs/pr/{num}'}",
-                               "RevisionNotFound")
+            for ref, sha in ((f"refs/pr/{num}", head), (record["base"], base)):
+                if sha is None:
+                    raise HubError(404, f"Invalid rev id: {ref}", "RevisionNotFound")
             tree, conflicts = _merge_tree(path, base, head)
             if conflicts:
                 raise HubError(409, f"Merge conflict in: {', '.join(conflicts)}")
