@@ -60,7 +60,7 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout:
         running = status(root)
         if running is not None:
             if access_log and running.get("access_log") != access_log:
-                raise RuntimeError(f"the local hub for {root} is running and does not log to {access_log}: stop it first")
+                raise RuntimeError(f"the local hub for {root} is running, not logging to {access_log}: stop it first")
             return running["url"]
         port = port or free_port(host)
         url = f"http://{host}:{port}"
