@@ -2,6 +2,7 @@
 
 The server's pid, port and URL live in ``ROOT/hub.json`` so any later process (another CLI call, a test session)
 finds and reuses the running server instead of starting a second one. Its output goes to ``ROOT/hub.log``.
+With ``access_log=FILE`` the server also appends one JSON line per request to FILE (see ``read_access_log``).
 Users' default root is ``.hub/`` in the current directory; callers pass it.
 """
 
@@ -45,13 +46,21 @@ def status(root: Path) -> dict | None:
     return state
 
 
-def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0) -> str:
-    """Start a detached server for ``root`` (or reuse the running one) and return its URL once it is healthy."""
+def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
+          access_log: Path | None = None) -> str:
+    """Start a detached server for ``root`` (or reuse the running one) and return its URL once it is healthy.
+
+    ``access_log``: a file the server appends one JSON line per request to (method, path, Range, status, bytes;
+    never another header). A running server is only reused if it logs to that same file.
+    """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    access_log = str(Path(access_log).resolve()) if access_log else None
     with _start_lock(root):
         running = status(root)
         if running is not None:
+            if access_log and running.get("access_log") != access_log:
+                raise RuntimeError(f"the local hub for {root} is running, not logging to {access_log}: stop it first")
             return running["url"]
         port = port or free_port(host)
         url = f"http://{host}:{port}"
@@ -60,7 +69,7 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout:
         with open(root / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hf_pipeline.hub.server", "--root", str(root), "--host", host,
-                 "--port", str(port)],
+                 "--port", str(port), *(["--access-log", access_log] if access_log else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # detached: survives the caller, and Ctrl-C in the caller's shell
             )
@@ -72,7 +81,7 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout:
                 tail = (root / LOG_FILE).read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"local hub did not start on {url} (see {root / LOG_FILE}):\n{tail}")
             time.sleep(0.1)
-        state = {"pid": proc.pid, "host": host, "port": port, "url": url, "root": str(root)}
+        state = {"pid": proc.pid, "host": host, "port": port, "url": url, "root": str(root), "access_log": access_log}
         tmp = root / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, root / STATE_FILE)
@@ -94,6 +103,18 @@ def stop(root: Path, timeout: float = 10.0) -> bool:
         stopped = True
     (root / STATE_FILE).unlink(missing_ok=True)
     return stopped
+
+
+def read_access_log(root: Path) -> list[dict]:
+    """The requests logged so far by the running server for ``root`` (started with ``access_log``), in order.
+
+    Each: ``{"time", "method", "path" (raw, with the query string), "range" (or None), "status", "bytes"}``.
+    """
+    log = (_read_state(Path(root).resolve()) or {}).get("access_log")
+    if not log:
+        raise RuntimeError(f"no access log: the local hub for {root} is not running, or was started without one")
+    *complete, _partial = Path(log).read_text(encoding="utf-8").split("\n")  # the last piece may be being written
+    return [json.loads(line) for line in complete]
 
 
 def _read_state(root: Path) -> dict | None:

@@ -16,7 +16,19 @@ mounted last, offline, for anything else. We serve these reads ourselves, where 
 ``X-Repo-Commit`` on GET, and fails with a 500 on a missing file), commit history (olah's lacks the
 ``authors[].user`` the client parses), paths-info (olah's lookup is quadratic in the folder size) and the
 ``lastCommit`` of expanded listings (olah takes it from HEAD, not from the requested revision).
-Writes (repos, preupload, LFS batch/upload, NDJSON commits, branches, tags) are all ours.
+Writes (repos, preupload, LFS batch/upload, NDJSON commits, branches, tags, discussions) are all ours.
+
+Discussions and pull requests behave like the Hub's, as far as its client and docs tell: one numbering for both;
+a pull request is the git ref ``refs/pr/N``, opened at the head of ``main`` and in status "draft" when made with
+``create_discussion``/``create_pull_request`` (open when made by ``create_commit(create_pr=True)``); commits go
+to it through the commit endpoint (revision ``refs%2Fpr%2FN``) while it is open or draft, and every read takes
+``refs/pr/N`` as a revision. Merging needs it open (drafts are published first, as on the Hub) and squashes it
+into one commit on ``main`` titled "<title> (#N)", whose sha the details give as ``mergeCommitId``; a file both
+sides changed differently is a 409. Records (title, status, comments, status and title changes) are JSON files in
+the repo's ``.git/hf_discussions/``, so they go with the repo; commit events are read from git.
+
+``--access-log FILE`` appends one JSON line per request (method, raw path and query, ``Range``, status, bytes
+sent) and never another header: tokens travel in ``Authorization``.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import argparse
 import base64
 import fnmatch
 import hashlib
+import html
 import io
 import json
 import os
@@ -33,7 +46,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import uuid
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -51,9 +66,12 @@ from olah.server_routes import router as olah_router
 USER = "local"
 DEFAULT_BRANCH = "main"
 REPO_TYPES = {"model": "models", "dataset": "datasets", "space": "spaces"}  # API type -> URL/mirror folder
+API_TYPES = {folder: api for api, folder in REPO_TYPES.items()}
 URL_PREFIX = {"models": "", "datasets": "datasets/", "spaces": "spaces/"}
 NAME_RE = re.compile(r"[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
 SHA1_RE = re.compile(r"[0-9a-f]{40}")
+COMMIT_PREFIX_RE = re.compile(r"[0-9a-f]{5,40}")  # the parent commits the client accepts
+PR_REF_RE = re.compile(r"refs/pr/([1-9][0-9]*)")
 OID_RE = re.compile(r"[0-9a-f]{64}")
 POINTER_RE = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n?")
 POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
@@ -71,6 +89,12 @@ LFS_PATTERNS = [
 ]
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
 REGULAR_MAX_SIZE = 10 * 1024 * 1024  # the Hub refuses non-LFS files above 10 MB
+AUTHOR = {"name": USER, "fullname": "Local Hub User", "type": "user", "avatarUrl": ""}  # of every event
+DISCUSSIONS_PER_PAGE = 50  # the Hub's page size; the client pages until ``start + len(page) >= count``
+# ``status`` filters of the discussions list. "open" includes drafts and "closed" merged pull requests, as the
+# Hub's Community tab shows them: a driver looking for its still-draft pull request finds it among the open ones.
+STATUS_FILTERS = {"all": None, "open": {"open", "draft"}, "closed": {"closed", "merged"}}
+TYPE_FILTERS = {"all": None, "discussion": False, "pull_request": True}  # ``type`` filter -> isPullRequest
 
 
 class HubError(Exception):
@@ -89,10 +113,16 @@ class HubError(Exception):
 
 
 # -- git plumbing: every call reads refs and objects from disk, so nothing can be served stale -----------------
-def _git(path: Path, *args: str, data: bytes | None = None, env: dict | None = None, check: bool = True) -> bytes:
-    """Run git on a repo's ``.git`` (no working tree is ever used); b"" on failure when ``check`` is False."""
-    proc = subprocess.run(["git", "--git-dir", str(path / ".git"), *args], input=data, capture_output=True,
+def _git_run(path: Path, *args: str, data: bytes | None = None,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run git on a repo's ``.git``: no working tree is ever used."""
+    return subprocess.run(["git", "--git-dir", str(path / ".git"), *args], input=data, capture_output=True,
                           env={**os.environ, **GIT_ENV, **(env or {})})
+
+
+def _git(path: Path, *args: str, data: bytes | None = None, env: dict | None = None, check: bool = True) -> bytes:
+    """git's output; b"" on failure when ``check`` is False, else a 500."""
+    proc = _git_run(path, *args, data=data, env=env)
     if proc.returncode:
         if not check:
             return b""
@@ -119,6 +149,28 @@ def _cat_file(path: Path, specs: list[str]) -> list[tuple[str, str, bytes] | Non
         results.append((fields[0], fields[1], out[:size]))
         out = out[size + 1:]
     return results
+
+
+def _commit_and_move(path: Path, ref: str, tree: str, parents: list[str], message: str, old: str | None) -> str:
+    """Commit ``tree`` and move ``ref`` to it from ``old`` (None: the ref must not exist yet)."""
+    parent_args = [arg for parent in parents for arg in ("-p", parent)]
+    sha = _git(path, "commit-tree", tree, *parent_args, "-F", "-", data=message.encode()).decode().strip()
+    # Compare-and-swap on the ref: a concurrent writer outside this process cannot be silently overwritten.
+    _git(path, "update-ref", ref, sha, old or "0" * 40)
+    return sha
+
+
+def _merge_tree(path: Path, ours: str, theirs: str) -> tuple[str, list[str]]:
+    """Three-way merge of two commits from their merge base, in the object store: (tree, conflicted files).
+
+    git's own merge, as a git server runs it: a file changed on one side only, or identically on both, merges;
+    different changes to one file merge line by line when they touch different lines (LFS pointers never do).
+    """
+    proc = _git_run(path, "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", ours, theirs)
+    if proc.returncode not in (0, 1):  # 1: conflicts, listed after the tree
+        raise HubError(500, f"git merge-tree failed: {proc.stderr.decode(errors='replace').strip()}")
+    tree, *conflicts = proc.stdout.decode().split("\0")
+    return tree, sorted(set(filter(None, conflicts)))
 
 
 def _blob(path: Path, data: bytes) -> str:
@@ -195,7 +247,8 @@ class Store:
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}.creating-"))
             subprocess.run(["git", "init", "-q", "-b", DEFAULT_BRANCH, str(tmp)], check=True, capture_output=True)
             gitattributes = ("100644", _blob(tmp, GITATTRIBUTES.encode()))
-            self._commit_tree(tmp, DEFAULT_BRANCH, None, {".gitattributes": gitattributes}, "initial commit")
+            files = {".gitattributes": gitattributes}
+            self._commit_tree(tmp, f"refs/heads/{DEFAULT_BRANCH}", None, files, "initial commit")
             os.replace(tmp, path)
             return True
 
@@ -206,27 +259,68 @@ class Store:
             os.replace(path, trash)  # atomic for readers; the slow delete happens out of sight
         shutil.rmtree(trash, ignore_errors=True)
 
-    def commit(self, path: Path, branch: str, header: dict, operations: list[dict]) -> str:
-        """Apply NDJSON commit operations to ``branch`` as one git commit; returns its sha."""
+    def commit(self, path: Path, revision: str, header: dict, operations: list[dict],
+               create_pr: bool = False) -> tuple[str, int | None]:
+        """Apply NDJSON commit operations as one git commit on a branch or on a pull request's ``refs/pr/N``.
+
+        ``create_pr``: open a pull request against the branch ``revision`` and commit to it, as one step.
+        Returns the commit sha and the number of the pull request it went to (None for a branch).
+        """
+        expected = (header.get("parentCommit") or "").lower()
+        title, description = header.get("summary") or "Upload files", header.get("description") or ""
         with self.lock(path):
-            parent = _commit_of(path, f"refs/heads/{branch}")
-            if parent is None and _git(path, "for-each-ref", "--count=1", "refs/heads/").strip():
-                # Only a repository without any branch may get a new branch from a commit.
-                raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
-            expected = (header.get("parentCommit") or "").lower()
-            if expected and not (parent or "").startswith(expected):  # the status and words of huggingface.co
-                raise HubError(412, "A commit has happened since. Please refresh and try again.")
-            files = {p: (e[0], e[2]) for p, e in _ls_tree(path, parent, recursive=True).items()} if parent else {}
-            for op in operations:
-                self._apply(path, files, op.get("key", ""), op.get("value") or {})
-            for p in files:  # one pass instead of a check per operation: no file may sit where a folder is
-                parents = p.split("/")[:-1]
-                if any("/".join(parents[:i]) in files for i in range(1, len(parents) + 1)):
-                    raise HubError(400, f"{p} conflicts with a file at one of its parent paths")
-            message = header.get("summary") or "Upload files"
-            if header.get("description"):
-                message += "\n\n" + header["description"]
-            return self._commit_tree(path, branch, parent, files, message)
+            if create_pr:  # the Hub opens it from parentCommit when given, else from the branch head
+                num = _next_discussion_num(path)
+                ref, (base, parent) = f"refs/pr/{num}", self._pr_start(path, revision, expected)
+            else:
+                ref, num = self._commit_ref(path, revision)
+                parent = _commit_of(path, ref)
+                if parent is None and _git(path, "for-each-ref", "--count=1", "refs/heads/").strip():
+                    # Only a repository without any branch may get a new branch from a commit.
+                    raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+                if expected and not (parent or "").startswith(expected):  # the status and words of huggingface.co
+                    raise HubError(412, "A commit has happened since. Please refresh and try again.")
+            files = self._files_after(path, parent, operations)
+            message = f"{title}\n\n{description}" if description else title
+            sha = self._commit_tree(path, ref, parent, files, message, new_ref=create_pr)
+            if create_pr:  # opened by a commit, it is open at once (only create_discussion makes drafts)
+                _save_discussion(path, _new_discussion(num, title, description, status="open", base=base, start=parent))
+            return sha, num
+
+    def _commit_ref(self, path: Path, revision: str) -> tuple[str, int | None]:
+        """The ref a commit to ``revision`` moves: a branch, or an open or draft pull request's ``refs/pr/N``."""
+        pr = PR_REF_RE.fullmatch(revision)
+        if pr is None:
+            return f"refs/heads/{revision.removeprefix('refs/heads/')}", None
+        record = _find_discussion(path, int(pr.group(1)))
+        if record is None or not record["isPullRequest"]:
+            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        if record["status"] not in ("open", "draft"):
+            raise HubError(400, f"Pull request #{record['num']} is {record['status']}: it takes no more commits")
+        return revision, record["num"]
+
+    @staticmethod
+    def _pr_start(path: Path, branch: str, expected: str) -> tuple[str, str]:
+        """(base ref, start commit) of a pull request opened against ``branch``, from ``expected`` if given."""
+        base = f"refs/heads/{branch.removeprefix('refs/heads/')}"
+        head = _commit_of(path, base)
+        if head is None:
+            raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+        start = _commit_of(path, expected) if COMMIT_PREFIX_RE.fullmatch(expected) else None if expected else head
+        if start is None:
+            raise HubError(404, f"Invalid rev id: {expected}", "RevisionNotFound")
+        return base, start
+
+    def _files_after(self, path: Path, parent: str | None, operations: list[dict]) -> dict[str, tuple[str, str]]:
+        """path -> (mode, blob) of the tree ``operations`` make from ``parent``'s."""
+        files = {p: (e[0], e[2]) for p, e in _ls_tree(path, parent, recursive=True).items()} if parent else {}
+        for op in operations:
+            self._apply(path, files, op.get("key", ""), op.get("value") or {})
+        for p in files:  # one pass instead of a check per operation: no file may sit where a folder is
+            parents = p.split("/")[:-1]
+            if any("/".join(parents[:i]) in files for i in range(1, len(parents) + 1)):
+                raise HubError(400, f"{p} conflicts with a file at one of its parent paths")
+        return files
 
     def _apply(self, path: Path, files: dict[str, tuple[str, str]], key: str, value: dict) -> None:
         target = _clean_path(value.get("path", ""))
@@ -270,18 +364,67 @@ class Store:
             else:
                 _git(path, "update-ref", ref, sha, "0" * 40)
 
+    def create_discussion(self, path: Path, title: str, description: str, pull_request: bool) -> int:
+        """A new discussion, or a draft pull request whose ``refs/pr/N`` starts at the head of ``main``."""
+        with self.lock(path):
+            num = _next_discussion_num(path)
+            if not pull_request:
+                _save_discussion(path, _new_discussion(num, title, description, status="open"))
+                return num
+            start = _commit_of(path, f"refs/heads/{DEFAULT_BRANCH}")
+            if start is None:
+                raise HubError(404, f"Invalid rev id: {DEFAULT_BRANCH}", "RevisionNotFound")
+            _git(path, "update-ref", f"refs/pr/{num}", start, "0" * 40)
+            _save_discussion(path, _new_discussion(num, title, description, status="draft", start=start))
+            return num
+
+    def change_discussion(self, path: Path, num: int, change: Callable[[dict], dict]) -> dict:
+        """Apply ``change`` to a discussion's record and save it, under the repo lock; returns the new event."""
+        with self.lock(path):
+            record = _load_discussion(path, num)
+            known = len(record["events"])
+            event = change(record)
+            _stamp_head(path, record, record["events"][known:])
+            _save_discussion(path, record)
+            return _public(event)
+
+    def merge(self, path: Path, num: int, comment: str | None) -> str:
+        """Merge an open pull request into its base as the Hub does; returns the merge commit's sha.
+
+        A squash merge, as huggingface.co's history shows: one commit on the base branch with the base head as
+        its only parent, titled "<PR title> (#N)" and listing the pull request's commits. Its tree is the pull
+        request's own when the base has not moved since the pull request started; else git's three-way merge,
+        and a 409 naming the files that conflict. ``refs/pr/N`` stays where it is.
+        """
+        with self.lock(path):
+            record = _load_discussion(path, num)
+            _check_mergeable(record)
+            head, base = _commit_of(path, f"refs/pr/{num}"), _commit_of(path, record["base"])
+            for ref, sha in ((f"refs/pr/{num}", head), (record["base"], base)):
+                if sha is None:
+                    raise HubError(404, f"Invalid rev id: {ref}", "RevisionNotFound")
+            tree, conflicts = _merge_tree(path, base, head)
+            if conflicts:
+                raise HubError(409, f"Merge conflict in: {', '.join(conflicts)}")
+            message = _squash_message(record, _commit_events(path, record))
+            record["mergeCommitId"] = _commit_and_move(path, record["base"], tree, [base], message, base)
+            known = len(record["events"])
+            _record_status(record, "merged", comment)
+            _stamp_head(path, record, record["events"][known:])
+            _save_discussion(path, record)
+            return record["mergeCommitId"]
+
     @staticmethod
-    def _commit_tree(path: Path, branch: str, parent: str | None, files: dict, message: str) -> str:
+    def _commit_tree(path: Path, ref: str, parent: str | None, files: dict, message: str,
+                     new_ref: bool = False) -> str:
+        """Commit ``files`` on top of ``parent`` and move ``ref`` from ``parent`` (``new_ref``: from nothing)."""
         with tempfile.TemporaryDirectory() as tmp:  # a throwaway index keeps the repo's own index untouched
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             entries = "".join(f"{mode} {blob}\t{p}\0" for p, (mode, blob) in files.items())
             _git(path, "update-index", "-z", "--index-info", data=entries.encode(), env=env)
             tree = _git(path, "write-tree", env=env).decode().strip()
-        parents = ["-p", parent] if parent else []
-        sha = _git(path, "commit-tree", tree, *parents, "-F", "-", data=message.encode()).decode().strip()
-        # Compare-and-swap on the branch: a concurrent writer outside this process cannot be silently overwritten.
-        _git(path, "update-ref", f"refs/heads/{branch}", sha, parent or "0" * 40)
-        return sha
+        return _commit_and_move(path, ref, tree, [parent] if parent else [], message,
+                                None if new_ref else parent)
 
 
 def _clean_path(path: str) -> str:
@@ -347,7 +490,12 @@ def _raw_rev_and_path(request: Request, marker: str, start: int) -> tuple[str, s
 
 
 def _hub_date(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")  # the one format the client parses
+    moment = moment.astimezone(timezone.utc)  # the one format the client parses: milliseconds and a "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _now() -> str:
+    return _hub_date(datetime.now(timezone.utc))
 
 
 def _bytes_response(request: Request, data: bytes, headers: dict[str, str]) -> Response:
@@ -363,6 +511,207 @@ def _bytes_response(request: Request, data: bytes, headers: dict[str, str]) -> R
     return Response(data[start:end + 1], status_code=206,
                     headers={**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}",
                              "Content-Length": str(end - start + 1)})
+
+
+# -- discussions and pull requests: one JSON record per discussion in .git/hf_discussions/N.json ---------------
+# A record holds what git does not: number, title, status, the stored events (comments, status and title changes)
+# and, for a pull request, its base branch, the commit it was opened from ("start") and its merge commit. Its
+# commits are read from git (start..refs/pr/N) when asked for, so a commit to a pull request never rewrites it.
+def _discussions_dir(path: Path) -> Path:
+    return path / ".git" / "hf_discussions"
+
+
+def _find_discussion(path: Path, num: int) -> dict | None:
+    try:
+        return json.loads((_discussions_dir(path) / f"{num}.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _load_discussion(path: Path, num: int) -> dict:
+    record = _find_discussion(path, num)
+    if record is None:
+        raise HubError(404, f"Discussion #{num} not found")
+    return record
+
+
+def _all_discussions(path: Path) -> list[dict]:
+    return [json.loads(f.read_text()) for f in _discussions_dir(path).glob("*.json")]
+
+
+def _next_discussion_num(path: Path) -> int:
+    """Discussions and pull requests share one numbering, as on the Hub (call it under the repo lock)."""
+    return max((int(f.stem) for f in _discussions_dir(path).glob("*.json")), default=0) + 1
+
+
+def _save_discussion(path: Path, record: dict) -> None:
+    """Replace a record atomically (under the repo lock): a reader sees the old one or the new one."""
+    folder = _discussions_dir(path)
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f"{record['num']}.json.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, folder / f"{record['num']}.json")
+
+
+def _new_discussion(num: int, title: str, description: str, *, status: str, base: str | None = None,
+                    start: str | None = None) -> dict:
+    """A discussion's record, or a pull request's with ``base`` (its target ref) and ``start`` (commit)."""
+    record = {"num": num, "title": title, "status": status, "isPullRequest": start is not None,
+              "createdAt": _now(), "events": [_comment_event(description)] if description else []}
+    if start is not None:
+        record.update(base=base or f"refs/heads/{DEFAULT_BRANCH}", start=start, mergeCommitId=None)
+    return record
+
+
+def _valid_title(title: Any) -> str:
+    title = title.strip() if isinstance(title, str) else ""
+    if not 3 <= len(title) <= 200:  # the Hub's rule, which the client documents
+        raise HubError(400, "Title must be between 3 and 200 characters long")
+    return title
+
+
+def _event(kind: str, data: dict) -> dict:
+    return {"id": uuid.uuid4().hex[:24], "type": kind, "createdAt": _now(), "author": AUTHOR, "data": data}
+
+
+def _comment_version(text: str, when: str) -> dict:
+    return {"raw": text, "html": f"<p>{html.escape(text)}</p>", "updatedAt": when, "author": AUTHOR}
+
+
+def _comment_event(text: str) -> dict:
+    event = _event("comment", {"edited": False, "hidden": False, "history": []})
+    event["data"]["latest"] = _comment_version(text, event["createdAt"])
+    return event
+
+
+def _add_comment(record: dict, text: Any) -> dict:
+    if not isinstance(text, str) or not text.strip():
+        raise HubError(400, "A comment cannot be empty")
+    event = _comment_event(text.strip())
+    record["events"].append(event)
+    return event
+
+
+def _comment(record: dict, comment_id: str) -> dict:
+    for event in record["events"]:
+        if event["type"] == "comment" and event["id"] == comment_id:
+            return event
+    raise HubError(404, f"Comment {comment_id} not found")
+
+
+def _edit_comment(record: dict, comment_id: str, text: Any) -> dict:
+    if not isinstance(text, str) or not text.strip():
+        raise HubError(400, "A comment cannot be empty")
+    event = _comment(record, comment_id)
+    data = event["data"]
+    if data["hidden"]:
+        raise HubError(403, "A hidden comment cannot be edited")
+    data["history"].insert(0, data["latest"])  # earlier versions, newest first
+    data.update(edited=True, latest=_comment_version(text.strip(), _now()))
+    return event
+
+
+def _hide_comment(record: dict, comment_id: str) -> dict:
+    event = _comment(record, comment_id)
+    event["data"].update(hidden=True, history=[], latest=_comment_version("", _now()))  # its content is gone
+    return event
+
+
+def _rename(record: dict, title: Any) -> dict:
+    event = _event("title-change", {"from": record["title"], "to": _valid_title(title)})
+    record["title"] = event["data"]["to"]
+    record["events"].append(event)
+    return event
+
+
+def _change_status(record: dict, status: Any, comment: Any) -> dict:
+    """What the status endpoint may do: open (a draft is published) or close; a merged pull request stays so."""
+    if status not in ("open", "closed"):
+        raise HubError(400, f"Invalid status: {status}")
+    if record["status"] == "merged":
+        raise HubError(400, "This pull request has been merged: its status cannot change")
+    if record["status"] == status:
+        raise HubError(400, f"Discussion #{record['num']} is already {status}")
+    return _record_status(record, status, comment)
+
+
+def _record_status(record: dict, status: str, comment: Any) -> dict:
+    if comment:
+        _add_comment(record, comment)
+    event = _event("status-change", {"status": status})
+    record["status"] = status
+    record["events"].append(event)
+    return event
+
+
+def _check_mergeable(record: dict) -> None:
+    if not record["isPullRequest"]:
+        raise HubError(400, f"Discussion #{record['num']} is not a pull request")
+    if record["status"] == "draft":  # the Hub's page: "This branch is in draft mode, publish it to be able to merge."
+        raise HubError(400, f"Pull request #{record['num']} is a draft: publish it (status open) to merge it")
+    if record["status"] != "open":
+        raise HubError(400, f"Pull request #{record['num']} is {record['status']}: it cannot be merged")
+
+
+def _commit_events(path: Path, record: dict) -> list[dict]:
+    """A pull request's commits, oldest first, as the Hub's ``commit`` events (their id is the commit sha)."""
+    head = _commit_of(path, f"refs/pr/{record['num']}")
+    if head is None:
+        return []
+    out = _git(path, "log", "--reverse", "-z", "--format=%H%x1f%ct%x1f%s", f"^{record['start']}", head).decode()
+    events = []
+    for item in filter(None, out.split("\0")):
+        oid, timestamp, subject = item.split("\x1f", 2)
+        when = _hub_date(datetime.fromtimestamp(int(timestamp), timezone.utc))
+        events.append({"id": oid, "type": "commit", "createdAt": when, "author": AUTHOR,
+                       "data": {"subject": subject, "oid": oid}})
+    return events
+
+
+def _stamp_head(path: Path, record: dict, events: list[dict]) -> None:
+    """Remember the pull request's head in its new events, to place them among its commits (git dates are seconds)."""
+    if record["isPullRequest"]:
+        head = _commit_of(path, f"refs/pr/{record['num']}")
+        for event in events:
+            event["head"] = head
+
+
+def _public(event: dict) -> dict:
+    return {key: value for key, value in event.items() if key != "head"}
+
+
+def _timeline(record: dict, commits: list[dict]) -> list[dict]:
+    """Stored events and commits in the order they happened: each stored event follows the commits up to its head."""
+    position = {commit["id"]: i + 1 for i, commit in enumerate(commits)}  # the start commit, or none: 0
+    timeline, shown = [], 0
+    for event in record["events"]:
+        upto = position.get(event.get("head"), 0)
+        timeline += commits[shown:upto]
+        shown = max(shown, upto)
+        timeline.append(_public(event))
+    return timeline + commits[shown:]
+
+
+def _squash_message(record: dict, commits: list[dict]) -> str:
+    """The Hub's merge commit message: "<title> (#N)", then one line per commit of the pull request."""
+    lines = "".join(f"- {c['data']['subject']} ({c['data']['oid']})\n" for c in commits)
+    return f"{record['title']} (#{record['num']})\n\n{lines}"
+
+
+def _conflicts(path: Path, record: dict) -> list[str]:
+    """Files an open or draft pull request changes that its base also changed differently since it started."""
+    head, base = _commit_of(path, f"refs/pr/{record['num']}"), _commit_of(path, record["base"])
+    if record["status"] not in ("open", "draft") or head is None or base is None:
+        return []
+    return _merge_tree(path, base, head)[1]
+
+
+def _pr_diff(path: Path, record: dict) -> str:
+    """Unified diff of a pull request against the commit it started from (LFS files show as pointer changes)."""
+    head = _commit_of(path, f"refs/pr/{record['num']}")
+    if head is None:
+        return ""
+    return _git(path, "diff", "--no-color", "--no-renames", record["start"], head).decode(errors="replace")
 
 
 def create_app(root: Path) -> FastAPI:
@@ -388,6 +737,9 @@ def create_app(root: Path) -> FastAPI:
 
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/")
+
+    def repo_url(request: Request, repo_type: str, org: str, name: str) -> str:
+        return f"{base(request)}/{URL_PREFIX[repo_type]}{org}/{name}"
 
     def with_olah(repo_type: str, org: str, name: str, read: Callable[[LocalMirrorRepo], Any]) -> Any:
         """One read through olah's mirror backend, with a fresh reader: nothing is cached between requests."""
@@ -624,8 +976,7 @@ def create_app(root: Path) -> FastAPI:
     # -- commits, branches, tags -------------------------------------------------------------------------------
     @app.post("/api/{repo_type}/{org}/{name}/commit/{revision:path}")
     async def create_commit(request: Request, repo_type: str, org: str, name: str, revision: str) -> dict:
-        if request.query_params.get("create_pr") in ("1", "true", "True"):
-            raise HubError(400, "Pull requests are not supported by the local hub")
+        create_pr = request.query_params.get("create_pr") in ("1", "true", "True")
         path = store.find(repo_type, org, name)
         try:
             lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
@@ -633,9 +984,10 @@ def create_app(root: Path) -> FastAPI:
             raise HubError(400, f"Commit payload is not NDJSON: {err}") from err
         header = next((line["value"] for line in lines if line.get("key") == "header"), {})
         operations = [line for line in lines if line.get("key") != "header"]
-        sha = await run_in_threadpool(store.commit, path, revision, header, operations)
-        return {"commitUrl": f"{base(request)}/{URL_PREFIX[repo_type]}{org}/{name}/commit/{sha}",
-                "commitOid": sha, "pullRequestUrl": None, "success": True}
+        sha, num = await run_in_threadpool(store.commit, path, revision, header, operations, create_pr)
+        url = repo_url(request, repo_type, org, name)
+        return {"commitUrl": f"{url}/commit/{sha}", "commitOid": sha, "success": True,
+                "pullRequestUrl": f"{url}/discussions/{num}" if num else None}
 
     @app.post("/api/{repo_type}/{org}/{name}/branch/{branch:path}")
     def create_branch(repo_type: str, org: str, name: str, branch: str, payload: dict | None = None) -> dict:
@@ -664,13 +1016,136 @@ def create_app(root: Path) -> FastAPI:
         store.set_ref(store.find(repo_type, org, name), f"refs/tags/{tag}", None, must_exist=True)
         return {}
 
+    # -- discussions and pull requests ------------------------------------------------------------------------
+    def summary(record: dict, repo_type: str, org: str, name: str) -> dict:
+        return {"num": record["num"], "title": record["title"], "status": record["status"],
+                "isPullRequest": record["isPullRequest"], "createdAt": record["createdAt"], "author": AUTHOR,
+                "repo": {"name": f"{org}/{name}", "type": API_TYPES[repo_type]}, "pinned": False,
+                "numComments": sum(event["type"] == "comment" for event in record["events"])}
+
+    @app.post("/api/{repo_type}/{org}/{name}/discussions")
+    def create_discussion(request: Request, repo_type: str, org: str, name: str, payload: dict) -> dict:
+        path = store.find(repo_type, org, name)
+        description = payload.get("description")
+        num = store.create_discussion(path, _valid_title(payload.get("title")),
+                                      description.strip() if isinstance(description, str) else "",
+                                      bool(payload.get("pullRequest")))
+        return {"num": num, "url": f"{repo_url(request, repo_type, org, name)}/discussions/{num}"}
+
+    @app.get("/api/{repo_type}/{org}/{name}/discussions")
+    def list_discussions(request: Request, repo_type: str, org: str, name: str, p: int = 0) -> dict:
+        path = store.find(repo_type, org, name)
+        kind, status = request.query_params.get("type", "all"), request.query_params.get("status", "all")
+        if kind not in TYPE_FILTERS or status not in STATUS_FILTERS:
+            raise HubError(400, f"Invalid filter: type={kind}, status={status}")
+        author = request.query_params.get("author")
+        records = [r for r in _all_discussions(path)
+                   if TYPE_FILTERS[kind] in (None, r["isPullRequest"])
+                   and (STATUS_FILTERS[status] is None or r["status"] in STATUS_FILTERS[status])
+                   and author in (None, USER)]
+        records.sort(key=lambda r: r["num"], reverse=True)  # newest first, as the Hub lists them
+        start = max(p, 0) * DISCUSSIONS_PER_PAGE
+        return {"discussions": [summary(r, repo_type, org, name) for r in records[start:start + DISCUSSIONS_PER_PAGE]],
+                "count": len(records), "start": start}
+
+    @app.get("/api/{repo_type}/{org}/{name}/discussions/{num}")
+    def discussion_details(request: Request, repo_type: str, org: str, name: str, num: int) -> dict:
+        path = store.find(repo_type, org, name)
+        record = _load_discussion(path, num)
+        details = {**summary(record, repo_type, org, name), "events": record["events"]}
+        if record["isPullRequest"]:
+            details.update(events=_timeline(record, _commit_events(path, record)),
+                           changes={"base": record["base"], "mergeCommitId": record["mergeCommitId"]},
+                           filesWithConflicts=_conflicts(path, record))
+            if request.query_params.get("diff") in ("1", "true", "True"):
+                details["diff"] = _pr_diff(path, record)
+        return details
+
+    @app.post("/api/{repo_type}/{org}/{name}/discussions/{num}/comment")
+    def comment_discussion(repo_type: str, org: str, name: str, num: int, payload: dict) -> dict:
+        path = store.find(repo_type, org, name)
+        return {"newMessage": store.change_discussion(path, num, partial(_add_comment, text=payload.get("comment")))}
+
+    @app.post("/api/{repo_type}/{org}/{name}/discussions/{num}/comment/{comment_id}/edit")
+    def edit_comment(repo_type: str, org: str, name: str, num: int, comment_id: str, payload: dict) -> dict:
+        path = store.find(repo_type, org, name)
+        edit = partial(_edit_comment, comment_id=comment_id, text=payload.get("content"))
+        return {"updatedComment": store.change_discussion(path, num, edit)}
+
+    @app.post("/api/{repo_type}/{org}/{name}/discussions/{num}/comment/{comment_id}/hide")
+    def hide_comment(repo_type: str, org: str, name: str, num: int, comment_id: str) -> dict:
+        path = store.find(repo_type, org, name)
+        return {"updatedComment": store.change_discussion(path, num, partial(_hide_comment, comment_id=comment_id))}
+
+    @app.post("/api/{repo_type}/{org}/{name}/discussions/{num}/title")
+    def rename_discussion(repo_type: str, org: str, name: str, num: int, payload: dict) -> dict:
+        path = store.find(repo_type, org, name)
+        return {"newTitle": store.change_discussion(path, num, partial(_rename, title=payload.get("title")))}
+
+    @app.post("/api/{repo_type}/{org}/{name}/discussions/{num}/status")
+    def change_status(repo_type: str, org: str, name: str, num: int, payload: dict) -> dict:
+        path = store.find(repo_type, org, name)
+        change = partial(_change_status, status=payload.get("status"), comment=payload.get("comment"))
+        return {"newStatus": store.change_discussion(path, num, change)}
+
+    @app.post("/api/{repo_type}/{org}/{name}/discussions/{num}/merge")
+    def merge_pull_request(repo_type: str, org: str, name: str, num: int, payload: dict | None = None) -> dict:
+        store.merge(store.find(repo_type, org, name), num, (payload or {}).get("comment"))
+        return {}
+
     # Everything else falls through to olah's router (offline), e.g. repo ids without a namespace (RepoNotFound).
     app.include_router(olah_router)
     return app
 
 
+class AccessLog:
+    """ASGI wrapper appending one JSON line per HTTP request to a file, once its response is sent.
+
+    Each line: ``time`` (its arrival, UTC, ms), ``method``, ``path`` (raw, %-encoded, with ``?query`` if any),
+    ``range`` (the ``Range`` header or null), ``status`` and ``bytes`` (body bytes sent; 0 for HEAD). No other
+    header is ever written: the ``Authorization`` header carries tokens. It wraps the whole app, errors answered by
+    Starlette included, so every request is one line.
+    """
+
+    def __init__(self, app: Callable, path: Path) -> None:
+        self.app = app
+        # Line-buffered: a reader sees whole lines. Only the event loop's thread writes: one line at a time.
+        self.file = open(path, "a", buffering=1, encoding="utf-8")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        query = scope.get("query_string", b"")
+        record = {"time": _now(), "method": scope["method"],
+                  "path": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+                  + (f"?{query.decode('latin-1')}" if query else ""),
+                  "range": next((v.decode("latin-1") for k, v in scope["headers"] if k == b"range"), None),
+                  "status": 500, "bytes": 0}  # 500 stays if the app fails before answering: the server sends it
+        written = False
+
+        def log() -> None:
+            nonlocal written
+            if not written:
+                written = True
+                self.file.write(json.dumps(record) + "\n")
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                record["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                record["bytes"] += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    log()  # before the client can have the whole response, so a test reading the log after it finds it
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            log()  # when the app failed or the client went away before the last body part
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m hf_pipeline.hub.server --root ROOT --port PORT``: serve ``ROOT`` until interrupted."""
+    """``python -m hf_pipeline.hub.server --root ROOT --port PORT [--access-log FILE]``: serve until interrupted."""
     import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -678,9 +1153,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--access-log", type=Path, default=None,
+                        help="append one JSON line per request to this file (no header but Range is logged)")
     args = parser.parse_args(argv)
-    # No access log: besides the noise, nothing that carries a request's headers (tokens) is ever logged.
-    uvicorn.run(create_app(args.root), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    app = create_app(args.root)
+    # uvicorn's own access log stays off: besides the noise, nothing that carries a request's tokens is logged.
+    uvicorn.run(AccessLog(app, args.access_log) if args.access_log else app, host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False)
 
 
 if __name__ == "__main__":
