@@ -117,8 +117,9 @@ def shard_records(run: RunPR) -> list[dict[str, Any]]:
     for commit in reversed(commits):
         text = commit.message or ""
         if RECORD_MARK in text:
+            body = text.split(RECORD_MARK, 1)[1]
             try:
-                records.append(json.loads(text.split(RECORD_MARK, 1)[1].strip().strip("`").strip()))
+                records.append(json.loads(body[body.index("{"):body.rindex("}") + 1]))
             except ValueError:
                 continue  # not ours to read
     return records

@@ -276,7 +276,7 @@ class Worker:
 
         finished = sum(1 for r in done.values() if r["phase"] == task.phase) + 1
         rows_in = sum(r["rows_in"] for r in done.values() if r["phase"] == task.phase) + record["rows_in"]
-        what = f"{task.name.replace('-', ' ', 1).replace('-of-', ' of ')}"
+        what = f"{'shard' if task.phase == 'map' else 'partition'} {task.index + 1} of {task.of}"
         title = progress_title(self.plan.stage.name, what, finished, task.of, rows_in, self.plan.run.created_at)
         commit_shard(self.plan.run, files, record, title)
 
