@@ -127,8 +127,9 @@ class FileReader:
     Sequential slices of a file (a shard's chunks) continue from a kept cursor instead of re-reading the file from
     its start; row groups read for `read_rows` are kept (a few) for the next call."""
 
-    def __init__(self, ref: DatasetRef, files: list[DataFile], columns: list[str] | None = None):
+    def __init__(self, ref: DatasetRef, files: list[DataFile], columns: list[str] | None = None, whole: set[int] = frozenset()):
         self.ref, self.files, self.columns = ref, files, columns
+        self.whole = whole  # files this reader will read from start to end (a shard's own files): downloaded once
         self._local: dict[int, str] = {}
         self._cursor: tuple[int, int, Iterator] | None = None  # (file, next row, batch iterator)
         self._pending = None  # rows read past the last slice's end (a table), handed to the next slice
@@ -171,7 +172,7 @@ class FileReader:
             if self.columns:
                 table = table.select([c for c in self.columns if c in table.column_names])
         else:
-            table = self._read_parquet_slice(s, whole=s.start == 0 and s.stop == info.rows)
+            table = self._read_parquet_slice(s, whole=s.file in self.whole)
         rows = pa.array(range(s.start, s.stop), pa.int64())
         return table.append_column(FILE_COLUMN, pa.array([info.path] * s.rows, pa.string())).append_column(ROW_COLUMN, rows)
 

@@ -100,9 +100,6 @@ class RunPlan:
         """One file of a declared input, at its pinned commit (or from the local folder it names)."""
         return download_file(self.pinned(ref), filename)
 
-    def empty_input(self, part: int):
-        return self.schemas[part].empty_table()
-
 
 @dataclass
 class RunResult:

@@ -142,7 +142,8 @@ class Worker:
         shard_dir.mkdir(parents=True, exist_ok=True)
         manifest_file.write_text(json.dumps(manifest))
 
-        readers = [FileReader(ref, plan.files) for ref in plan.part_refs]
+        owned = {s.file for s in shard.slices if s.start == 0 and s.stop == plan.files[s.file].rows}
+        readers = [FileReader(ref, plan.files, whole=owned) for ref in plan.part_refs]
         ctx = self.context(task)
         ctx.aligned_rows = self.aligned_reader(task)
         features = features_of(stage.map_columns or stage.output_columns)
@@ -163,13 +164,15 @@ class Worker:
                     continue
                 part = plan.files[chunk.slices[0].file].part if chunk.slices else 0
                 ctx.part = plan.parts[part]
-                tables = [readers[part].read_slice(s) for s in chunk.slices]
-                table = pa.concat_tables(tables, promote_options="default") if tables else plan.empty_input(part)
-                mapped = datasets.Dataset(datasets.table.InMemoryTable(table)).map(
-                    map_fn, batched=True, batch_size=opts.batch_size, remove_columns=table.column_names,
-                    features=features, keep_in_memory=True, load_from_cache_file=False,
-                    new_fingerprint=f"{plan.fingerprint}-{task.name}-{chunk.index}",
-                )
+                if chunk.rows:
+                    table = pa.concat_tables([readers[part].read_slice(s) for s in chunk.slices], promote_options="default")
+                    mapped = datasets.Dataset(datasets.table.InMemoryTable(table)).map(
+                        map_fn, batched=True, batch_size=opts.batch_size, remove_columns=table.column_names,
+                        features=features, keep_in_memory=True, load_from_cache_file=False,
+                        new_fingerprint=f"{plan.fingerprint}-{task.name}-{chunk.index}",
+                    )
+                else:  # an empty shard (an empty input, or fewer rows than shards): no rows, the stage's schema
+                    mapped = datasets.Dataset.from_dict({c: [] for c in features}, features=features)
                 if set(mapped.column_names) != set(features):
                     raise PipelineError(f"stage {stage.name} returned columns {mapped.column_names}, expected {list(features)}.")
                 tmp = path.with_suffix(".tmp")
@@ -305,8 +308,6 @@ def write_partitioned(ds, key: str | None, num_partitions: int, path: Path) -> d
     table = table.take(pa.array(order)).append_column(PARTITION_COLUMN, pa.array(parts[order], pa.int32()))
     groups: dict[str, int] = {}
     with pq.ParquetWriter(str(path), table.schema) as writer:
-        if not len(table):
-            writer.write_table(table)
         start = 0
         for p, n in zip(*np.unique(parts[order], return_counts=True)):
             groups[str(int(p))] = len(groups)
@@ -317,12 +318,11 @@ def write_partitioned(ds, key: str | None, num_partitions: int, path: Path) -> d
 
 def write_parquet(ds, path: Path) -> None:
     """A dataset as parquet with row groups of ROW_GROUP_ROWS rows, keeping its features in the schema metadata
-    (so `load_dataset` restores them exactly); an empty dataset gives an empty file with the schema."""
+    (so `load_dataset` restores them exactly); an empty dataset gives a file with the schema and no row group,
+    which `datasets` reads as zero rows (an empty row group makes its reader fail)."""
     import pyarrow.parquet as pq
 
     schema = ds.features.arrow_schema
     with pq.ParquetWriter(str(path), schema) as writer:
-        if not len(ds):
-            writer.write_table(schema.empty_table())
         for batch in ds.with_format("arrow").iter(batch_size=ROW_GROUP_ROWS):
             writer.write_table(batch.cast(schema), row_group_size=ROW_GROUP_ROWS)

@@ -35,13 +35,16 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 import pytest  # noqa: E402
 
 
+HUB_ROOT = _TMP / "hub"
+
+
 @pytest.fixture(scope="session")
 def local_hub():
     """URL of a local Hub server (a detached subprocess) serving a fresh root for this test session."""
     from hf_pipeline.hub import local
 
-    root = _TMP / "hub"
-    url = local.start(root, port=HUB_PORT)
+    root = HUB_ROOT
+    url = local.start(root, port=HUB_PORT, access_log=_TMP / "hub-access.log")  # tests count downloads from it
     assert url == os.environ["HF_ENDPOINT"]
     yield url
     local.stop(root)

@@ -1,5 +1,8 @@
-"""A deliberately slow identity-like stage, run in a subprocess by test_resume.py so the test can SIGKILL it
-mid-map. It exercises the runner's checkpointing, not any stage logic."""
+"""A deliberately slow identity-like stage, run in a subprocess by the runner tests so they can SIGKILL it mid-map
+(or mid-run, between shards). It exercises the runner's checkpointing and resume, not any stage logic.
+
+    python tests/slow_stage.py INPUT OUTPUT WORK_DIR [NUM_SHARDS]
+"""
 
 from __future__ import annotations
 
@@ -34,5 +37,7 @@ SLOW = Stage(
 
 if __name__ == "__main__":
     input_path, output, work_dir = sys.argv[1:4]
-    options = RunOptions(input=input_path, output=output, work_dir=work_dir, chunk_rows=10, batch_size=5, keep_work_dir=True)
+    num_shards = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    options = RunOptions(input=input_path, output=output, work_dir=work_dir, chunk_rows=10, batch_size=5, keep_work_dir=True,
+                         num_shards=num_shards)
     run_stage(SLOW, options, SlowConfig(), argv=sys.argv)

@@ -130,11 +130,11 @@ def test_resume_after_sigkill_publishes_same_rows(local_hub, tmp_path):
     work = tmp_path / "w2"
     proc = subprocess.Popen([sys.executable, script, str(data), "local/slow-resumed", str(work)], env=env)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(work.rglob("chunk-*.parquet"))) < 2:
+    while time.time() < deadline and len(list(work.rglob("chunk-*.arrow"))) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = {p: p.stat().st_mtime_ns for p in work.rglob("chunk-*.parquet")}
+    done_before = {p: p.stat().st_mtime_ns for p in work.rglob("chunk-*.arrow")}
     assert 2 <= len(done_before) < 6, "the kill should land mid-map"
 
     from hf_pipeline.runner import RunOptions, plan_run
@@ -147,7 +147,7 @@ def test_resume_after_sigkill_publishes_same_rows(local_hub, tmp_path):
     assert "done" in finished.stdout
     # the chunks finished before the kill were not recomputed: same files, untouched
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())
-    assert len(list(plan.work_dir.rglob("chunk-*.parquet"))) == 6
+    assert len(list(plan.work_dir.rglob("chunk-*.arrow"))) == 6
 
     ref = load_dataset("local/slow-ref", revision=plan.tag, split="train")
     resumed = load_dataset("local/slow-resumed", revision=plan.tag, split="train")
