@@ -177,14 +177,15 @@ ROW_UNITS = {
     "match": ("documents", lambda w: w.documents),
     "instantiate": ("(document, template) pairs", lambda w: w.pairs),
     "judge": ("instantiated pairs", lambda w: w.pairs * w.instantiate_ok_rate),
-    "assemble": ("judged pairs", lambda w: w.pairs * w.instantiate_ok_rate),
-    "analyze": ("assembled rows", lambda w: w.documents * 3),
+    "assemble": ("documents (their judged pairs aligned by position)", lambda w: w.documents),
+    "analyze": ("documents (their pairs aligned by position)", lambda w: w.documents),
 }
 SHARD_TARGET_S = 1800  # one shard ≈ 30 minutes of one worker: a lost worker costs little, the queue stays balanced
 CHUNK_TARGET_S = 120  # one checkpoint chunk ≈ 2 minutes: the most work a crash loses
-FILE_TARGET_BYTES = 1e9  # published parquet files of ~1 GB (Hub: < 20 GB per file recommended, 50 GB max)
+FILE_MAX_BYTES = 5e9  # a shard's output is one parquet file unless it would pass this (Hub: < 5-20 GB per file)
 HUB_FILES_PER_FOLDER = 10_000  # Hub recommendation: < 10k entries per folder, < 100k files per repo
-HUB_FILES_PER_COMMIT = 100  # Hub recommendation for HTTP commits (huggingface_hub create_commit)
+HUB_MAX_SHARDS = 4_000  # data/ holds a file per shard per config (assemble: 2), so shards stay under the folder limit
+HUB_COMMITS_PER_HOUR = 128  # the Hub's limit on commits to one repo per hour (free accounts, as its 429 reply states)
 CHARS_PER_TOKEN = 4.0  # English web text, Llama-3 tokenizer (assumption)
 PARQUET_TEXT_RATIO = 0.45  # compressed/raw size of English text in parquet (snappy, assumption)
 
@@ -207,12 +208,22 @@ class StageEstimate:
     unmeasured: list[str] = field(default_factory=list)
 
     @property
-    def rows_per_shard(self) -> int:
-        return max(1, int(self.rate_rows_per_s * SHARD_TARGET_S))
+    def num_shards(self) -> int:
+        """Shards of ~30 minutes of one worker, at most HUB_MAX_SHARDS (one output file per shard and config)."""
+        return max(1, min(HUB_MAX_SHARDS, math.ceil(self.rows / max(1, int(self.rate_rows_per_s * SHARD_TARGET_S)))))
 
     @property
-    def num_shards(self) -> int:
-        return max(1, math.ceil(self.rows / self.rows_per_shard))
+    def rows_per_shard(self) -> int:
+        return max(1, math.ceil(self.rows / self.num_shards))
+
+    @property
+    def shard_hours(self) -> float:
+        return self.rows_per_shard / self.rate_rows_per_s / 3600
+
+    @property
+    def max_workers(self) -> int:
+        """Workers that keep the run's commits (one per shard) under the Hub's hourly limit."""
+        return max(1, int(HUB_COMMITS_PER_HOUR * self.shard_hours))
 
     @property
     def chunk_rows(self) -> int:
@@ -225,12 +236,15 @@ class StageEstimate:
     @property
     def rows_per_file(self) -> int:
         if not self.output_bytes_per_row:
-            return 500_000
-        return max(1, int(FILE_TARGET_BYTES / self.output_bytes_per_row))
+            return 1_000_000
+        return max(1, int(FILE_MAX_BYTES / self.output_bytes_per_row))
 
     @property
     def files(self) -> int:
-        return max(1, math.ceil(self.output_rows / self.rows_per_file)) if self.output_rows else 1
+        """One file per shard, split where a shard's output would pass FILE_MAX_BYTES."""
+        if not self.output_rows:
+            return 1
+        return self.num_shards * max(1, math.ceil(self.output_rows / self.num_shards / self.rows_per_file))
 
 
 def _h(seconds: float) -> float:
@@ -255,7 +269,7 @@ def _collect_queries(rows, unit, w):
     return StageEstimate(
         "collect_queries", rows, unit, [f"{rows:,.0f} queries normalised, 8-gram decontaminated, deduped"], "CPU core",
         rate.value, _h(rows / rate.value), f"{rate.value:,.0f} rows/s/core, {rate.label} on {rate.device}", True,
-        memory=["dedupe sets in the driver's finalize: ~100 B per kept query (~2 GB for 18M)"],
+        memory=["dedupe sets per partition (reduce): ~100 B per kept query of the partition (~2 GB for 18M in 1 partition)"],
         output_rows=rows * 0.72, output_bytes_per_row=120,
         unmeasured=["moderation model (a classifier per query; GPU) not included", "reading the source datasets from the Hub"],
     )
@@ -337,7 +351,7 @@ def _match(rows, unit, w):
         f"(measured {codes.value:,.0f} codes/s and {MEASURED['faiss_flat_gflops'].value:,.0f} GFLOP/s on {codes.device})",
         memory=[f"Flat fp16 index {w.templates * w.embedding_dim * 2 / 1e9:,.1f} GB on the GPU + BGE-M3 1.1 GB bf16",
                 f"or IVF-PQ {(w.templates * (w.pq_bytes + 8)) / 1e9:,.1f} GB in RAM",
-                f"template ids as Python strings ~{w.templates * 80 / 1e9:,.1f} GB per worker"],
+                f"template ids and texts: a memory-mapped Arrow copy of index/id_map.parquet (~{w.templates * 200 / 1e9:,.1f} GB on disk, paged in as used)"],
         output_rows=rows * w.templates_per_document * 0.9, output_bytes_per_row=30,
         unmeasured=["GPU embedding and GPU FAISS throughput", "recall of IVF-PQ vs Flat at 18M (changes which pairs exist)",
                     f"measured here only with MiniLM: {MEASURED['match_minilm_docs_per_s'].value:,.1f} docs/s end to end on {CPU_HERE}"],
@@ -371,22 +385,24 @@ def _judge(rows, unit, w):
 
 
 def _assemble(rows, unit, w):
-    tokens = rows * w.judge_keep_rate * (w.expanded_answer_tokens + 40)
+    # every document's tokens (the budget) and every candidate pair's (instantiated ok, judged >= 4)
+    candidates = w.templates_per_document * w.instantiate_ok_rate * w.judge_keep_rate
+    tokens = rows * (w.tokens_per_document + candidates * (w.expanded_answer_tokens + 40))
     rate = MEASURED["tokenizer_tokens_per_s"]
     per_row = rows / (tokens / rate.value)
     return StageEstimate(
-        "assemble", rows, unit, [f"{tokens / 1e9:,.0f}B tokens counted (Llama-3 tokenizer) for the per-document budget"],
+        "assemble", rows, unit, [f"{tokens / 1e9:,.0f}B tokens counted (Llama-3 tokenizer): documents for the budget, candidate pairs"],
         "CPU core", per_row, _h(tokens / rate.value), f"{rate.value:,.0f} tokens/s/core, {rate.label} ({rate.how})", True,
-        memory=["one document's pairs at a time (rows grouped by doc_id)"],
+        memory=["a chunk of documents and the pairs pointing at them (aligned by position); the shard's (doc, tokens) columns for packing"],
         output_rows=w.documents * 3, output_bytes_per_row=PARQUET_TEXT_RATIO * CHARS_PER_TOKEN * (w.expanded_answer_tokens + 40) + 40,
-        unmeasured=["the Llama-3 tokenizer's speed (measured: MiniLM's WordPiece)", "the group-by-document shuffle at 1B rows"],
+        unmeasured=["the Llama-3 tokenizer's speed (measured: MiniLM's WordPiece)"],
     )
 
 
 def _analyze(rows, unit, w):
     rate = MEASURED["collect_queries_rows_per_s"]
     return StageEstimate(
-        "analyze", rows, unit, [f"{rows / 1e9:,.1f}B rows counted by template, chunk and excerpt position"], "CPU core",
+        "analyze", rows, unit, [f"{rows / 1e9:,.1f}B documents and their pairs counted by template, chunk and excerpt position"], "CPU core",
         rate.value * 5, _h(rows / (rate.value * 5)), "assumed 5x collect_queries' per-row speed (counting only): ESTIMATE", False,
         output_rows=0, unmeasured=["everything (not measured)"],
     )
@@ -426,19 +442,21 @@ def format_estimate(e: StageEstimate) -> str:
         lines.append(f"  on CPU       {e.cpu_alternative}")
     lines += [f"  memory       {m}" for m in e.memory]
     lines.append(
-        f"  shards       --num-shards {e.num_shards} ({_n(e.rows_per_shard)} rows ≈ {SHARD_TARGET_S // 60} min of one worker each), "
-        f"--chunk-rows {e.chunk_rows}"
+        f"  shards       --num-shards {e.num_shards} ({_n(e.rows_per_shard)} rows ≈ {_duration(e.shard_hours)} of one worker "
+        f"each), --chunk-rows {e.chunk_rows}; one commit per shard: at most {e.max_workers:,} workers at once keep "
+        f"the run under the Hub's {HUB_COMMITS_PER_HOUR} commits/hour"
     )
     if e.output_rows:
-        over = [] if e.files <= HUB_FILES_PER_COMMIT else [f"more than {HUB_FILES_PER_COMMIT} files in one commit"]
-        if e.files > HUB_FILES_PER_FOLDER:
-            over.append(f"more than {HUB_FILES_PER_FOLDER} files per folder")
         lines.append(
-            f"  output       {_n(e.output_rows)} rows, ~{_bytes(e.output_bytes)} parquet -> --rows-per-file {e.rows_per_file} "
-            f"-> {e.files} files (~1 GB each)" + (f"; Hub: {', '.join(over)}" if over else "")
+            f"  output       {_n(e.output_rows)} rows, ~{_bytes(e.output_bytes)} parquet -> {e.files} files of "
+            f"~{_bytes(e.output_bytes / e.files)} (one per shard{', split' if e.files > e.num_shards else ''})"
         )
     lines += [f"  unmeasured   {u}" for u in e.unmeasured]
     return "\n".join(lines)
+
+
+def _duration(hours: float) -> str:
+    return f"{hours * 60:,.0f} min" if hours < 2 else f"{hours:,.1f} h"
 
 
 def parse_rows(text: str) -> float:
@@ -481,7 +499,7 @@ def _hours(e: StageEstimate) -> str:
 def markdown_table(w: Workload = Workload()) -> str:
     """The per-stage table of docs/SCALING.md (`python -m hf_pipeline.estimate` prints it)."""
     lines = [
-        "| stage | input rows | throughput per worker | cost | shards (≈30 min each) | output → files of ~1 GB |",
+        "| stage | input rows | throughput per worker | cost | shards × rows (time of one worker each) | output → files (one per shard) |",
         "|---|---|---|---|---|---|",
     ]
     total_gpu = total_cpu = 0.0
@@ -495,7 +513,7 @@ def markdown_table(w: Workload = Workload()) -> str:
         output = f"{_n(e.output_rows)} rows, {_bytes(e.output_bytes)} → {e.files}" if e.output_rows else "a report"
         lines.append(
             f"| {stage} | {_n(e.rows)} {e.unit} | {_n(e.rate_rows_per_s)} rows/s per {where} "
-            f"({'measured' if e.measured else 'estimate'}) | **{_hours(e)}** | {e.num_shards:,} × {_n(e.rows_per_shard)} | {output} |"
+            f"({'measured' if e.measured else 'estimate'}) | **{_hours(e)}** | {e.num_shards:,} × {_n(e.rows_per_shard)} ({_duration(e.shard_hours)}) | {output} |"
         )
     lines.append(f"| **total** | | | **~{total_gpu:,.0f} H100 GPU-h** (estimate) + ~{total_cpu:,.0f} CPU core-h | | |")
     return "\n".join(lines)

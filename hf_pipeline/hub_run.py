@@ -59,8 +59,9 @@ def scratch_dir(fp: str) -> str:
     return f"{SCRATCH}/{fp}"
 
 
-def _retrying(call, what: str, attempts: int = 5):
-    """Hub calls that many workers make at once: retried on conflicts, rate limits and server errors."""
+def _retrying(call, what: str, attempts: int = 8):
+    """Hub calls that many workers make at once: retried on conflicts and server errors with a short backoff, and on
+    429 (the Hub's commit rate limit) after the time it asks for in `Retry-After` (at most 15 minutes at a time)."""
     from huggingface_hub.errors import HfHubHTTPError
 
     for attempt in range(attempts):
@@ -70,7 +71,12 @@ def _retrying(call, what: str, attempts: int = 5):
             status = getattr(e.response, "status_code", None)
             if status not in (409, 412, 429, 500, 502, 503, 504) or attempt == attempts - 1:
                 raise PipelineError(f"{what} failed: {e}") from e
-            time.sleep(min(30.0, 0.5 * 2**attempt))
+            wait = min(30.0, 0.5 * 2**attempt)
+            if status == 429:
+                retry_after = (e.response.headers or {}).get("Retry-After", "")
+                wait = min(900.0, float(retry_after)) if retry_after.isdigit() else min(900.0, 30.0 * 2**attempt)
+                print(f"{what}: the Hub's rate limit (429); retrying in {wait:.0f}s", flush=True)
+            time.sleep(wait)
 
 
 def find_run(repo_id: str, stage: str, fp: str) -> RunPR | None:
