@@ -37,9 +37,9 @@ from hf_pipeline.text.decontamination import NgramIndex
 from hf_pipeline.text.queries import (
     SourceMapping,
     check_query,
-    dedup_key,
     extract_first_user_message,
     normalize_whitespace,
+    partition_key,
     query_id,
 )
 
@@ -187,16 +187,6 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     return {"benchmarks": index, "moderator": moderator, "mappings": mappings(config)}
 
 
-def key_of(query: str, dedupe: str) -> str:
-    """The dedupe partition key: rows with the same key meet in one partition. `normalized`: the normalised key
-    (exact duplicates share it too); `exact`: the query itself; `none`: the query id (it only spreads the rows)."""
-    if dedupe == "normalized":
-        return dedup_key(query)
-    if dedupe == "exact":
-        return query
-    return query_id(query)
-
-
 def collect_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     """The user's first message of each row by its source's mapping, normalised and checked; a status per row."""
     config: CollectQueriesConfig = ctx.config
@@ -226,7 +216,7 @@ def collect_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         "query": queries,
         "source": [mapping.name] * n,
         "status": statuses,
-        "dedup_key": [key_of(q, config.dedupe) if s == "ok" else "" for q, s in zip(queries, statuses)],
+        "dedup_key": [partition_key(q, config.dedupe) if s == "ok" else "" for q, s in zip(queries, statuses)],
     }
 
 
