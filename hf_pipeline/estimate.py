@@ -269,7 +269,7 @@ def _collect_queries(rows, unit, w):
     return StageEstimate(
         "collect_queries", rows, unit, [f"{rows:,.0f} queries normalised, 8-gram decontaminated, deduped"], "CPU core",
         rate.value, _h(rows / rate.value), f"{rate.value:,.0f} rows/s/core, {rate.label} on {rate.device}", True,
-        memory=["dedupe sets per partition (reduce): ~100 B per kept query of the partition (~2 GB for 18M in 1 partition)"],
+        memory=["dedupe sets per reduce partition: ~100 B per kept query (~2 GB for 18M, over dedupe_partitions = 8 by default)"],
         output_rows=rows * 0.72, output_bytes_per_row=120,
         unmeasured=["moderation model (a classifier per query; GPU) not included", "reading the source datasets from the Hub"],
     )

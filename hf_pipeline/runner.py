@@ -163,7 +163,9 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     files, schemas = [], []
     for k, part in enumerate(parts):
         part_files, schema = list_files(inputs[part.ref], part.split, part.name, part=k)
-        if stage.inputs is None:
+        if stage.check_input is not None:
+            stage.check_input(part, schema, config)
+        elif stage.inputs is None:
             check_columns(stage, part, schema)
         files += part_files
         schemas.append(schema)

@@ -79,6 +79,9 @@ class Stage:
     setup: Callable[[StageContext], Any] | None = None
     # the datasets the stage maps over, in order (default: the --input); e.g. one per query source
     inputs: Callable[[Any, Any], list[Any]] | None = None
+    # check_input(part, schema, config): each mapped part's columns checked at plan time, before any model loads
+    # (raise PipelineError); default: `input_columns` on the single --input
+    check_input: Callable[[Any, Any, Any], None] | None = None
     # a side input read per shard by position (see AlignedInput)
     aligned: Callable[[Any], AlignedInput | None] = field(default=lambda config: None)
     # a step on one shard's mapped rows (a filter, per-shard packing): returns (dataset, drop counts by reason), or

@@ -104,8 +104,12 @@ def main() -> int:
     rows = [json.loads(line)["text"] for line in (ROOT / "samples" / "queries" / "chatterbot.jsonl").open()] * 20
     # decontamination against a stand-in benchmark: the Wikipedia passages' n-grams
     bench_index = NgramIndex.from_texts(passages(), n=config.ngram_size)
-    ctx = StageContext(config=config, load=None, download=None, resources={"benchmarks": bench_index, "moderator": None})
-    batch = {"source": ["bench"] * len(rows), "raw": rows, "problem": [""] * len(rows)}
+    from hf_pipeline.datafiles import InputPart
+    from hf_pipeline.stages.collect_queries import mappings
+
+    resources = {"benchmarks": bench_index, "moderator": None, "mappings": mappings(config)}
+    ctx = StageContext(config=config, load=None, download=None, resources=resources, part=InputPart("unused", label="bench"))
+    batch = {"text": rows}
     results["collect_queries_rows_per_s_1core"] = len(rows) / best_of(lambda: CQ.map_batch(batch, ctx))
 
     print(f"\n== measured on {os.cpu_count()} CPU cores (load average {load:.1f} before, {os.getloadavg()[0]:.1f} after), "

@@ -103,3 +103,49 @@ def test_index_survives_pickling_into_a_process_with_another_hash_seed():
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     result = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(index), capture_output=True, env=env, check=True)
     assert float(result.stdout) == 0.55
+
+
+# --- in the collect_queries stage: the benchmarks are a small side input, loaded once per worker in setup ---------
+
+
+def _collect_ctx(benchmarks, load):
+    from hf_pipeline.config import build_config
+    from hf_pipeline.datafiles import InputPart
+    from hf_pipeline.stage import StageContext
+    from hf_pipeline.stages.collect_queries import CollectQueriesConfig
+
+    config = build_config(CollectQueriesConfig, {"sources": [{"name": "s", "dataset": "org/queries", "column": "text"}], "benchmarks": benchmarks})
+    return StageContext(config=config, load=load, download=None, part=InputPart("org/queries", label="s"))
+
+
+def test_collect_queries_marks_contaminated_queries_against_the_loaded_benchmarks():
+    import datasets
+
+    from hf_pipeline.stages.collect_queries import collect_batch, input_refs, setup
+
+    loaded = []
+
+    def load(ref, split=None, name=None):
+        loaded.append((ref, split, name))
+        return datasets.Dataset.from_dict({"question": [BENCHMARK, None], "answer": ["72", "x"]})
+
+    ctx = _collect_ctx([{"dataset": "org/gsm8k", "columns": ["question"], "split": "test", "subset": "main"}], load)
+    assert input_refs(ctx.config) == ["org/gsm8k"]  # pinned at plan time like any input; the sources are the mapped parts
+    ctx.resources = setup(ctx)
+    assert loaded == [("org/gsm8k", "test", "main")]
+    queries = ["Please solve: " + BENCHMARK, query_sharing_first(10), query_sharing_first(11), "Who wrote Hamlet?"]
+    out = collect_batch({"text": queries}, ctx)
+    assert out["status"] == ["contaminated", "ok", "contaminated", "ok"]
+    assert [bool(k) for k in out["dedup_key"]] == [False, True, False, True]  # only ok rows go on to the dedupe
+
+
+def test_collect_queries_names_a_benchmark_column_that_is_missing():
+    import datasets
+    import pytest
+
+    from hf_pipeline.errors import PipelineError
+    from hf_pipeline.stages.collect_queries import setup
+
+    ctx = _collect_ctx([{"dataset": "org/bench", "columns": ["prompt"]}], lambda ref, split=None, name=None: datasets.Dataset.from_dict({"question": ["q"]}))
+    with pytest.raises(PipelineError, match="benchmark org/bench lacks column 'prompt' \\(it has: question\\)"):
+        setup(ctx)

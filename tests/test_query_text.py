@@ -16,6 +16,7 @@ from hf_pipeline.text.queries import (
     extract_first_user_message,
     first_user_message,
     normalize_whitespace,
+    partition_key,
     query_id,
     source_mappings,
 )
@@ -70,6 +71,21 @@ def test_dedup_key_keeps_numbers_and_symbols_meaningful():
 def test_dedup_key_keeps_diacritics_and_non_latin_scripts():
     assert dedup_key("café") != dedup_key("cafe")
     assert dedup_key("東京は何ですか？") == "東京は何ですか"
+
+
+# --- partition_key: which rows must meet in one partition of the dedupe ------------------------
+
+
+def test_partition_key_brings_every_kind_of_duplicate_together():
+    stored = [normalize_whitespace(t) for t in ["What is AI?", "What is AI?", "what is  ai", "WHAT is A.I.?!"]]
+    # normalized: exact and normalised duplicates share one key, so both checks run in one partition
+    assert len({partition_key(q, "normalized") for q in stored}) == 1
+    # exact: only exact copies share a key (the normalised variants are different queries here)
+    assert partition_key(stored[0], "exact") == partition_key(stored[1], "exact") != partition_key(stored[2], "exact")
+    # none: the key only spreads the rows; it is the query's id
+    assert partition_key(stored[0], "none") == query_id(stored[0])
+    with pytest.raises(ValueError, match="unknown dedupe mode"):
+        partition_key("x", "fuzzy")
 
 
 # --- query_id ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Silver data for distillation (§3.1, §3.3): the stratified draws, the topic filters, genericizer_silver end to
-end with the real SmolLM2 as teacher, and instantiator_silver's selection on hand-made judged rows."""
+"""Silver data for distillation (§3.1, §3.3): the stratified draws (round-robin, and the per-row draw that
+genericizer_silver makes on every worker), the topic filters, genericizer_silver through the runner (a scripted
+teacher over several shards, and the real SmolLM2), and instantiator_silver's selection on hand-made judged rows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from hf_pipeline.llm_config import LLMConfig
 from hf_pipeline.runner import RunOptions, run_stage
-from hf_pipeline.text.strata import bucket_of, quantile_edges, round_robin_sample
+from hf_pipeline.text.strata import bucket_of, draw_rates, draw_tolerance, drawn, equal_shares, quantile_edges, round_robin_sample
 from hf_pipeline.text.topics import topic_of
 
 # ---------------------------------------------------------------- pure parts
@@ -51,6 +52,50 @@ def test_round_robin_sample_covers_every_row_when_asked_for_as_many_or_more():
     assert round_robin_sample([], [], 5, seed=0) == []
 
 
+def test_equal_shares_is_round_robins_allocation_in_expectation():
+    # the same 9 of {10, 3, 1} as round-robin: tiny gives its 1, mid its 3, big takes the leftover 5
+    assert equal_shares({"big": 10, "mid": 3, "tiny": 1}, 9) == {"big": 5, "mid": 3, "tiny": 1}
+    assert equal_shares({"a": 10, "b": 10}, 5) == {"a": 2.5, "b": 2.5}  # fractional: an expectation, not a count
+    assert equal_shares({"a": 4, "b": 2}, 100) == {"a": 4, "b": 2}  # asking for more than there is: everything
+    assert draw_rates({"big": 10, "mid": 3, "tiny": 1, "none": 0}, 9) == {"big": 0.5, "mid": 1.0, "tiny": 1.0, "none": 0.0}
+
+
+def _population(sizes: dict[str, int]) -> list[tuple[str, str]]:
+    return [(s, f"{s}-{i:06d}") for s, n in sizes.items() for i in range(n)]
+
+
+def test_per_row_draw_is_stratified_within_its_stated_tolerance():
+    sizes = {"wildchat": 20_000, "gooaq": 5_000, "dolly": 300}
+    n, seed = 3_000, 11
+    rates = draw_rates(sizes, n)
+    rows = _population(sizes)
+    picked = [(s, k) for s, k in rows if drawn(seed, k, rates[s])]
+    by_source = Counter(s for s, _ in picked)
+    # dolly gives all 300; the other two share the rest equally (1350 each) however unequal their sizes
+    assert equal_shares(sizes, n) == {"wildchat": 1350, "gooaq": 1350, "dolly": 300}
+    assert by_source["dolly"] == 300
+    for source in ("wildchat", "gooaq"):
+        assert abs(by_source[source] - 1350) <= 3 * 1350**0.5
+    tolerance = draw_tolerance(sizes, n)
+    assert tolerance <= 3 * n**0.5 and abs(len(picked) - n) <= tolerance
+
+
+def test_per_row_draw_is_deterministic_order_free_and_nested():
+    sizes = {"a": 2_000, "b": 500}
+    rates = draw_rates(sizes, 400)
+    rows = _population(sizes)
+    first = {k for s, k in rows if drawn(3, k, rates[s])}
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    # a row's fate is its own: any order, any cut into shards, the same rows
+    assert {k for s, k in shuffled if drawn(3, k, rates[s])} == first
+    assert {k for s, k in rows if drawn(4, k, rates[s])} != first  # the seed matters
+    # nested: what a rate keeps, a higher rate keeps too (a bigger sample_size only adds rows)
+    bigger = draw_rates(sizes, 800)
+    assert first <= {k for s, k in rows if drawn(3, k, bigger[s])}
+    assert all(drawn(0, k, 1.0) for _, k in rows[:10]) and not any(drawn(0, k, 0.0) for _, k in rows[:10])
+
+
 def test_quantile_buckets():
     edges = quantile_edges([1, 2, 3, 4, 5, 6, 7, 8], 4)
     assert edges == [3, 5, 7]
@@ -86,7 +131,7 @@ def test_topic_of_reads_every_text_given():
     assert topic_of(None, "") == "other"
 
 
-# ---------------------------------------------------------------- genericizer_silver (real SmolLM2 teacher)
+# ---------------------------------------------------------------- genericizer_silver
 
 QUERIES = [
     {"query_id": "w1", "query": "What is the capital of France?", "source": "wildchat"},
@@ -96,6 +141,134 @@ QUERIES = [
     {"query_id": "g1", "query": "Who wrote Pride and Prejudice?", "source": "gooaq"},
     {"query_id": "d1", "query": "Summarize the plot of Hamlet.", "source": "dolly"},
 ]
+
+
+class ScriptedTeacher:
+    """A teacher that templatizes by rule (the query's last word becomes a variable), replies with broken JSON to a
+    query containing 'broken', and records every query it is asked about (read back out of the teacher prompt)."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def generate(self, messages, sampling, json_schema=None):
+        from hf_pipeline.llm.base import Completion
+
+        out = []
+        for conversation in messages:
+            query = conversation[-1]["content"].split("<<<Query:\n", 1)[1].rsplit("\n>>>", 1)[0]
+            self.asked.append(query)
+            if "broken" in query:
+                out.append(Completion("{not json", "stop"))
+                continue
+            words = query.rstrip("?.!").split()
+            template = " ".join(words[:-1] + [f"<fi>{words[-1]}</fi>"]) + "?"
+            out.append(Completion(json.dumps({"template": template, "compatible_document_description": "Any text."}), "stop"))
+        return out
+
+
+@pytest.fixture
+def scripted_teacher(monkeypatch):
+    from hf_pipeline.stages import genericize
+
+    teacher = ScriptedTeacher()
+    monkeypatch.setattr(genericize, "setup", lambda ctx: teacher)
+    return teacher
+
+
+def _queries(n_per_source: dict[str, int]) -> list[dict]:
+    rows = []
+    for source, n in n_per_source.items():
+        for i in range(n):
+            text = f"Question {i} from {source} about topic{i}?" if i % 17 else f"A broken question {i} from {source}?"
+            rows.append({"query_id": f"{source}-{i:04d}", "query": text, "source": source})
+    return rows
+
+
+def _expected_draw(rows: list[dict], sample_size: int, seed: int) -> set[str]:
+    rates = draw_rates(Counter(r["source"] for r in rows), sample_size)
+    return {r["query_id"] for r in rows if drawn(seed, r["query_id"], rates[r["source"]])}
+
+
+def test_genericizer_silver_draws_per_row_and_asks_the_teacher_only_about_the_sample(local_hub, tmp_path, scripted_teacher):
+    """Over 3 shards of a 3-file queries dataset the draw is the same as over 1 shard; the teacher sees exactly the
+    drawn queries (never the others); every query read is accounted for (kept, dropped by the teacher, not_sampled)."""
+    from datasets import load_dataset
+
+    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig
+
+    rows = _queries({"big": 600, "mid": 60, "small": 8})
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for k in range(3):  # three files: the shards read different files
+        (folder / f"part-{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[k::3]))
+    config = GenericizerSilverConfig(queries=str(folder), sample_size=90, seed=5, llm=LLMConfig(backend="transformers"))
+    expected = _expected_draw(rows, 90, 5)
+
+    one = run_stage(STAGE, RunOptions(output="local/gs-one", tag="t", chunk_rows=100), config)
+    asked_one = list(scripted_teacher.asked)
+    scripted_teacher.asked.clear()
+    three = run_stage(STAGE, RunOptions(output="local/gs-three", tag="t", num_shards=3, chunk_rows=50), config)
+
+    by_id = {r["query_id"]: r for r in rows}
+    for result, asked in ((one, asked_one), (three, scripted_teacher.asked)):
+        stats, drops = result.counts["stats"], result.counts["drops"]
+        # the teacher was asked about the drawn queries, once each, and about nothing else
+        assert sorted(asked) == sorted(by_id[q]["query"] for q in expected) and stats["sampled"] == len(expected)
+        assert stats["queries_by_source"] == {"big": 600, "mid": 60, "small": 8}
+        assert stats["sampled_by_source"]["small"] == 8  # a source smaller than its share gives everything
+        assert stats["target_by_source"] == {"big": 41.0, "mid": 41.0, "small": 8.0} and stats["sample_target"] == 90
+        assert abs(stats["sampled"] - 90) <= stats["sample_tolerance"]
+        assert drops["not_sampled"] == 668 - len(expected) and drops["unparseable"] == sum("broken" in by_id[q]["query"] for q in expected)
+        assert result.rows_in == 668 == result.rows_out + sum(drops.values())
+    published_one = load_dataset("local/gs-one", revision="t", split="train")
+    published_three = load_dataset("local/gs-three", revision="t", split="train")
+    assert sorted(published_three["query_id"]) == sorted(published_one["query_id"])
+    assert set(published_one["query_id"]) == {q for q in expected if "broken" not in by_id[q]["query"]}
+    card = load_card("local/gs-three", "t")
+    assert f"this run drew **{one.counts['stats']['sampled']}** for a target of 90" in card.content
+    assert "| `small` | 8 | 8.0 | 8 |" in card.content
+
+
+def test_genericizer_silver_reads_the_per_source_counts_from_the_collect_queries_card(local_hub, tmp_path, scripted_teacher, monkeypatch):
+    """Queries published by collect_queries carry their per-source counts in the card: the draw's rates come from
+    there, without counting the data; the published sample is the one the counted data would give."""
+    from hf_pipeline.stages import genericizer_silver
+    from hf_pipeline.stages.collect_queries import STAGE as COLLECT
+    from hf_pipeline.stages.collect_queries import CollectQueriesConfig
+
+    texts = {"alpha": [f"How does alpha thing {i} work?" for i in range(40)], "beta": [f"Why is beta item {i} red?" for i in range(5)]}
+    sources = []
+    for name, lines in texts.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+        sources.append({"name": name, "dataset": str(path), "column": "text"})
+    collected = run_stage(COLLECT, RunOptions(output="local/gs-collected", tag="t"), CollectQueriesConfig(sources=sources, dedupe_partitions=2))
+    assert collected.counts["stats"]["queries_by_source"] == {"alpha": 40, "beta": 5}
+
+    def no_scan(ctx):
+        raise AssertionError("the counts are in the card: the data must not be counted")
+
+    monkeypatch.setattr(genericizer_silver, "counts_from_data", no_scan)
+    config = genericizer_silver.GenericizerSilverConfig(queries="local/gs-collected@t", sample_size=20, seed=1)
+    result = run_stage(genericizer_silver.STAGE, RunOptions(output="local/gs-from-card", tag="t", num_shards=2), config)
+    from datasets import load_dataset
+
+    queries = load_dataset("local/gs-collected", revision="t", split="train").to_list()
+    expected = _expected_draw(queries, 20, 1)
+    assert result.counts["stats"]["sampled_by_source"]["beta"] == 5
+    assert sorted(load_dataset("local/gs-from-card", revision="t", split="train")["query_id"]) == sorted(expected)
+
+
+def test_genericizer_silver_checks_the_queries_columns_at_plan_time(local_hub, tmp_path):
+    from hf_pipeline.errors import PipelineError
+    from hf_pipeline.runner import plan_run
+    from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"query_id": "a", "text": "hi"}) + "\n")
+    with pytest.raises(PipelineError, match=r"lacks column 'query' \(it has: query_id, text\)"):
+        plan_run(STAGE, RunOptions(output="local/gs-bad"), GenericizerSilverConfig(queries=str(path)))
 
 
 def test_genericizer_silver_end_to_end(local_hub, tmp_path):
@@ -116,12 +289,16 @@ def test_genericizer_silver_end_to_end(local_hub, tmp_path):
     )
     result = run_stage(STAGE, RunOptions(output="local/genericizer-silver", tag="t"), config)
 
-    # 4 of 6 queries, equal shares: gooaq and dolly give their only query, wildchat takes the leftover
+    # 4 of 6 queries, equal shares: gooaq and dolly give their only query (rate 1), wildchat's 4 are drawn at rate
+    # 2/4 (the pushed dataset has no collect_queries card: the counts come from its source column)
+    expected = _expected_draw(QUERIES, 4, 0)
     stats = result.counts["stats"]
-    assert stats["sampled_by_source"] == {"dolly": 1, "gooaq": 1, "wildchat": 2}
     assert stats["queries_by_source"] == {"dolly": 1, "gooaq": 1, "wildchat": 4}
+    assert stats["target_by_source"] == {"dolly": 1.0, "gooaq": 1.0, "wildchat": 2.0}
+    assert stats["sampled_by_source"] == dict(Counter(q["source"] for q in QUERIES if q["query_id"] in expected))
     drops = result.counts["drops"]
-    assert result.rows_in == 4 and result.rows_in == result.rows_out + sum(drops.values())  # nothing lost silently
+    assert result.rows_in == 6 and result.rows_in == result.rows_out + sum(drops.values())  # nothing lost silently
+    assert drops.get("not_sampled", 0) == 6 - len(expected)
     assert "ok" not in drops and sum(stats["kept_by_source"].values()) == result.rows_out
     assert load_card("local/genericizer-silver", "t").data.hf_pipeline["counts"]["drops"] == drops
 
@@ -130,6 +307,7 @@ def test_genericizer_silver_end_to_end(local_hub, tmp_path):
     assert rows.column_names == list(STAGE.output_columns)
     by_id = {q["query_id"]: q for q in QUERIES}
     for row in rows:
+        assert row["query_id"] in expected
         user, assistant = row["messages"]
         # the query_templatizer contract: the bare query in, the JSON reply out, the reply last (the only loss)
         assert user == {"role": "user", "content": by_id[row["query_id"]]["query"]} and row["query"] == user["content"]
@@ -151,30 +329,30 @@ def test_genericizer_silver_messages_parse_as_the_student_stage_parses_them():
     assert "Où" in messages[1]["content"]  # not \u-escaped: the student learns plain text
 
 
-def test_genericizer_silver_finalize_counts_every_drop_by_reason():
+def test_genericizer_silver_finalize_teaches_only_drawn_rows_and_counts_every_drop_by_reason():
     import datasets
 
     from hf_pipeline.features import features_from_spec
     from hf_pipeline.stage import StageContext
-    from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig, keep_valid
+    from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig, teach_and_keep
 
-    statuses = ["ok", "no_variables", "ok", "unparseable", "nested_tag", "no_variables"]
+    queries = [*QUERIES, {"query_id": "b1", "query": "A broken query?", "source": "gooaq"}]
+    drawn_ids = {"w1", "w3", "g1", "b1"}
     mapped = datasets.Dataset.from_list(
-        [
-            {"template_id": f"t{i}", "query_id": q["query_id"], "source": q["source"], "query": q["query"],
-             "template": "<fi>x</fi>?" if s == "ok" else None, "compatible_document_description": "d" if s == "ok" else None,
-             "num_variables": 1 if s == "ok" else 0, "status": s, "status_detail": None, "raw_output": None,
-             "messages": [{"role": "user", "content": q["query"]}, {"role": "assistant", "content": "{}"}] if s == "ok" else None}
-            for i, (q, s) in enumerate(zip(QUERIES, statuses))
-        ],
+        [{**q, "query": q["query"] if q["query_id"] in drawn_ids else None, "drawn": q["query_id"] in drawn_ids} for q in queries],
         features=features_from_spec(STAGE.map_columns),
     )
-    queries = datasets.Dataset.from_list(QUERIES)
-    ctx = StageContext(config=GenericizerSilverConfig(queries="q", sample_size=6), load=lambda ref, **_: queries, download=None)
-    kept, drops, stats = keep_valid(mapped, ctx)
-    assert kept["query_id"] == ["w1", "w3"]
-    assert drops == {"no_variables": 2, "unparseable": 1, "nested_tag": 1}
-    assert stats["sampled_by_source"] == {"dolly": 1, "gooaq": 1, "wildchat": 4} and stats["kept_by_source"] == {"wildchat": 2}
+    teacher = ScriptedTeacher()
+    ctx = StageContext(config=GenericizerSilverConfig(queries="q", sample_size=4), load=None, download=None, resources={"llm": teacher})
+    kept, drops, stats = teach_and_keep(mapped, ctx)
+    assert sorted(teacher.asked) == sorted(q["query"] for q in queries if q["query_id"] in drawn_ids)
+    assert kept["query_id"] == ["w1", "w3", "g1"] and kept.column_names[:3] == ["template_id", "query_id", "source"]
+    assert drops == {"not_sampled": 3, "unparseable": 1}
+    assert stats == {
+        "queries_by_source": {"wildchat": 4, "gooaq": 2, "dolly": 1},
+        "sampled_by_source": {"wildchat": 2, "gooaq": 2},
+        "kept_by_source": {"wildchat": 2, "gooaq": 1},
+    }
 
 
 # ---------------------------------------------------------------- instantiator_silver (hand-made judged rows)

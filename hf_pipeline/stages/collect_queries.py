@@ -5,10 +5,19 @@ harmful queries using the OpenAI Moderation API and decontaminate the queries fr
 benchmarks using the procedure used by Tulu 3."
 
 Each source dataset has a mapping saying where its user's first message lives (a column, or the first
-user turn of a conversation; shipped in hf_pipeline/configs/query_sources.yaml). Rows are normalised,
-checked (empty / too long / not text), decontaminated by n-gram overlap, optionally moderated by a
-text-classification model, then deduplicated exactly and after normalisation. Every dropped row is
-counted by reason in the card; the output holds `query_id, query, source`.
+user turn of a conversation; shipped in hf_pipeline/configs/query_sources.yaml). Every (source, split) is one
+input part of the run (`inputs`), so the sources are sharded and read like any input, file by file.
+
+1. Map, per row: the user's first message by the part's mapping, normalised, checked (empty / too long / not
+   text), decontaminated by n-gram overlap, optionally moderated by a text-classification model. Every row
+   keeps a `status` and its `dedup_key` (the normalised key, or the exact query with `dedupe: exact`).
+2. Per shard: rows that are not ok are dropped and counted by reason.
+3. Reduce, per partition of the dedup key's hash (`dedupe_partitions`): rows with the same key are in one
+   partition, in input order (shard order, then row order), so "first occurrence wins" is exactly the global
+   rule; exact and normalised duplicates are counted apart. The published set does not depend on the number
+   of shards or partitions; its order is by partition, then input order.
+
+Every dropped row is counted by reason in the card; the output holds `query_id, query, source`.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hf_pipeline.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.hub_io import split_ref
 from hf_pipeline.stage import Stage, StageContext
@@ -27,9 +37,9 @@ from hf_pipeline.text.decontamination import NgramIndex
 from hf_pipeline.text.queries import (
     SourceMapping,
     check_query,
-    dedup_key,
     extract_first_user_message,
     normalize_whitespace,
+    partition_key,
     query_id,
 )
 
@@ -66,6 +76,13 @@ def source_ref(mapping: SourceMapping) -> str:
     return f"{mapping.dataset}@{mapping.revision}" if mapping.revision else mapping.dataset
 
 
+# Partitions of the dedupe. At the paper's scale (~25M raw queries, ~18M kept, ~2.2 GB of parquet) 8 partitions keep
+# each reduce task to ~1/8 of the rows (well under 1 GB of Arrow with the key column) and give output files of a few
+# hundred MB, the size the Hub recommends; on a small input they cost 8 small commits. The published set is the
+# same for any number; only the row order (by partition, then input order) and the file count change.
+DEFAULT_DEDUPE_PARTITIONS = 8
+
+
 @dataclass
 class BenchmarkSet:
     """A benchmark whose texts must not leak into the queries."""
@@ -84,6 +101,10 @@ class CollectQueriesConfig:
     )
     max_chars: int = field(default=8000, metadata={"help": "drop queries longer than this (too_long)"})
     dedupe: Literal["exact", "normalized", "none"] = field(default="normalized", metadata={"help": "'exact', 'normalized' (exact, then case/punct-insensitive) or 'none'"})
+    dedupe_partitions: int = field(
+        default=DEFAULT_DEDUPE_PARTITIONS,
+        metadata={"help": "the dedupe runs per partition of the dedup key's hash: one task (and one output file) per partition"},
+    )
     benchmarks: list[BenchmarkSet] = field(
         default_factory=list, metadata={"help": "benchmark sets to decontaminate against: {dataset, columns, split, subset}"}
     )
@@ -102,49 +123,52 @@ class CollectQueriesConfig:
     moderation_threshold: float = field(default=0.5, metadata={"help": "score at or above which a harmful label drops a query"})
 
 
-def input_refs(config: CollectQueriesConfig) -> list[str]:
+def check_config(config: CollectQueriesConfig) -> None:
+    if not config.sources:
+        raise PipelineError("collect_queries needs at least one query source (config key 'sources').")
+    names = [entry.get("name") for entry in config.sources]
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        raise PipelineError(f"query source '{repeated[0]}' is configured twice: source names must be unique (they label the rows).")
+    if config.dedupe_partitions < 1:
+        raise PipelineError(f"dedupe_partitions must be at least 1, got {config.dedupe_partitions}.")
+
+
+def mappings(config: CollectQueriesConfig) -> dict[str, SourceMapping]:
+    """Source name -> its mapping, in config order."""
+    return {m.name: m for m in (source_mapping(entry) for entry in config.sources)}
+
+
+def inputs(config: CollectQueriesConfig, options: Any = None) -> list[InputPart]:
+    """One input part per (source, split), in config order: the mapping's dataset at its revision and config."""
     check_config(config)
-    return [source_ref(source_mapping(s)) for s in config.sources] + [b.dataset for b in config.benchmarks]
+    return [
+        InputPart(source_ref(m), split=split, name=m.config, label=m.name)
+        for m in mappings(config).values()
+        for split in m.splits
+    ]
 
 
-def load_sources(ctx: StageContext):
-    """All sources as one dataset of (source, raw, problem): the user's first message, or why there is none."""
-    import datasets
+def check_input(part: InputPart, schema: Any, config: CollectQueriesConfig) -> None:
+    """The columns a source's mapping names are in its data: said at plan time, before any model loads."""
+    mapping = mappings(config)[part.label]
+    names = list(schema.names) if schema is not None else []
+    needed = [mapping.column or mapping.conversation_column, *mapping.where]
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise PipelineError(
+            f"query source '{mapping.name}' ({part.ref}) lacks column '{missing[0]}' named by its mapping "
+            f"(it has: {', '.join(names) or 'no columns'})."
+        )
 
-    features = datasets.Features(
-        {"source": datasets.Value("string"), "raw": datasets.Value("string"), "problem": datasets.Value("string")}
-    )
-    parts = []
-    for entry in ctx.config.sources:
-        mapping = source_mapping(entry)
-        ref = source_ref(mapping)
-        needed = [mapping.column or mapping.conversation_column, *mapping.where]
 
-        def extract(batch: dict[str, list], mapping: SourceMapping = mapping) -> dict[str, list]:
-            found = [extract_first_user_message(dict(zip(batch, values)), mapping) for values in zip(*batch.values())]
-            return {
-                "source": [mapping.name] * len(found),
-                "raw": [f.text for f in found],
-                "problem": [f.drop_reason or "" for f in found],
-            }
-
-        for split in mapping.splits:
-            ds = ctx.load(ref, split=split, name=mapping.config)
-            missing = [c for c in needed if c not in ds.column_names]
-            if missing:
-                raise PipelineError(
-                    f"query source '{mapping.name}' ({ref}) lacks column '{missing[0]}' named by its mapping "
-                    f"(it has: {', '.join(ds.column_names)})."
-                )
-            parts.append(
-                ds.map(extract, batched=True, remove_columns=ds.column_names, features=features,
-                       desc=f"reading {mapping.name} ({split})")
-            )
-    return datasets.concatenate_datasets(parts)
+def input_refs(config: CollectQueriesConfig) -> list[str]:
+    """Side inputs: the benchmarks (the sources are the mapped input parts)."""
+    return [b.dataset for b in config.benchmarks]
 
 
 def setup(ctx: StageContext) -> dict[str, Any]:
-    """Benchmark n-gram index and moderation model, built once per process."""
+    """Benchmark n-gram index and moderation model, built once per process; the benchmarks are a small side input."""
     config: CollectQueriesConfig = ctx.config
     texts = []
     for bench in config.benchmarks:
@@ -160,64 +184,79 @@ def setup(ctx: StageContext) -> dict[str, Any]:
 
         name, revision = split_ref(config.moderation_model)
         moderator = pipeline("text-classification", model=name, revision=revision, top_k=None, truncation=True)
-    return {"benchmarks": index, "moderator": moderator}
+    return {"benchmarks": index, "moderator": moderator, "mappings": mappings(config)}
 
 
 def collect_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+    """The user's first message of each row by its source's mapping, normalised and checked; a status per row."""
     config: CollectQueriesConfig = ctx.config
-    index: NgramIndex | None = ctx.resources["benchmarks"]
+    resources = ctx.resources or {}
+    mapping = (resources.get("mappings") or mappings(config))[ctx.part.label]
+    index: NgramIndex | None = resources.get("benchmarks")
+    n = len(next(iter(batch.values()))) if batch else 0
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())] if batch else []
     queries, statuses = [], []
-    for raw, problem in zip(batch["raw"], batch["problem"]):
+    for row in rows:
+        found = extract_first_user_message(row, mapping)
+        raw = found.text
         query = normalize_whitespace(raw) if raw is not None else ""
-        status = problem or check_query(query if raw is not None else None, config.max_chars) or "ok"
+        status = found.drop_reason or check_query(query if raw is not None else None, config.max_chars) or "ok"
         if status == "ok" and index is not None and index.is_contaminated(query, config.contamination_threshold):
             status = "contaminated"
         queries.append(query)
         statuses.append(status)
-    if ctx.resources["moderator"] is not None:
+    if resources.get("moderator") is not None:
         flagged_labels = set(config.moderation_labels)
         todo = [i for i, s in enumerate(statuses) if s == "ok"]
-        for i, scores in zip(todo, ctx.resources["moderator"]([queries[i] for i in todo])):
+        for i, scores in zip(todo, resources["moderator"]([queries[i] for i in todo])):
             if any(s["label"] in flagged_labels and s["score"] >= config.moderation_threshold for s in scores):
                 statuses[i] = "moderation"
     return {
         "query_id": [query_id(q) for q in queries],
         "query": queries,
-        "source": batch["source"],
+        "source": [mapping.name] * n,
         "status": statuses,
+        "dedup_key": [partition_key(q, config.dedupe) if s == "ok" else "" for q, s in zip(queries, statuses)],
     }
 
 
-def dedupe_and_filter(ds, ctx: StageContext):
-    """Keep ok rows, first occurrence wins (input order), counting every drop by reason."""
+def drop_failed(ds, ctx: StageContext):
+    """Per shard: keep the ok rows, counting every other row by its status; rows read per source."""
     from collections import Counter
 
+    statuses = ds["status"][:]  # [:] = plain lists, fast
+    sources = ds["source"][:]
+    drops = Counter(s for s in statuses if s != "ok")
+    keep = [i for i, s in enumerate(statuses) if s == "ok"]
+    stats = {"read_by_source": dict(Counter(sources))}
+    return ds.select(keep).remove_columns(["status"]), dict(drops), stats
+
+
+def dedupe(ds, ctx: StageContext):
+    """Per partition: the first occurrence of each key wins, in input order (shard order, then row order: the order
+    in which the runner hands a partition its rows). Exact duplicates are counted before normalised ones."""
+    from collections import Counter
+
+    config: CollectQueriesConfig = ctx.config
+    queries, keys, sources = ds["query"][:], ds["dedup_key"][:], ds["source"][:]
     drops: Counter = Counter()
     seen_exact: set[str] = set()
-    seen_normalized: set[str] = set()
+    seen_key: set[str] = set()
     keep = []
-    for i, (query, status) in enumerate(zip(ds["query"][:], ds["status"][:])):  # [:] = plain lists, fast
-        if status != "ok":
-            drops[status] += 1
-            continue
-        if ctx.config.dedupe != "none":
+    for i, (query, key) in enumerate(zip(queries, keys)):
+        if config.dedupe != "none":
             if query in seen_exact:
                 drops["duplicate_exact"] += 1
                 continue
             seen_exact.add(query)
-            if ctx.config.dedupe == "normalized":
-                key = dedup_key(query)
-                if key in seen_normalized:
+            if config.dedupe == "normalized":
+                if key in seen_key:
                     drops["duplicate_normalized"] += 1
                     continue
-                seen_normalized.add(key)
+                seen_key.add(key)
         keep.append(i)
-    return ds.select(keep), dict(drops)
-
-
-def check_config(config: CollectQueriesConfig) -> None:
-    if not config.sources:
-        raise PipelineError("collect_queries needs at least one query source (config key 'sources').")
+    stats = {"queries_by_source": dict(Counter(sources[i] for i in keep))}
+    return ds.select(keep), dict(drops), stats
 
 
 STAGE = Stage(
@@ -225,13 +264,17 @@ STAGE = Stage(
     description="gather users' first messages from query datasets; normalise, decontaminate, moderate, dedupe (§3.1)",
     config_class=CollectQueriesConfig,
     output_columns={"query_id": "string", "query": "string", "source": "string"},
-    map_columns={"query_id": "string", "query": "string", "source": "string", "status": "string"},
-    input_columns=("source", "raw", "problem"),
+    map_columns={"query_id": "string", "query": "string", "source": "string", "status": "string", "dedup_key": "string"},
     map_batch=collect_batch,
     setup=setup,
-    load_input=load_sources,
-    finalize=dedupe_and_filter,
+    inputs=inputs,
+    check_input=check_input,
+    finalize=drop_failed,
+    reduce=dedupe,
+    partitions=lambda config: config.dedupe_partitions,
+    partition_key="dedup_key",
     input_refs=input_refs,
     models=lambda config: {"moderation": config.moderation_model} if config.moderation_model else {},
+    version=2,
     needs_input=False,
 )

@@ -3,7 +3,8 @@
 A source dataset row becomes a query in three steps, each free of I/O so it is tested directly:
 ``extract_first_user_message`` picks the user's first message out of the row according to the
 source's ``SourceMapping``; ``normalize_whitespace`` cleans it; ``check_query`` says whether it is
-usable. ``dedup_key`` and ``query_id`` then drive exact and normalized de-duplication.
+usable. ``dedup_key`` and ``query_id`` then drive exact and normalized de-duplication, and
+``partition_key`` says which rows must meet in one partition of a distributed dedupe.
 
 Every function that rejects something returns a short reason string instead of raising, so the
 stage can keep the row with a status and count the reasons in the dataset card.
@@ -88,6 +89,20 @@ def dedup_key(text: str) -> str:
     punctuation, format_chars = _dedup_tables()
     text = unicodedata.normalize("NFKC", text).casefold().translate(format_chars)
     return " ".join(punctuation.sub("", text).split())
+
+
+def partition_key(query: str, dedupe: str) -> str:
+    """The key a dedupe partitions a stored (normalized) query by: rows that may be duplicates share it, so they
+    meet in one partition. ``normalized``: ``dedup_key`` (exact duplicates share it too, so both checks run in
+    the same partition); ``exact``: the query itself; ``none``: its ``query_id`` (nothing is deduplicated; the
+    key only spreads the rows over the partitions)."""
+    if dedupe == "normalized":
+        return dedup_key(query)
+    if dedupe == "exact":
+        return query
+    if dedupe == "none":
+        return query_id(query)
+    raise ValueError(f"unknown dedupe mode {dedupe!r} (exact, normalized, none)")
 
 
 def query_id(text: str) -> str:
