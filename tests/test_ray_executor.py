@@ -82,7 +82,8 @@ def test_ray_gives_exactly_the_local_rows(ray_local, local_hub, capsys, tmp_path
     src = f"local/rayq-{tmp_path.name[-12:]}"
     push_local_dataset(str(write_jsonl(tmp_path / "q" / "q.jsonl", queries)), src, tag="v1")
     source = json.dumps([{"name": "test", "dataset": f"{src}@v1", "column": "text"}])
-    common = ["collect_queries", "--set", f"sources={source}", "--set", "max_chars=100", "--tag", "t", "--chunk-rows", "2"]
+    common = ["collect_queries", "--set", f"sources={source}", "--set", "max_chars=100", "--set", "dedupe_partitions=2",
+              "--tag", "t", "--chunk-rows", "2"]
     out_local, out_ray = f"local/q-local-{tmp_path.name[-12:]}", f"local/q-ray-{tmp_path.name[-12:]}"
     code, _, err = run_cli(capsys, *common, "--output", out_local)
     assert code == 0, err

@@ -53,7 +53,8 @@ def query_repo(local_hub, tmp_path):
 
 def collect_args(query_repo: str, output: str, *extra: str) -> list[str]:
     source = json.dumps([{"name": "test", "dataset": f"{query_repo}@v1", "column": "text"}])
-    return ["collect_queries", "--output", output, "--set", f"sources={source}", "--set", "max_chars=100", *extra]
+    return ["collect_queries", "--output", output, "--set", f"sources={source}", "--set", "max_chars=100",
+            "--set", "dedupe_partitions=1", *extra]
 
 
 def test_collect_queries_publishes_versioned_output_with_card(local_hub, query_repo, capsys, tmp_path):
@@ -218,5 +219,5 @@ def test_prompt_file_content_is_part_of_the_fingerprint(tmp_path):
 
     plain = plan_run(SLOW, options, SlowConfig())
     pinned = [ref.pinned for ref in plain.inputs.values()]
-    assert plain.fingerprint == config_hash("slow_upper", 1, config_to_dict(SlowConfig()), pinned, "train", None)
+    assert plain.fingerprint == config_hash("slow_upper", 1, config_to_dict(SlowConfig()), pinned, "train")
     assert plain.fingerprint not in (before.fingerprint, after.fingerprint)
