@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.hub_io import cache_root, split_ref
+from hf_pipeline.llm.json_output import warn_unbounded_strings
+from hf_pipeline.llm.smollm2 import smollm2_gguf
 from hf_pipeline.llm_config import PACKAGED_SMOLLM2, LLMConfig
 
 log = logging.getLogger(__name__)
@@ -141,8 +143,6 @@ class Backend:
         self, messages: list[Messages], sampling: Sampling, json_schema: dict | list[dict] | None = None
     ) -> list[Completion]:
         """One completion per row, in order. `json_schema`: None, one schema for every row, or one per row."""
-        from hf_pipeline.llm.json_output import warn_unbounded_strings
-
         schemas = per_row_schemas(json_schema, len(messages))
         for schema in _distinct(schemas or []):
             warn_unbounded_strings(schema)
@@ -213,8 +213,6 @@ class ResolvedModel:
 
 def resolve_model(config: LLMConfig) -> ResolvedModel:
     if config.model == PACKAGED_SMOLLM2:
-        from hf_pipeline.llm.smollm2 import smollm2_gguf
-
         return ResolvedModel(str(smollm2_gguf()), None, config.max_model_len or PACKAGED_MAX_MODEL_LEN)
     if config.backend == "openai" or Path(config.model).expanduser().exists():
         return ResolvedModel(config.model, None, config.max_model_len)  # a served name, or a local path

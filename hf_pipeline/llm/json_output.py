@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema
 
-from hf_pipeline.llm.base import Completion
+if TYPE_CHECKING:  # only an annotation here: base.py imports this module
+    from hf_pipeline.llm.base import Completion
 
 log = logging.getLogger(__name__)
 

