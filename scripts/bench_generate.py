@@ -2,7 +2,8 @@
 """Benchmark: our LLM backends vs. the raw library call doing the same work, side by side in one run.
 
     .venv/bin/python scripts/bench_generate.py [--prompts 32] [--max-tokens 128] [--repeats 2]
-                                               [--backends transformers vllm openai]
+                                               [--backends transformers vllm openai constrained]
+                                               [--constrained-rows 8] [--constrained-max-tokens 120]
 
 Model: SmolLM2-135M-Instruct (the offline default, float32 on CPU). The same chat prompts, greedy, per backend:
   transformers  ours: TransformersBackend.generate (one batch of --prompts rows)
@@ -10,6 +11,9 @@ Model: SmolLM2-135M-Instruct (the offline default, float32 on CPU). The same cha
   vllm          ours: VLLMBackend.generate      raw: LLM.chat on the same engine
   openai        ours: OpenAIBackend.generate (max_concurrency = --prompts) against a local vLLM server
                 raw:  the `openai` client's AsyncOpenAI, all requests at once, against the same server
+  constrained   instantiate-like constrained decoding on transformers: --constrained-rows (document, template) pairs
+                in teacher mode with constrain_format, so every row has its own grammar; one batched generate call
+                vs one call per row, same rows, greedy; grammars compiled beforehand (cold compile time printed)
 Each timing is the best of --repeats after a short warm-up call each; ours and raw alternate. Prints generated tokens/s
 for both and ours as a share of raw. The load average is printed too: on a shared machine, other processes'
 load changes every figure (ratios, taken in the same minutes, suffer less).
@@ -22,7 +26,6 @@ import asyncio
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 TOPICS = ["a lighthouse", "the moon", "a lost key", "bread", "rain", "a violin", "a fox", "the sea"]
@@ -64,7 +67,7 @@ def bench_transformers(messages, max_tokens: int, repeats: int) -> None:
 
     from hf_pipeline.llm import Sampling, default_offline_model, load_backend
 
-    backend = load_backend(replace(default_offline_model("transformers"), max_batch_size=len(messages)))
+    backend = load_backend(default_offline_model("transformers", max_batch_size=len(messages)))
     model, tokenizer = backend.model, backend.tokenizer
 
     def ours(limit: int) -> int:
@@ -109,8 +112,8 @@ def bench_vllm(messages, max_tokens: int, repeats: int) -> None:
 def bench_openai(messages, max_tokens: int, repeats: int) -> None:
     from openai import AsyncOpenAI
 
-    from hf_pipeline.llm import ModelSpec, Sampling, default_offline_model, load_backend
-    from hf_pipeline.llm.vllm_backend import VLLMServer
+    from hf_pipeline.llm import LLMConfig, Sampling, default_offline_model, load_backend
+    from hf_pipeline.llm.vllm_server import VLLMServer
 
     log_path = Path(tempfile.mkdtemp(prefix="bench_generate_")) / "server.log"
     server = VLLMServer(default_offline_model("vllm"), "smollm2", log_path)
@@ -118,8 +121,8 @@ def bench_openai(messages, max_tokens: int, repeats: int) -> None:
     url = server.start()
     print(f"{'':13s} (vLLM server healthy after {time.perf_counter() - started:.0f} s; log {log_path})", flush=True)
     try:
-        spec = ModelSpec(backend="openai", model="smollm2", base_url=f"{url}/v1", max_concurrency=len(messages))
-        backend = load_backend(spec)
+        config = LLMConfig(backend="openai", model="smollm2", base_url=f"{url}/v1", max_concurrency=len(messages))
+        backend = load_backend(config)
 
         def ours(limit: int) -> int:
             return sum(c.completion_tokens for c in backend.generate(messages, Sampling(max_tokens=limit)))
@@ -137,18 +140,88 @@ def bench_openai(messages, max_tokens: int, repeats: int) -> None:
         server.stop()
 
 
+def constrained_rows(n: int, max_tokens: int):
+    """n instantiate rows (teacher prompt, constrain_format) over the sample documents and templates, a document's
+    rows adjacent (two templates per document): (messages, one schema per row, the stage config)."""
+    import json
+
+    from hf_pipeline.llm.json_output import nullable
+    from hf_pipeline.llm_config import LLMConfig
+    from hf_pipeline.stages.instantiate import InstantiateConfig, pair_schema, user_message
+
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    documents = [json.loads(line)["text"] for line in (samples / "documents" / "wikipedia.jsonl").open()]
+    templates = [json.loads(line)["template"] for line in (samples / "templates" / "handmade.jsonl").open()]
+    config = InstantiateConfig(
+        documents="d", templates="t", mode="teacher", max_document_chars=600, constrain_format=True,
+        max_variable_words=4, llm=LLMConfig(model="packaged:smollm2", backend="transformers", max_tokens=max_tokens),
+    )
+    messages, schemas = [], []
+    for i in range(n):
+        document, template = documents[i // 2][: config.max_document_chars], templates[i]
+        schemas.append(nullable(pair_schema(config, template, document)))
+        messages.append([{"role": "user", "content": user_message(template, document, "teacher")}])
+    assert len({json.dumps(s) for s in schemas}) == n, "every row should have its own grammar"
+    return messages, schemas, config
+
+
+def bench_constrained(rows: int, max_tokens: int, repeats: int) -> None:
+    from collections import Counter
+
+    from hf_pipeline.llm import Sampling, default_offline_model, load_backend, parse_json_completion
+
+    messages, schemas, _ = constrained_rows(rows, max_tokens)
+    backend = load_backend(default_offline_model("transformers", max_batch_size=rows))
+    started = time.perf_counter()
+    backend._compile_rows(schemas, list(range(rows)))  # cold compile; both runs below reuse the cached grammars
+    compile_s = time.perf_counter() - started
+    sampling = Sampling(max_tokens=max_tokens)
+
+    def batched():
+        return backend.generate(messages, sampling, schemas)
+
+    def per_row():
+        return [backend.generate([m], sampling, s)[0] for m, s in zip(messages, schemas)]
+
+    backend.generate(messages[:1], Sampling(max_tokens=WARMUP_TOKENS), schemas[:1])
+    times, results = {"batched": [], "per_row": []}, {}
+    for repeat in range(repeats):
+        pair = [("batched", batched), ("per_row", per_row)]
+        for label, run in pair if repeat % 2 == 0 else pair[::-1]:
+            start = time.perf_counter()
+            results[label] = run()
+            times[label].append(time.perf_counter() - start)
+    print(f"constrained   {rows} rows, {rows} grammars (cold compile {compile_s:.1f} s), max_tokens {max_tokens}, greedy, "
+          f"best of {repeats}", flush=True)
+    for label in ("batched", "per_row"):
+        done = results[label]
+        tokens = sum(c.completion_tokens for c in done)
+        statuses = Counter(parse_json_completion(c, s)[1] for c, s in zip(done, schemas))
+        print(f"{'':13s} {label:8s} {min(times[label]):6.1f} s   {tokens} tokens   {tokens / min(times[label]):6.1f} tok/s"
+              f"   statuses {dict(statuses)}", flush=True)
+    print(f"{'':13s} per_row / batched time: {min(times['per_row']) / min(times['batched']):.2f}x"
+          f"   (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--backends", nargs="+", default=["transformers", "vllm", "openai"])
+    parser.add_argument("--backends", nargs="+", default=["transformers", "vllm", "openai"],
+                        choices=["transformers", "vllm", "openai", "constrained"])
+    parser.add_argument("--constrained-rows", type=int, default=8)
+    parser.add_argument("--constrained-max-tokens", type=int, default=120)
     args = parser.parse_args()
     messages = prompts(args.prompts)
-    print(f"{args.prompts} prompts x {args.max_tokens} max tokens, greedy, best of {args.repeats}", flush=True)
     benches = {"transformers": bench_transformers, "vllm": bench_vllm, "openai": bench_openai}
+    if set(args.backends) & set(benches):
+        print(f"{args.prompts} prompts x {args.max_tokens} max tokens, greedy, best of {args.repeats}", flush=True)
     for name in args.backends:
-        benches[name](messages, args.max_tokens, args.repeats)
+        if name == "constrained":
+            bench_constrained(args.constrained_rows, args.constrained_max_tokens, args.repeats)
+        else:
+            benches[name](messages, args.max_tokens, args.repeats)
 
 
 if __name__ == "__main__":  # vLLM starts worker processes that re-import this file

@@ -41,6 +41,93 @@ def test_student_message_is_the_published_contract():
     assert "doc text" in user_message("what is <fi>x</fi>?", "doc text", "teacher")
 
 
+def test_document_first_layout_puts_the_document_first():
+    """document_first: the same fields (student) or the same prompt (teacher), the document before the template,
+    so a document's prompts share their prefix up to the template."""
+    template, document = "what is <fi>x</fi>?", "doc text"
+    student = user_message(template, document, "student", "document_first")
+    assert list(json.loads(student)) == ["document", "instruction_template"]
+    assert json.loads(student) == json.loads(user_message(template, document, "student"))
+    teacher = user_message(template, document, "teacher", "document_first")
+    assert teacher.index(document) < teacher.index(template)
+    other = user_message("why <fi>y</fi>?", document, "teacher", "document_first")
+    shared = next(i for i, (a, b) in enumerate(zip(teacher, other)) if a != b)  # length of the common prefix
+    assert shared > teacher.index(document) + len(document)  # the prefix holds the whole document
+    plain = user_message(template, document, "teacher")
+    assert plain.index(template) < plain.index(document)
+    with pytest.raises(Exception, match="prompt_layout"):
+        user_message(template, document, "student", "sideways")
+
+
+class RecordingLLM:
+    """Stands in for a backend: records each generate call, refuses prompts holding TOO_LONG, else answers `reply`."""
+
+    def __init__(self, reply: str):
+        self.reply = reply
+        self.calls = []
+
+    def generate(self, messages, sampling, json_schema=None):
+        from hf_pipeline.llm.base import Completion
+
+        self.calls.append((messages, json_schema))
+        return [
+            Completion("", "prompt_too_long", 5000, error="prompt_too_long: 5000 prompt tokens + 1 generated > context of 2048 tokens")
+            if "TOO_LONG" in m[0]["content"] else Completion(self.reply, "stop", 10, 3)
+            for m in messages
+        ]
+
+
+def test_instantiate_batch_is_one_call_with_a_schema_per_row_and_documents_adjacent():
+    from types import SimpleNamespace
+
+    from hf_pipeline.llm.json_output import nullable
+    from hf_pipeline.stages.instantiate import STATUSES, instantiate_batch, pair_schema
+
+    config = InstantiateConfig(documents="d", templates="t", constrain_format=True, prompt_layout="document_first")
+    documents = {"a": "Alpha is first. It leads.", "b": "Beta is second. It follows.", "long": "TOO_LONG " * 3}
+    templates = {"t1": "What is <fi>a letter</fi>?", "t2": "Why does <fi>a letter</fi> lead?"}
+    pairs = [("a", "t1"), ("b", "t1"), ("a", "t2"), ("long", "t1"), ("missing", "t1"), ("b", "t2")]
+    batch = {"doc_id": [d for d, _ in pairs], "template_id": [t for _, t in pairs], "chunk_index": [0] * 6, "score": [0.9] * 6}
+    llm = RecordingLLM("null")
+    ctx = SimpleNamespace(config=config, resources={"llm": llm, "documents": documents, "templates": templates})
+    out = instantiate_batch(batch, ctx)
+
+    assert len(llm.calls) == 1
+    messages, schemas = llm.calls[0]
+    sent = [json.loads(m[0]["content"]) for m in messages]
+    assert [(m["document"], m["instruction_template"]) for m in sent] == [
+        (documents[d], templates[t]) for d, t in [("a", "t1"), ("a", "t2"), ("b", "t1"), ("b", "t2"), ("long", "t1")]
+    ]
+    assert all(list(m) == ["document", "instruction_template"] for m in sent)
+    assert schemas == [nullable(pair_schema(config, m["instruction_template"], m["document"])) for m in sent]
+    assert out["doc_id"] == batch["doc_id"]  # rows come back in input order
+    assert out["status"] == ["null", "null", "null", "prompt_too_long", "unknown_document", "null"]
+    assert "context of 2048" in out["status_detail"][3] and set(out["status"]) <= set(STATUSES)
+
+    # without constrain_format every row shares one schema, passed once
+    llm.calls.clear()
+    instantiate_batch(batch, SimpleNamespace(config=InstantiateConfig(documents="d", templates="t"), resources=ctx.resources))
+    assert len(llm.calls) == 1 and isinstance(llm.calls[0][1], dict)
+
+
+def test_judge_batch_keeps_documents_adjacent_and_counts_prompt_too_long():
+    from types import SimpleNamespace
+
+    from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
+    from hf_pipeline.stages.judge import JUDGE_STATUSES, PROMPT, JudgeConfig, judge_batch
+
+    rows = [("a", "ok", "answer a1"), ("b", "ok", "answer b1"), ("a", "ok", "answer a2"), ("c", "null", None), ("b", "ok", "TOO_LONG")]
+    batch = {column: [None] * len(rows) for column in INSTANTIATE_COLUMNS}
+    batch.update(doc_id=[r[0] for r in rows], status=[r[1] for r in rows], answer=[r[2] for r in rows], instruction=["q"] * len(rows))
+    llm = RecordingLLM("<feedback>Direct.</feedback><score>4</score>")
+    out = judge_batch(batch, SimpleNamespace(config=JudgeConfig(), resources={"llm": llm, "prompt": PROMPT.read_text()}))
+    (messages, _), = llm.calls
+    order = [next(r[2] for r in rows if r[2] and r[2] in m[0]["content"]) for m in messages]
+    assert order == ["answer a1", "answer a2", "answer b1", "TOO_LONG"]
+    assert out["judge_status"] == ["ok", "ok", "ok", "skipped", "prompt_too_long"]
+    assert out["judge_score"] == [4, 4, 4, None, None] and set(out["judge_status"]) <= set(JUDGE_STATUSES)
+
+
 def test_parse_flow_judge_replies():
     assert parse_judgment("<feedback>Direct and complete.</feedback>\n<score>5</score>") == (5, "Direct and complete.", "ok")
     assert parse_judgment("<feedback>meh</feedback><score> 3 </score>")[0] == 3

@@ -1,72 +1,74 @@
 """One small interface over the LLM engines the stages use: chat messages in, one completion per row out, in order.
 
+    backend = load_backend(config)            # an LLMConfig; hf_pipeline.llm.registry names the backends
+    completions = backend.generate(messages, sampling, json_schema)
+    backend.last_usage, backend.usage         # tokens and seconds of the last call, and of all calls so far
+    backend.settings()                        # the engine settings, JSON-able, for dataset cards
+
 Backends: `transformers` (any machine, no server), `vllm` (the production path: offline engine, continuous
-batching) and `openai` (any OpenAI-compatible server, e.g. a vLLM server another team runs).
+batching, prefix caching) and `openai` (any OpenAI-compatible server, e.g. a vLLM server another team runs).
+Every setting and its default lives in `LLMConfig` (hf_pipeline/llm_config.py); backends read it directly.
+
+`json_schema` is one schema for every row, or a list with one schema per row (e.g. instantiate's
+`constrain_format`, where each row has its own pattern): either way the rows go to the engine in one call.
+
+A row whose prompt does not fit the model's context (prompt tokens + 1 > max_model_len) is never sent: it comes
+back as `Completion(finish_reason="prompt_too_long")`, which `parse_json_completion` turns into the row status
+`prompt_too_long`, so one long document cannot fail a whole batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import cache_root
+from hf_pipeline.hub_io import cache_root, split_ref
+from hf_pipeline.llm.json_output import warn_unbounded_strings
+from hf_pipeline.llm.smollm2 import smollm2_gguf
+from hf_pipeline.llm_config import PACKAGED_SMOLLM2, LLMConfig
+
+log = logging.getLogger(__name__)
 
 Messages = list[dict]  # one chat: [{"role": "user", "content": "..."}, ...]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    # a Hub id, a local model dir, or a .gguf file; for `openai`, the model name the server serves
-    model: str = ""
-    revision: str | None = None
-    gguf_file: str | None = None  # a GGUF file inside `model` (a Hub repo or a local dir)
-    dtype: str = "auto"  # auto: bf16 on GPU, float32 on CPU (see resolved_dtype)
-    tensor_parallel_size: int = 1
-    max_model_len: int | None = None
-    # vLLM's KV cache in GiB; None: vLLM's default (a share of GPU memory; on CPU, 1 GiB, see vllm_backend)
-    kv_cache_gib: float | None = None
-    max_batch_size: int = 32  # transformers: rows per `generate` call (vLLM and servers schedule their own)
-    # openai: the server and the *name* of the env var that holds its key (the key itself never lives here),
-    # requests in flight, retries with exponential backoff, and when to call the server gone
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 16
-    max_retries: int = 5
-    retry_backoff: float = 1.0  # seconds before the first retry, doubling after each
-    request_timeout: float = 600.0
-    max_consecutive_failures: int = 3  # rows in a row failing after all retries -> BackendUnavailable
+FinishReason = Literal["stop", "length", "error", "prompt_too_long"]
+# the packaged SmolLM2's context when max_model_len is unset: keeps vLLM's KV cache small on CPU
+PACKAGED_MAX_MODEL_LEN = 2048
+USAGE_KEYS = ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "seconds", "requests")
 
 
 @dataclass(frozen=True)
 class Sampling:
-    max_tokens: int = 512
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    # vllm/openai: per request, so identical prompts sample identically; transformers: once per generate call
+    """Per-call sampling settings; `hf_pipeline.llm_config.sampling(config)` builds one from an LLMConfig, whose
+    defaults these are."""
+
+    max_tokens: int = LLMConfig.max_tokens
+    temperature: float = LLMConfig.temperature  # 0: greedy
+    top_p: float = LLMConfig.top_p
+    # vllm/openai: per request, so identical prompts sample identically; transformers: once per generate call.
+    # None: unseeded (LLMConfig always passes its seed).
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings; the matched string is not part of the text
 
 
 @dataclass
 class Completion:
+    """One row's answer. `prompt_tokens` counts the rendered chat prompt, `cached_tokens` the part of it served
+    from the engine's prefix cache (vLLM, servers that report it; 0 otherwise), `completion_tokens` the generated
+    tokens. finish_reason: stop | length (hit max_tokens) | error (see `error`) | prompt_too_long (never sent to
+    the engine; `error` says how long against which context)."""
+
     text: str
-    finish_reason: Literal["stop", "length", "error"]
+    finish_reason: FinishReason
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
-
-
-class Backend(Protocol):
-    spec: ModelSpec
-
-    def generate(
-        self, messages: list[Messages], sampling: Sampling, json_schema: dict | None = None
-    ) -> list[Completion]: ...
+    cached_tokens: int = 0
 
 
 class BackendUnavailable(PipelineError):
@@ -83,60 +85,177 @@ class BackendUnavailable(PipelineError):
         return type(self), (str(self), self.completions)
 
 
-def load_backend(spec: ModelSpec) -> Backend:
-    if spec.backend == "transformers":
-        from hf_pipeline.llm.transformers_backend import TransformersBackend
-
-        return TransformersBackend(spec)
-    if spec.backend == "vllm":
-        from hf_pipeline.llm.vllm_backend import VLLMBackend
-
-        return VLLMBackend(spec)
-    if spec.backend == "openai":
-        from hf_pipeline.llm.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(spec)
-    raise PipelineError(f"unknown LLM backend {spec.backend!r} (expected transformers, vllm or openai)")
+def empty_usage() -> dict[str, float]:
+    return {key: 0 for key in USAGE_KEYS} | {"seconds": 0.0}
 
 
-def model_ref(spec: ModelSpec) -> str:
+def usage_of(completions: list[Completion | None], seconds: float) -> dict[str, float]:
+    """Tokens the engine processed for these rows: rows never sent (prompt_too_long, or None when the engine went
+    away) are not requests and add no tokens."""
+    sent = [c for c in completions if c is not None and c.finish_reason != "prompt_too_long"]
+    return {
+        "prompt_tokens": sum(c.prompt_tokens for c in sent),
+        "cached_prompt_tokens": sum(c.cached_tokens for c in sent),
+        "generated_tokens": sum(c.completion_tokens for c in sent),
+        "seconds": round(seconds, 3),
+        "requests": len(sent),
+    }
+
+
+def prompt_too_long(prompt_tokens: int, context: int) -> Completion:
+    return Completion(
+        text="",
+        finish_reason="prompt_too_long",
+        prompt_tokens=prompt_tokens,
+        error=f"prompt_too_long: {prompt_tokens} prompt tokens + 1 generated > context of {context} tokens",
+    )
+
+
+def per_row_schemas(json_schema: dict | list[dict] | None, rows: int) -> list[dict] | None:
+    """None, or one schema per row."""
+    if json_schema is None:
+        return None
+    if isinstance(json_schema, dict):
+        return [json_schema] * rows
+    schemas = list(json_schema)
+    if len(schemas) != rows or not all(isinstance(s, dict) for s in schemas):
+        raise PipelineError(
+            f"json_schema must be one schema (a dict) or a list of one dict per row; got {len(schemas)} entries "
+            f"for {rows} rows"
+        )
+    return schemas
+
+
+class Backend:
+    """What every backend shares: schema handling, timing and token accounting around `_generate`.
+
+    `usage` adds up every call; `last_usage` is the last call's, both as {"prompt_tokens", "cached_prompt_tokens",
+    "generated_tokens", "seconds", "requests"} (seconds: wall time inside generate)."""
+
+    name = ""
+
+    def __init__(self, config: LLMConfig):
+        self.config = config
+        self.usage = empty_usage()
+        self.last_usage = empty_usage()
+
+    def generate(
+        self, messages: list[Messages], sampling: Sampling, json_schema: dict | list[dict] | None = None
+    ) -> list[Completion]:
+        """One completion per row, in order. `json_schema`: None, one schema for every row, or one per row."""
+        schemas = per_row_schemas(json_schema, len(messages))
+        for schema in _distinct(schemas or []):
+            warn_unbounded_strings(schema)
+        started = time.perf_counter()
+        try:
+            completions = self._generate(messages, sampling, schemas) if messages else []
+        except BackendUnavailable as e:
+            self._record(e.completions, time.perf_counter() - started)
+            raise
+        self._record(completions, time.perf_counter() - started)
+        return completions
+
+    def _generate(self, messages: list[Messages], sampling: Sampling, schemas: list[dict] | None) -> list[Completion]:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """The backend's name and engine settings, JSON-able and free of secrets, for dataset cards."""
+        return {"backend": self.name, "model": model_ref(self.config)}
+
+    def _record(self, completions: list[Completion | None], seconds: float) -> None:
+        self.last_usage = usage_of(completions, seconds)
+        for key, value in self.last_usage.items():
+            self.usage[key] += value
+        self.usage["seconds"] = round(self.usage["seconds"], 3)
+
+
+def _distinct(schemas: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for schema in schemas:
+        if id(schema) not in seen:
+            seen.add(id(schema))
+            out.append(schema)
+    return out
+
+
+def chat_token_ids(tokenizer, messages: list[Messages]) -> list[list[int]]:
+    """Each chat rendered with the model's chat template (generation prompt added) and tokenized: exactly what the
+    engine is given, so its length is the prompt's token count."""
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def split_too_long(token_ids: list[list[int]], context: int | None) -> tuple[list[int], dict[int, Completion]]:
+    """(rows that fit, {row: prompt_too_long completion}) for a context of `context` tokens (None: no check)."""
+    fit, refused = [], {}
+    for i, ids in enumerate(token_ids):
+        if context is not None and len(ids) + 1 > context:
+            refused[i] = prompt_too_long(len(ids), context)
+        else:
+            fit.append(i)
+    if refused:
+        log.warning("%d of %d prompts do not fit the context of %d tokens: status prompt_too_long", len(refused), len(token_ids), context)
+    return fit, refused
+
+
+# --- where a config's model lives -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A config's `model` resolved: what to load (a Hub id, a local dir or .gguf file, or a served name), at which
+    revision, and the context cap (the config's, or the packaged model's default)."""
+
+    model: str
+    revision: str | None
+    max_model_len: int | None
+
+
+def resolve_model(config: LLMConfig) -> ResolvedModel:
+    if config.model == PACKAGED_SMOLLM2:
+        return ResolvedModel(str(smollm2_gguf()), None, config.max_model_len or PACKAGED_MAX_MODEL_LEN)
+    if config.backend == "openai" or Path(config.model).expanduser().exists():
+        return ResolvedModel(config.model, None, config.max_model_len)  # a served name, or a local path
+    model, revision = split_ref(config.model)
+    return ResolvedModel(model, revision, config.max_model_len)
+
+
+def model_ref(config: LLMConfig) -> str:
     """How a dataset card names the model: "repo@revision", a local path, or the served name and its server."""
-    if spec.backend == "openai":
-        return f"{spec.model} (served at {spec.base_url})"
-    local = Path(spec.model).expanduser()
+    if config.backend == "openai":
+        return f"{config.model} (served at {public_url(config.base_url)})"
+    resolved = resolve_model(config)
+    local = Path(resolved.model).expanduser()
     if local.exists():
         ref = str(local.resolve())
     else:
-        ref = f"{spec.model}@{spec.revision}" if spec.revision else spec.model
-    return f"{ref}:{spec.gguf_file}" if spec.gguf_file else ref
+        ref = f"{resolved.model}@{resolved.revision}" if resolved.revision else resolved.model
+    return ref
 
 
-def gguf_path(spec: ModelSpec) -> Path | None:
-    """The local GGUF file a spec names (downloaded from the Hub if needed), or None for a regular model."""
-    if spec.gguf_file is None and not spec.model.endswith(".gguf"):
-        return None
-    if spec.gguf_file is None:
-        return Path(spec.model).expanduser()
-    local_dir = Path(spec.model).expanduser()
-    if local_dir.is_dir():
-        return local_dir / spec.gguf_file
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(spec.model, spec.gguf_file, revision=spec.revision))
+def public_url(url: str | None) -> str | None:
+    """A URL without user:password@ (a key can hide there)."""
+    if not url or "@" not in url.split("//", 1)[-1].split("/", 1)[0]:
+        return url
+    scheme, rest = url.split("//", 1) if "//" in url else ("", url)
+    host_and_path = rest.split("@", 1)[1]
+    return f"{scheme}//{host_and_path}" if scheme else host_and_path
 
 
-def load_path(spec: ModelSpec) -> tuple[str, str | None]:
-    """(what `from_pretrained`/vLLM should load, at which revision): the spec's model, or for a GGUF the
+def load_path(config: LLMConfig) -> tuple[str, str | None]:
+    """(what `from_pretrained`/vLLM should load, at which revision): the config's model, or for a GGUF the
     directory it was materialized into."""
-    gguf = gguf_path(spec)
-    return (str(materialize_gguf(gguf)), None) if gguf else (spec.model, spec.revision)
+    resolved = resolve_model(config)
+    if resolved.model.endswith(".gguf"):
+        return str(materialize_gguf(resolved.model)), None
+    return resolved.model, resolved.revision
 
 
-def resolved_dtype(spec: ModelSpec, on_gpu: bool) -> str:
+def resolved_dtype(config: LLMConfig, on_gpu: bool) -> str:
     """bf16 on GPU; float32 on CPU, where bf16 matmuls without AVX512-BF16/AMX are several times slower
     (SmolLM2 on a 2-core AVX2 machine, vLLM: 12 tok/s bf16 vs 54 tok/s float32)."""
-    if spec.dtype != "auto":
-        return spec.dtype
+    if config.dtype != "auto":
+        return config.dtype
     return "bfloat16" if on_gpu else "float32"
 
 

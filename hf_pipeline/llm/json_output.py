@@ -1,6 +1,6 @@
 """Reading schema-constrained JSON answers, and the few rules that keep small models from looping in them.
 
-Schema guidance: give every string field a `maxLength` (a small model can otherwise repeat itself inside a
+Schema guidance: give every string field a `maxLength` or a bounded `pattern` (a small model can otherwise repeat itself inside a
 string until `max_tokens`), keep `max_tokens` above the longest valid answer, and wrap the schema in
 `nullable(...)` when the model may decline (the published instantiator answers `null` when a template does not
 fit its document). Constrained decoding makes the text parse; `parse_json_completion` still checks it, because
@@ -9,18 +9,18 @@ a row can stop at `max_tokens` or come from a server that ignored the schema.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema
 
-from hf_pipeline.llm.base import Completion
+if TYPE_CHECKING:  # only an annotation here: base.py imports this module
+    from hf_pipeline.llm.base import Completion
 
 log = logging.getLogger(__name__)
 
-JsonStatus = Literal["ok", "null", "unparseable", "length", "schema_mismatch", "error"]
+JsonStatus = Literal["ok", "null", "unparseable", "length", "schema_mismatch", "error", "prompt_too_long"]
 
 
 def nullable(schema: dict) -> dict:
@@ -30,6 +30,8 @@ def nullable(schema: dict) -> dict:
 
 def parse_json_completion(completion: Completion, schema: dict) -> tuple[Any, JsonStatus, str]:
     """(value, status, detail) for one row; value is None unless status is "ok". The caller keeps the raw text."""
+    if completion.finish_reason == "prompt_too_long":  # never sent to the engine (see llm/base.py)
+        return None, "prompt_too_long", completion.error or "the prompt does not fit the model's context"
     if completion.finish_reason == "error":
         return None, "error", completion.error or "generation failed"
     if completion.finish_reason == "length":
@@ -48,14 +50,15 @@ def parse_json_completion(completion: Completion, schema: dict) -> tuple[Any, Js
 
 
 def unbounded_strings(schema: Any, path: str = "$") -> list[str]:
-    """Paths of string fields in a schema that have no maxLength."""
+    """Paths of string fields in a schema that have no maxLength, enum or pattern. A pattern counts as a bound: the
+    stages' patterns are bounded repetitions (and xgrammar ignores maxLength beside a pattern anyway)."""
     if isinstance(schema, list):
         return [p for i, s in enumerate(schema) for p in unbounded_strings(s, f"{path}[{i}]")]
     if not isinstance(schema, dict):
         return []
     types = schema.get("type")
     is_string = types == "string" or (isinstance(types, list) and "string" in types)
-    found = [path] if is_string and "maxLength" not in schema and "enum" not in schema else []
+    found = [path] if is_string and not {"maxLength", "enum", "const", "pattern"} & schema.keys() else []
     for key, sub in schema.items():
         if key == "properties":
             found += [p for name, s in sub.items() for p in unbounded_strings(s, f"{path}.{name}")]
@@ -64,13 +67,12 @@ def unbounded_strings(schema: Any, path: str = "$") -> list[str]:
     return found
 
 
+_warned: set[tuple[str, ...]] = set()  # the sets of paths already warned about: bounded, unlike the schemas seen
+
+
 def warn_unbounded_strings(schema: dict) -> None:
-    """Log once per schema when string fields lack maxLength (see the module docstring)."""
-    _warn_once(json.dumps(schema, sort_keys=True))
-
-
-@functools.cache
-def _warn_once(schema_json: str) -> None:
-    paths = unbounded_strings(json.loads(schema_json))
-    if paths:
-        log.warning("JSON schema string fields without maxLength (a small model may loop in them): %s", paths)
+    """Log once per set of unbounded paths when string fields lack maxLength (see the module docstring)."""
+    paths = tuple(unbounded_strings(schema))
+    if paths and paths not in _warned:
+        _warned.add(paths)
+        log.warning("JSON schema string fields without maxLength (a small model may loop in them): %s", list(paths))

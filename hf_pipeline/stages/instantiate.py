@@ -11,6 +11,11 @@ mostly with `<excerpt>start<...>end</excerpt>` tags, which `expand_excerpts` tur
 the reply is JSON {instruction, answer} or null when the template does not fit); `teacher` uses
 prompts/instantiate_teacher.txt (in the spirit of Appendix C) with a general instruct LLM.
 Every pair keeps its row, with a status.
+
+A batch is one generate call, with the rows of one document adjacent. `prompt_layout: document_first` puts the
+document before the template (JSON {"document", "instruction_template"}, or
+prompts/instantiate_teacher_document_first.txt), so an engine with prefix caching (vLLM) prefills a document once
+for all its templates; the published instantiator expects `template_first`, the default.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
 
 TEACHER_PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "instantiate_teacher.txt"
+TEACHER_PROMPT_DOCUMENT_FIRST = TEACHER_PROMPT.with_name("instantiate_teacher_document_first.txt")
+PromptLayout = Literal["template_first", "document_first"]
 
 
 # constrain_format: regexes for the reply's strings. xgrammar matches a pattern against the JSON string's
@@ -120,6 +127,11 @@ class InstantiateConfig:
     )
     min_excerpt_ratio: float = field(default=0.80, metadata={"help": "answers with a smaller excerpted share get status low_excerpt_ratio"})
     max_document_chars: int = field(default=20000, metadata={"help": "longer documents are cut to this many characters in the prompt"})
+    prompt_layout: PromptLayout = field(
+        default="template_first",
+        metadata={"help": "template_first (the published template_instantiator contract) | document_first (prefix caching "
+                  "prefills a document once for all its templates; for teacher prompts and models trained that way)"},
+    )
     # For small teacher models that do not follow the reply format from the prompt alone. The model still chooses
     # every word; the grammar only keeps it to the format, and the paper's checks apply unchanged.
     constrain_format: bool = field(
@@ -137,10 +149,21 @@ def check_config(config: InstantiateConfig) -> list[str]:
     return [config.documents, config.templates]
 
 
-def user_message(template: str, document: str, mode: str) -> str:
+def teacher_prompt(layout: PromptLayout = "template_first") -> Path:
+    return TEACHER_PROMPT_DOCUMENT_FIRST if layout == "document_first" else TEACHER_PROMPT
+
+
+def user_message(template: str, document: str, mode: str, layout: PromptLayout = "template_first") -> str:
+    """The user message for one pair. student: JSON {"instruction_template", "document"} (the published contract),
+    or with `document_first` {"document", "instruction_template"}; teacher: the teacher prompt for the layout."""
+    if layout not in ("template_first", "document_first"):
+        raise PipelineError(f"prompt_layout must be template_first or document_first, got {layout!r}.")
     if mode == "student":
-        return json.dumps({"instruction_template": template, "document": document}, ensure_ascii=False)
-    return TEACHER_PROMPT.read_text().format(template=template, document=document)
+        fields = {"instruction_template": template, "document": document}
+        if layout == "document_first":
+            fields = {"document": document, "instruction_template": template}
+        return json.dumps(fields, ensure_ascii=False)
+    return teacher_prompt(layout).read_text().format(template=template, document=document)
 
 
 def load_lookups(ctx: StageContext) -> dict[str, dict[str, str]]:
@@ -170,19 +193,21 @@ def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, li
     documents, templates = ctx.resources["documents"], ctx.resources["templates"]
     out: dict[str, list] = {k: [] for k in INSTANTIATE_COLUMNS}
     rows = list(zip(batch["doc_id"], batch["template_id"], batch["chunk_index"], batch["score"]))
-    # rows that share a schema share a generate call (with constrain_format, each template and document has its own)
-    groups: dict[str, tuple[dict, list[tuple[int, list[dict]]]]] = {}
-    for i, (doc_id, template_id, _, _) in enumerate(rows):
-        if doc_id in documents and template_id in templates:
-            document, template = documents[doc_id][: config.max_document_chars], templates[template_id]
-            schema = nullable(pair_schema(config, template, document))
-            message = [{"role": "user", "content": user_message(template, document, config.mode)}]
-            groups.setdefault(json.dumps(schema), (schema, []))[1].append((i, message))
-    schemas, completions = {}, {}
-    for schema, group in groups.values():
-        replies = ctx.resources["llm"].generate([message for _, message in group], sampling(config.llm), schema)
-        for (i, _), completion in zip(group, replies):
-            schemas[i], completions[i] = schema, completion
+    # one generate call for the batch, a document's rows adjacent (in the order documents first appear), so an
+    # engine with prefix caching prefills each document once; with constrain_format every row has its own schema
+    first_seen: dict[str, int] = {}
+    for i, (doc_id, *_) in enumerate(rows):
+        first_seen.setdefault(doc_id, i)
+    todo = sorted((i for i, (d, t, _, _) in enumerate(rows) if d in documents and t in templates), key=lambda i: first_seen[rows[i][0]])
+    schemas, messages = {}, []
+    for i in todo:
+        doc_id, template_id = rows[i][:2]
+        document, template = documents[doc_id][: config.max_document_chars], templates[template_id]
+        schemas[i] = nullable(pair_schema(config, template, document))
+        messages.append([{"role": "user", "content": user_message(template, document, config.mode, config.prompt_layout)}])
+    per_row = [schemas[i] for i in todo] if config.constrain_format else (schemas[todo[0]] if todo else None)
+    replies = ctx.resources["llm"].generate(messages, sampling(config.llm), per_row) if todo else []
+    completions = dict(zip(todo, replies))
 
     for i, (doc_id, template_id, chunk_index, score) in enumerate(rows):
         instruction = answer = raw = None
@@ -233,7 +258,8 @@ def check_pair(instruction: str, raw_answer: str, document: str, config: Instant
 # every row's `status`; dataset_cards/instantiate.md says what each means
 STATUSES = (
     "ok", "null", "unfilled_variables", "excerpt_not_found", "excerpt_ambiguous", "malformed_excerpt",
-    "low_excerpt_ratio", "unparseable", "length", "schema_mismatch", "error", "unknown_document", "unknown_template",
+    "low_excerpt_ratio", "unparseable", "length", "schema_mismatch", "error", "prompt_too_long", "unknown_document",
+    "unknown_template",
 )
 
 INSTANTIATE_COLUMNS = {
@@ -261,5 +287,5 @@ STAGE = Stage(
     setup=setup,
     input_refs=check_config,
     models=lambda config: {"instantiator": llm_card_ref(config.llm)},
-    prompts=lambda config: [TEACHER_PROMPT] if config.mode == "teacher" else [],
+    prompts=lambda config: [teacher_prompt(config.prompt_layout)] if config.mode == "teacher" else [],
 )

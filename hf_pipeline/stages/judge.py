@@ -48,7 +48,7 @@ def reply_schema(max_feedback_words: int) -> dict:
 
 
 # every row's `judge_status`; dataset_cards/judge.md says what each means
-JUDGE_STATUSES = ("ok", "skipped", "unparseable", "length", "error")
+JUDGE_STATUSES = ("ok", "skipped", "unparseable", "length", "error", "prompt_too_long")
 
 
 def parse_judgment(text: str) -> tuple[int | None, str | None, str]:
@@ -64,7 +64,11 @@ def judge_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     from hf_pipeline.llm.json_output import parse_json_completion
 
     prompt = ctx.resources["prompt"]
-    todo = [i for i, s in enumerate(batch["status"]) if s == "ok"]
+    # one generate call; a document's pairs adjacent (in the order documents first appear), as instantiate sends them
+    first_seen: dict = {}
+    for i, doc_id in enumerate(batch["doc_id"]):
+        first_seen.setdefault(doc_id, i)
+    todo = sorted((i for i, s in enumerate(batch["status"]) if s == "ok"), key=lambda i: first_seen[batch["doc_id"][i]])
     messages = [
         [{"role": "user", "content": prompt.format(instruction=batch["instruction"][i], answer=batch["answer"][i])}]
         for i in todo
@@ -76,8 +80,8 @@ def judge_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         completion = completions.get(i)
         if completion is None:
             score, feedback, status = None, None, "skipped"  # the instantiation itself is not ok
-        elif completion.finish_reason == "error":
-            score, feedback, status = None, completion.error, "error"
+        elif completion.finish_reason in ("error", "prompt_too_long"):  # prompt_too_long: never sent to the model
+            score, feedback, status = None, completion.error, completion.finish_reason
         else:
             text = completion.text
             if schema is not None:
