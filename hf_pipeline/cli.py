@@ -53,18 +53,22 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _describe_fields(cls: type, prefix: str = "") -> list[str]:
-    """Every config key with its type (a Literal's choices), default and help; nested dataclasses as dotted keys."""
+def _describe_fields(cls: type, prefix: str = "", instance: Any = None) -> list[str]:
+    """Every config key with its type (a Literal's choices), default and help; nested dataclasses as dotted keys,
+    with the defaults the enclosing config gives them (e.g. instantiate's `llm.model`)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        )
+        if instance is not None:
+            default = getattr(instance, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            )
         doc = f.metadata.get("help", "")
         if dataclasses.is_dataclass(hints[f.name]):
             lines.append(f"  {prefix + f.name}.*{'':<22} {doc}")
-            lines += _describe_fields(hints[f.name], prefix=f"{prefix}{f.name}.")
+            lines += _describe_fields(hints[f.name], prefix=f"{prefix}{f.name}.", instance=default)
             continue
         lines.append(f"  {prefix + f.name:<28} {_type_name(hints[f.name]):<14} default: {default!r}")
         if doc:

@@ -111,6 +111,7 @@ class RunResult:
     counts: dict[str, dict]
     skipped: bool = False  # True when the result was already published
     pull_request: str | None = None
+    usage: dict = field(default_factory=dict)  # tokens and seconds the stage's engines spent (see run_usage)
 
     def load_hint(self) -> str:
         return f'load_dataset("{self.repo_id}", revision="{self.tag}", split="train")'
@@ -297,6 +298,7 @@ def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
         stats = stage.summarize(stats, plan.config)
     if stats:
         counts["stats"] = stats
+    usage = run_usage(records, rows_in)
     files = sorted(f for r in data for f in r["files"] if f.startswith("data/"))
     out_dir = plan.work_dir / "seal"
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -305,13 +307,39 @@ def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
     if stage.artifacts is not None:
         actx = ArtifactContext(plan.config, stats, counts, rows_out, output_reader(plan, files), plan.download)
         artifacts = {k: Path(v) for k, v in stage.artifacts(actx, out_dir).items()}
-    result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, pull_request=plan.run.url)
+    result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, pull_request=plan.run.url, usage=usage)
     card = render_card(plan, result, examples(plan, files), time.time() - started, sorted(artifacts))
     message = f"{stage.name}: {rows_out} rows from {rows_in} ({plan.tag})"
     result.commit = seal(plan.run, card, artifacts, plan.fingerprint, plan.tag, message)
     if not opts.keep_work_dir:
         shutil.rmtree(plan.work_dir, ignore_errors=True)
     return result
+
+
+def run_usage(records: list[dict], rows_in: int) -> dict[str, Any]:
+    """What the run's engines spent, summed over its shards: `prompt_tokens`, `cached_prompt_tokens`,
+    `generated_tokens`, `seconds` (engine time, summed over workers: device-seconds with one device per worker),
+    and derived figures per 1,000 input rows; `engines` gives each engine's backend and settings."""
+    tokens: dict[str, float] = {}
+    engines: dict[str, Any] = {}
+    for r in records:
+        for key, value in (r.get("usage") or {}).get("tokens", {}).items():
+            tokens[key] = tokens.get(key, 0) + value
+        engines.update((r.get("usage") or {}).get("engines", {}))
+    if not engines:
+        return {}
+    seconds = tokens.get("seconds", 0.0)
+    usage: dict[str, Any] = {k: int(v) if k != "seconds" else round(v, 2) for k, v in tokens.items()}
+    usage["seconds"] = round(seconds, 2)
+    usage["worker_seconds"] = round(sum(r.get("seconds", 0.0) for r in records if r["phase"] == "map"), 2)
+    if seconds:
+        usage["tokens_per_second"] = round((tokens.get("prompt_tokens", 0) + tokens.get("generated_tokens", 0)) / seconds, 1)
+        usage["generated_tokens_per_second"] = round(tokens.get("generated_tokens", 0) / seconds, 1)
+    if rows_in:
+        usage["device_seconds_per_1k_rows"] = round(1000 * seconds / rows_in, 2)
+        usage["wall_seconds_per_1k_rows"] = round(1000 * usage["worker_seconds"] / rows_in, 2)
+    usage["engines"] = engines
+    return usage
 
 
 def output_reader(plan: RunPlan, files: list[str]):
@@ -353,6 +381,7 @@ def render_card(plan: RunPlan, result: RunResult, rows: list[dict], seconds: flo
         stage.name, stage.version, plan.fingerprint, plan.tag, [p.card_dict() for p in plan.inputs.values()],
         stage.models(plan.config), plan.config, asdict(plan.options), plan.argv, result.rows_in, result.rows_out,
         counts=result.counts, shards=plan.options.num_shards, pull_request=result.pull_request,
+        **({"usage": result.usage} if result.usage else {}),
     )
     card_data = DatasetCardData(
         pretty_name=f"{result.repo_id.split('/')[-1]} ({stage.name})",
@@ -364,7 +393,7 @@ def render_card(plan: RunPlan, result: RunResult, rows: list[dict], seconds: flo
     variables = dict(
         repo_id=result.repo_id, tag=plan.tag, lineage=lineage, inputs=list(plan.inputs.values()), models=lineage["models"],
         counts=result.counts, rows_in=result.rows_in, rows_out=result.rows_out, seconds=round(seconds, 1),
-        examples=rows, load_hint=result.load_hint(), artifacts=list(artifacts),
+        examples=rows, load_hint=result.load_hint(), artifacts=list(artifacts), usage=result.usage,
     )
     template = contract.card_template("dataset", stage.name, stage.card_template)
     return contract.render_card(DatasetCard, card_data, template, variables)
@@ -392,6 +421,11 @@ def print_run_summary(plan: RunPlan, result: RunResult, seconds: float) -> None:
     for kind, counts in result.counts.items():
         if counts and kind != "stats":
             lines.append((kind, ", ".join(f"{k}: {v}" for k, v in counts.items())))
+    if result.usage:
+        u = result.usage
+        lines.append(("tokens", f"{u.get('prompt_tokens', 0):,} prompt ({u.get('cached_prompt_tokens', 0):,} from the prefix "
+                                f"cache), {u.get('generated_tokens', 0):,} generated; {u.get('tokens_per_second', 0):,} tok/s; "
+                                f"{u.get('device_seconds_per_1k_rows', 0)} engine-s per 1k rows"))
     lines += [("output", f"{result.repo_id}@{result.tag} (commit {result.commit[:12]}, merged from {result.pull_request})"),
               ("load with", result.load_hint())]
     contract.print_summary(plan.stage.name, seconds, lines)

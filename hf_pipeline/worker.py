@@ -49,6 +49,26 @@ def features_of(columns):
     return features_from_spec(columns)
 
 
+def engines(resources: Any) -> dict[str, Any]:
+    """The models in a stage's resources that account for their work: anything with a `usage` dict and a
+    `settings()` (the LLM backends; an embedder wrapped the same way)."""
+    if not isinstance(resources, dict):
+        return {}
+    return {k: v for k, v in resources.items() if isinstance(getattr(v, "usage", None), dict) and callable(getattr(v, "settings", None))}
+
+
+def usage_delta(before: dict[str, dict], resources: Any) -> dict[str, Any]:
+    """Tokens and seconds the task's engines spent (their cumulative usage now minus at the task's start), summed,
+    with each engine's settings for the card."""
+    total: dict[str, float] = {}
+    settings = {}
+    for name, engine in engines(resources).items():
+        for key, value in engine.usage.items():
+            total[key] = total.get(key, 0) + value - before.get(name, {}).get(key, 0)
+        settings[name] = engine.settings()
+    return {"tokens": total, "engines": settings} if settings else {}
+
+
 def status_counts(ds) -> dict[str, dict[str, int]]:
     """Every per-row status column (`status`, `judge_status`, ...) of a dataset counted: the card shows them all."""
     import pyarrow.compute as pc
@@ -99,8 +119,10 @@ class Worker:
         if task.name in done:
             return done[task.name]
         started = time.time()
+        usage_before: dict[str, dict] = {}
         if task.phase == "map":
             self.ensure_setup()
+            usage_before = {k: dict(v.usage) for k, v in engines(self.resources).items()}
             out, counts, stats, extra, rows_in = self.map_shard(task)
         else:
             out, counts, stats, rows_in = self.reduce_partition(task, reduce_inputs or [])
@@ -113,6 +135,9 @@ class Worker:
         }
         if partitions is not None:
             record["partitions"] = partitions
+        usage = usage_delta(usage_before, self.resources) if task.phase == "map" else {}
+        if usage:
+            record["usage"] = usage
         self.upload(task, files, record, done)
         if not self.plan.options.keep_work_dir:
             shutil.rmtree(self.task_dir(task), ignore_errors=True)
