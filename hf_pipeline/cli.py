@@ -120,6 +120,11 @@ def _add_stage_parser(sub, stage) -> None:
             help="(implies --dry-run) print the cost estimate (device-hours, memory, shards) from measured throughputs, "
             "for ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
         )
+        p.add_argument(
+            "--estimate-from", default=None, metavar="REPO@TAG",
+            help="with --estimate: scale the tokens and engine-seconds measured by a published run of this stage (its "
+            "card's hf_pipeline.usage) instead of the built-in figures",
+        )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -168,7 +173,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     if not is_training(stage) and args.estimate is not None:
         from hf_pipeline.estimate import estimate_command
 
-        return estimate_command(stage, spec.options, spec.config, args.estimate, argv=spec.argv)
+        return estimate_command(stage, spec.options, spec.config, args.estimate, argv=spec.argv, estimate_from=args.estimate_from)
     result = run_spec(spec)
     return 0 if result is not None or args.dry_run else 1
 

@@ -471,11 +471,41 @@ def parse_rows(text: str) -> float:
         raise PipelineError(f"--estimate expects a number of rows such as 1e9, 1B or 300M, got '{text}'.") from None
 
 
-def estimate_command(stage, options, config, rows_arg: str, argv: list[str] | None = None) -> int:
-    """The CLI's `--estimate [ROWS]`: ROWS given -> no Hub access; else plan the run and count the input's rows."""
+def estimate_from_run(stage: str, rows: float, ref: str) -> StageEstimate:
+    """An estimate scaled from a published run of the same stage (its card's `hf_pipeline.usage`): the user's own
+    small run, on their own hardware and models, predicts their big one."""
+    from hf_pipeline.errors import PipelineError
+    from hf_pipeline.hub_io import read_card_metadata, split_ref
+
+    repo, revision = split_ref(ref)
+    meta = read_card_metadata(repo, revision or "main").get("hf_pipeline", {})
+    if meta.get("stage") != stage:
+        raise PipelineError(f"{ref} holds a run of stage {meta.get('stage')!r}, not {stage}: estimate from a run of {stage}.")
+    usage, rows_in = meta.get("usage") or {}, meta.get("rows_in") or 0
+    if not usage.get("seconds") or not rows_in:
+        raise PipelineError(f"{ref}'s card records no engine usage (tokens and seconds): rerun that stage with this "
+                            "version of the pipeline, whose cards carry them.")
+    per_row = usage["seconds"] / rows_in
+    engines = "; ".join(f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in usage.get("engines", {}).items())
+    scale = rows / rows_in
+    unit = ROW_UNITS[stage][0] if stage in ROW_UNITS else "rows"
+    return StageEstimate(
+        stage, rows, unit,
+        [f"{scale * usage.get('prompt_tokens', 0) / 1e9:,.2f}B prompt tokens ({scale * usage.get('cached_prompt_tokens', 0) / 1e9:,.2f}B "
+         f"from the prefix cache), {scale * usage.get('generated_tokens', 0) / 1e9:,.2f}B generated tokens"],
+        "device of that run", 1 / per_row, _h(rows * per_row),
+        f"measured on {ref}: {rows_in:,} rows in {usage['seconds']:,.1f} engine-seconds ({engines})", True,
+        unmeasured=[f"scaled linearly from {rows_in:,} rows: batch sizes, prefix-cache hit rates and document lengths of "
+                    "the big run may differ"],
+    )
+
+
+def estimate_command(stage, options, config, rows_arg: str, argv: list[str] | None = None, estimate_from: str | None = None) -> int:
+    """The CLI's `--estimate [ROWS]`: ROWS given -> no Hub access; else plan the run and count the input's rows.
+    With `estimate_from` (a published run of the stage, repo@tag), its measured usage replaces the constants."""
     from hf_pipeline.errors import PipelineError
 
-    if stage.name not in ROW_UNITS:
+    if estimate_from is None and stage.name not in ROW_UNITS:
         raise PipelineError(f"no cost model for stage {stage.name} (known: {', '.join(ROW_UNITS)}).")
     if rows_arg == "input":
         from hf_pipeline.runner import plan_run, print_plan
@@ -486,13 +516,14 @@ def estimate_command(stage, options, config, rows_arg: str, argv: list[str] | No
         print()
     else:
         rows = parse_rows(rows_arg)
-    print(format_estimate(estimate_stage(stage.name, rows)))
+    estimate = estimate_from_run(stage.name, rows, estimate_from) if estimate_from else estimate_stage(stage.name, rows)
+    print(format_estimate(estimate))
     return 0
 
 
 def _hours(e: StageEstimate) -> str:
     h = f"{e.device_hours:,.1f}" if e.device_hours < 10 else f"{e.device_hours:,.0f}"
-    kind = "H100 GPU-h" if e.device == "H100" else "CPU core-h"
+    kind = {"H100": "H100 GPU-h", "CPU core": "CPU core-h"}.get(e.device, f"device-h ({e.device})")
     return f"{h} {kind} ({'measured' if e.measured else 'estimate'})"
 
 
