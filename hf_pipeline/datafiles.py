@@ -127,9 +127,11 @@ class FileReader:
     Sequential slices of a file (a shard's chunks) continue from a kept cursor instead of re-reading the file from
     its start; row groups read for `read_rows` are kept (a few) for the next call."""
 
-    def __init__(self, ref: DatasetRef, files: list[DataFile], columns: list[str] | None = None, whole: set[int] = frozenset()):
-        self.ref, self.files, self.columns = ref, files, columns
+    def __init__(self, ref: DatasetRef, files: list[DataFile], columns: list[str] | None = None,
+                 whole: set[int] = frozenset(), describe_missing: bool = False):
+        self.ref, self.files, self.columns = ref, list(files) if describe_missing else files, columns
         self.whole = whole  # files this reader will read from start to end (a shard's own files): downloaded once
+        self.describe_missing = describe_missing  # a file not listed is described (its footer) when first asked
         self._local: dict[int, str] = {}
         self._cursor: tuple[int, int, Iterator] | None = None  # (file, next row, batch iterator)
         self._pending = None  # rows read past the last slice's end (a table), handed to the next slice
@@ -270,9 +272,34 @@ class FileReader:
         return table.take(pa.array([position[r] for r in rows], pa.int64()))
 
     def _index_of(self, path: str) -> int:
+        if path not in self._by_path and self.describe_missing:
+            self.files.append(describe_file(self.ref, path))
+            self._by_path[path] = len(self.files) - 1
         if path not in self._by_path:
             raise PipelineError(f"{self.ref.ref} has no data file {path!r} (at {self.ref.sha[:12]}).")
         return self._by_path[path]
+
+
+def describe_file(ref: DatasetRef, path: str) -> DataFile:
+    """One data file of an input (its footer only, for parquet), e.g. a file a side input's positions point at."""
+    try:
+        if ref.repo_id is not None:
+            from huggingface_hub import HfFileSystem
+
+            with HfFileSystem().open(hub_url(ref, path), "rb", block_size=1 << 16) as fh:
+                rows, groups, _ = _parquet_meta(fh)
+                return DataFile(path, rows, groups, 0, fh.size)
+        root = Path(ref.path)
+        full = root / path if root.is_dir() else root
+        if not root.is_dir() and path != root.name:
+            raise FileNotFoundError(path)
+        if full.suffix == ".parquet":
+            rows, groups, _ = _parquet_meta(str(full))
+        else:
+            rows, groups = _read_local_table(full).num_rows, ()
+        return DataFile(path, rows, groups, 0, full.stat().st_size)
+    except (FileNotFoundError, KeyError, OSError) as e:
+        raise PipelineError(f"{ref.ref} has no data file {path!r} (at {(ref.sha or '')[:12]}): {type(e).__name__}") from None
 
 
 def group_ranges(ref: DatasetRef, files: list[DataFile], file_column: str, row_column: str):

@@ -2,8 +2,8 @@
 
 The index is described by a `faiss.index_factory` string: "Flat" (exact, the default, fine up to a few
 million templates), "IVF4096,Flat" / "IVF65536,PQ64" (inverted lists, optionally product-quantised, for
-the ~18M FineTemplates), "HNSW32,Flat" (graph). Strings that need training are trained on a seeded
-sample of the vectors. GPU FAISS is used when the installed faiss has GPU support and sees a GPU; the
+the ~18M FineTemplates), "HNSW32,Flat" (graph); `auto_factory` picks Flat, or IVF-PQ when the exact index would not fit a memory
+budget. Strings that need training are trained on a seeded sample of the vectors. GPU FAISS is used when the installed faiss has GPU support and sees a GPU; the
 index is always written in FAISS's own CPU format, so it loads anywhere with `faiss.read_index`.
 Search-time knobs (nprobe for IVF, efSearch for HNSW) are `faiss.ParameterSpace` strings, e.g.
 "nprobe=32" or "efSearch=128".
@@ -79,6 +79,37 @@ def _gather(blocks: Callable[[], Iterator[np.ndarray]], rows: np.ndarray) -> np.
             out.append(block[rows[lo:hi] - start])
         start = end
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def auto_factory(num_vectors: int, dim: int, max_bytes: float, train_size: int) -> tuple[str, dict]:
+    """The index for `num_vectors` vectors of dimension `dim` within `max_bytes` of memory: exact "Flat" when its
+    float32 vectors (n x dim x 4 bytes) fit, else inverted lists over product-quantised codes "IVF{nlist},PQ{m}x{nbits}":
+
+    - nlist ~ 4·sqrt(n) lists (the usual rule of thumb), at most the number of training vectors;
+    - m sub-quantisers, the largest divisor of dim up to 64 (and dim/2) whose codes (m bytes at 8 bits, plus an
+      8-byte id per vector) fit in `max_bytes`;
+    - nbits 8 (256 centroids per sub-quantiser), fewer when there are fewer training vectors than that.
+
+    Returns (factory string, details for info.json, including a search_params suggestion: nprobe)."""
+    import math
+
+    flat = num_vectors * dim * 4
+    details = {"flat_index_bytes": flat, "max_index_bytes": int(max_bytes)}
+    if flat <= max_bytes:
+        return "Flat", {**details, "reason": "the exact index's float32 vectors fit in max_index_memory_gb"}
+    trained_on = max(1, min(train_size, num_vectors))
+    nlist = max(1, min(int(round(4 * math.sqrt(num_vectors))), trained_on))
+    nbits = max(1, min(8, int(math.log2(trained_on))))
+    divisors = [m for m in range(1, min(64, max(1, dim // 2)) + 1) if dim % m == 0]
+    fitting = [m for m in divisors if num_vectors * (m * nbits / 8 + 8) <= max_bytes]
+    m = max(fitting) if fitting else min(divisors)
+    nprobe = min(nlist, 64)
+    reason = (f"the exact index would take {flat / 2**30:.3g} GiB (n x dim x 4 bytes), over max_index_memory_gb: "
+              f"IVF-PQ, {nlist} lists (~4·sqrt(n)), {m} sub-quantisers of {nbits} bits")
+    if not fitting:
+        reason += " (even the smallest codes exceed max_index_memory_gb)"
+    return f"IVF{nlist},PQ{m}x{nbits}", {**details, "reason": reason, "nlist": nlist, "pq_m": m, "pq_nbits": nbits,
+                                          "search_params": f"nprobe={nprobe}"}
 
 
 def set_search_params(index, params: str) -> None:

@@ -34,7 +34,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -100,30 +100,56 @@ class ComplexityWeights:
         return cls(**d)
 
 
+def source_complexity_counts(num_variables: Iterable[int], sources: Iterable[str], cap: int) -> dict[str, dict[str, int]]:
+    """{source: {bucket min(n, cap) as a string: templates}}: additive across shards (see `weights_from_counts`)."""
+    counts: dict[str, Counter] = {}
+    for n, s in zip(num_variables, sources):
+        counts.setdefault(str(s), Counter())[str(complexity_bucket(n, cap))] += 1
+    return {s: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for s, c in sorted(counts.items())}
+
+
+def weights_from_counts(
+    counts: Mapping[str, Mapping], target_sources: Sequence[str] = REAL_CHAT_SOURCES, cap: int = 10
+) -> ComplexityWeights:
+    """The weights from template counts per source and bucket (`source_complexity_counts`, summed over shards)."""
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    wanted = set(target_sources)
+    pool: Counter = Counter()
+    target: Counter = Counter()
+    found: Counter = Counter()
+    for source, by_bucket in counts.items():
+        for bucket, n in by_bucket.items():
+            b = complexity_bucket(int(bucket), cap)
+            pool[b] += int(n)
+            if source in wanted:
+                target[b] += int(n)
+                found[source] += int(n)
+    pool_total, target_total = sum(pool.values()), sum(target.values())
+    pool_dist = {b: pool[b] / pool_total for b in sorted(pool) if pool[b]} if pool_total else {}
+    fallback = not target_total
+    target_dist = pool_dist if fallback else {b: target[b] / target_total for b in sorted(target) if target[b]}
+    weights = {b: (target_dist.get(b, 0.0) / share) for b, share in pool_dist.items()}
+    return ComplexityWeights(
+        weights=weights,
+        target_distribution=dict(target_dist),
+        pool_distribution=pool_dist,
+        cap=cap,
+        target_sources=list(target_sources),
+        target_sources_found={s: n for s, n in sorted(found.items()) if n},
+        target_templates=target_total,
+        pool_templates=pool_total,
+        fallback=fallback,
+    )
+
+
 def complexity_weights(
     num_variables: Sequence[int], sources: Sequence[str], target_sources: Sequence[str] = REAL_CHAT_SOURCES, cap: int = 10
 ) -> ComplexityWeights:
     """Weights that make sampled template complexity follow that of the `target_sources` templates."""
     if cap < 1:
         raise ValueError(f"cap must be >= 1, got {cap}")
-    wanted = set(target_sources)
-    pool = complexity_distribution(num_variables, cap)
-    in_target = [n for n, s in zip(num_variables, sources) if s in wanted]
-    found = Counter(s for s in sources if s in wanted)
-    fallback = not in_target
-    target = pool if fallback else complexity_distribution(in_target, cap)
-    weights = {b: (target.get(b, 0.0) / share) for b, share in pool.items()}
-    return ComplexityWeights(
-        weights=weights,
-        target_distribution=dict(target),
-        pool_distribution=pool,
-        cap=cap,
-        target_sources=list(target_sources),
-        target_sources_found=dict(sorted(found.items())),
-        target_templates=len(in_target),
-        pool_templates=len(num_variables),
-        fallback=fallback,
-    )
+    return weights_from_counts(source_complexity_counts(num_variables, sources, cap), target_sources, cap)
 
 
 # ---------------------------------------------------------------- hashing for seeded draws

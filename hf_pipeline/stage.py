@@ -150,7 +150,9 @@ def merge_stats(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass
 class ArtifactContext:
     """What a stage's `artifacts` step gets, once, on the driver: its config, the run's summed figures, and the
-    final data, read back from the run's pull request a few columns at a time (never all of it in memory)."""
+    final data, read back from the run's pull request a few columns at a time (never all of it in memory).
+    `stats` is the card's own dict: figures an artifacts step adds to it (counted while streaming the output, e.g.
+    build_index's templates indexed after its global dedupe) are shown in the card, which is rendered after."""
 
     config: Any
     stats: dict

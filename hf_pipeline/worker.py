@@ -103,7 +103,7 @@ class Worker:
 
         pinned = self.plan.pinned(ref)
         if ref not in self._readers:
-            self._readers[ref] = FileReader(pinned, [], columns=None)
+            self._readers[ref] = FileReader(pinned, [], columns=None, describe_missing=True)
         return self._readers[ref].read_rows(path, rows)
 
     def ensure_setup(self) -> None:

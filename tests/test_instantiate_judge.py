@@ -1,5 +1,6 @@
-"""instantiate and judge: the paper's checks on a parsed pair, Flow Judge reply parsing, and both stages end to end
-through the runner with the real SmolLM2."""
+"""instantiate and judge: the paper's checks on a parsed pair, Flow Judge reply parsing, both stages end to end
+through the runner with the real SmolLM2, and how instantiate reads documents: by the pairs' positions, only the
+files they point at, checked against the pair's doc_id."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ DOCUMENT = (
     "Diabetes is often accompanied by severe periodontal disease and complicated by xerostomia. "
     "This results in increased incidence of caries and loss of teeth. Flossing daily helps."
 )
-CONFIG = InstantiateConfig(documents="d", templates="t")
+CONFIG = InstantiateConfig(documents="d")
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
@@ -137,35 +138,68 @@ def test_parse_flow_judge_replies():
 
 # ---------------------------------------------------------------- instantiate then judge through the runner
 
-PAIRS = [  # two pairs of real sample documents and hand-written templates, and one naming an unknown document
-    {"doc_id": "enwiki-324", "template_id": "759ebf9ace15845d", "chunk_index": 0, "score": 0.45},
-    {"doc_id": "enwiki-12", "template_id": "7f51cd3ca487e13a", "chunk_index": 0, "score": 0.45},
-    {"doc_id": "enwiki-missing", "template_id": "7f51cd3ca487e13a", "chunk_index": 0, "score": 0.40},
+WIKI = [json.loads(line) for line in (SAMPLES / "documents" / "wikipedia.jsonl").open()]
+TEMPLATES = {t["template_id"]: t["template"] for t in map(json.loads, (SAMPLES / "templates" / "handmade.jsonl").open())}
+# The documents input: three parquet files; the pairs point into the middle one only (enwiki-12 is its row 0 and
+# enwiki-324 its row 1). Row 999 of it does not exist.
+DOC_FILES = [WIKI[1:10], [WIKI[0], WIKI[10]] + WIKI[11:19], WIKI[19:29]]
+MIDDLE = "data/train-00001-of-00003.parquet"
+PAIRS = [  # two pairs of real sample documents and hand-written templates, and one pointing past the file's end
+    {"doc_id": "enwiki-324", "template_id": "759ebf9ace15845d", "doc_row": 1, "chunk_index": 0, "score": 0.45},
+    {"doc_id": "enwiki-12", "template_id": "7f51cd3ca487e13a", "doc_row": 0, "chunk_index": 0, "score": 0.45},
+    {"doc_id": "enwiki-missing", "template_id": "7f51cd3ca487e13a", "doc_row": 999, "chunk_index": 0, "score": 0.40},
 ]
+PAIRS = [{**p, "template": TEMPLATES[p["template_id"]], "doc_file": MIDDLE} for p in PAIRS]
+
+
+def publish_documents(repo: str, files: list[list[dict]], tag: str, folder: Path) -> str:
+    """Documents as len(files) parquet files data/train-0000i-of-0000n.parquet (row groups of 4 rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hf_pipeline.hub_io import publish
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, rows in enumerate(files):
+        paths.append(folder / f"train-{i:05d}-of-{len(files):05d}.parquet")
+        table = pa.table({"doc_id": [r["doc_id"] for r in rows], "text": [r["text"] for r in rows]})
+        pq.write_table(table, paths[-1], row_group_size=4)
+    publish(repo, paths, "---\n---\nSample documents.\n", tag, f"documents {tag}")
+    return f"{repo}@{tag}"
 
 
 @pytest.fixture(scope="module")
 def pair_inputs(local_hub, tmp_path_factory) -> dict[str, str]:
-    """The sample documents and templates the pairs name, and the pairs, published to the local Hub."""
+    """The sample documents (three files) and the pairs pointing into them, published to the local Hub."""
     from hf_pipeline.hub_io import push_local_dataset
 
     folder = tmp_path_factory.mktemp("pairs")
-    wanted = {"documents": {p["doc_id"] for p in PAIRS}, "templates": {p["template_id"] for p in PAIRS}}
-    rows = {
-        "documents": [json.loads(line) for line in (SAMPLES / "documents" / "wikipedia.jsonl").open()],
-        "templates": [json.loads(line) for line in (SAMPLES / "templates" / "handmade.jsonl").open()],
-    }
-    rows["documents"] = [r for r in rows["documents"] if r["doc_id"] in wanted["documents"]]
-    rows["templates"] = [r for r in rows["templates"] if r["template_id"] in wanted["templates"]]
-    rows["pairs"] = PAIRS
-    refs = {}
-    for name, data in rows.items():
-        path = folder / name / f"{name}.jsonl"
-        path.parent.mkdir()
-        path.write_text("".join(json.dumps(r) + "\n" for r in data))
-        push_local_dataset(str(path), f"local/ij-{name}", tag="v1")
-        refs[name] = f"local/ij-{name}@v1"
+    refs = {"documents": publish_documents("local/ij-documents", DOC_FILES, "v1", folder / "documents")}
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    push_local_dataset(str(path), "local/ij-pairs", tag="v1")
+    refs["pairs"] = "local/ij-pairs@v1"
     return refs
+
+
+class NullLLM:
+    """Answers every pair with JSON null (the template does not fit): instantiate without a model."""
+
+    def generate(self, messages, sampling, json_schema=None):
+        from hf_pipeline.llm.base import Completion
+
+        self.prompts = getattr(self, "prompts", []) + [m[-1]["content"] for m in messages]
+        return [Completion("null", "stop") for _ in messages]
+
+
+@pytest.fixture()
+def null_llm(monkeypatch):
+    from hf_pipeline.stages import instantiate
+
+    llm = NullLLM()
+    monkeypatch.setattr(instantiate, "load_llm", lambda config: llm)
+    return llm
 
 
 def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs):
@@ -180,14 +214,18 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
 
     smollm2 = dict(model="packaged:smollm2", backend="transformers")
     inst_config = instantiate.InstantiateConfig(
-        documents=pair_inputs["documents"], templates=pair_inputs["templates"], mode="teacher",
+        documents=pair_inputs["documents"], mode="teacher",
         max_document_chars=600, constrain_format=True, max_variable_words=4, llm=LLMConfig(**smollm2, max_tokens=120),
     )
     inst = run_stage(instantiate.STAGE, RunOptions(input=pair_inputs["pairs"], output="local/ij-instantiated"), inst_config)
     rows = load_dataset(inst.repo_id, revision=inst.tag, split="train")
+    assert rows.column_names == list(instantiate.INSTANTIATE_COLUMNS)
     assert rows["doc_id"] == [p["doc_id"] for p in PAIRS]
+    for column in ("template", "doc_file", "doc_row"):  # the pairs' columns are kept
+        assert rows[column] == [p[column] for p in PAIRS]
     assert set(rows["status"]) <= set(instantiate.STATUSES) and rows["status"][2] == "unknown_document"
-    documents = {p["doc_id"]: p for p in load_dataset("local/ij-documents", revision="v1", split="train")}
+    assert "has 10 rows; row 999 does not exist" in rows["status_detail"][2]
+    documents = {d["doc_id"]: d for d in WIKI}
     for row in rows:
         if row["status"] == "ok":
             text = documents[row["doc_id"]]["text"]
@@ -202,6 +240,7 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
     judged = run_stage(judge.STAGE, RunOptions(input=judged_input, output="local/ij-judged"), judge_config)
     rows = load_dataset(judged.repo_id, revision=judged.tag, split="train")
     assert set(rows["judge_status"]) <= set(judge.JUDGE_STATUSES)
+    assert rows["doc_file"] == [MIDDLE] * 3 and rows["template"] == [p["template"] for p in PAIRS]  # passed through
     for row in rows:
         if row["status"] != "ok":
             assert row["judge_status"] == "skipped" and row["judge_score"] is None
@@ -209,6 +248,59 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
             assert 1 <= row["judge_score"] <= 5 and row["judge_feedback"]
     card = load_card(judged.repo_id, judged.tag).data.hf_pipeline
     assert card["inputs"][0]["ref"] == judged_input and card["inputs"][0]["sha"] == inst.commit
+
+
+def test_instantiate_reads_only_the_document_files_its_pairs_point_at(pair_inputs, null_llm, monkeypatch):
+    """Of the documents' three files, only the one the pairs point at is ever opened (every Hub read of a data
+    file goes through datafiles.hub_url or, for a whole file, hf_hub_download); the prompts hold the documents."""
+    import huggingface_hub
+    from datasets import load_dataset
+
+    from hf_pipeline import datafiles
+    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.stages import instantiate
+
+    opened = []
+    hub_url, download = datafiles.hub_url, huggingface_hub.hf_hub_download
+
+    def recording_url(ref, path):
+        opened.append((ref.repo_id, path))
+        return hub_url(ref, path)
+
+    def recording_download(repo_id, filename, *args, **kwargs):
+        opened.append((repo_id, filename))
+        return download(repo_id, filename, *args, **kwargs)
+
+    monkeypatch.setattr(datafiles, "hub_url", recording_url)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording_download)
+    config = instantiate.InstantiateConfig(documents=pair_inputs["documents"], max_document_chars=50)
+    result = run_stage(instantiate.STAGE, RunOptions(input=pair_inputs["pairs"], output="local/ij-null", tag="t"), config)
+    monkeypatch.undo()
+    assert {path for repo, path in opened if repo == "local/ij-documents"} == {MIDDLE}
+    rows = load_dataset(result.repo_id, revision="t", split="train")
+    assert rows["status"] == ["null", "null", "unknown_document"]
+    by_id = {d["doc_id"]: d["text"] for d in WIKI}
+    assert [json.loads(p)["document"] for p in null_llm.prompts] == [by_id[p["doc_id"]][:50] for p in PAIRS[:2]]
+    assert [json.loads(p)["instruction_template"] for p in null_llm.prompts] == [p["template"] for p in PAIRS[:2]]
+
+
+def test_instantiate_says_document_mismatch_when_the_documents_revision_differs(pair_inputs, null_llm, tmp_path):
+    """The same documents repo at another revision, whose middle file holds its documents in another order: the
+    id at each pair's position is not the pair's doc_id, so nothing is instantiated from the wrong text."""
+    from datasets import load_dataset
+
+    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.stages import instantiate
+
+    reordered = [DOC_FILES[0], list(reversed(DOC_FILES[1])), DOC_FILES[2]]
+    v2 = publish_documents("local/ij-documents", reordered, "v2", tmp_path / "v2")
+    config = instantiate.InstantiateConfig(documents=v2)
+    result = run_stage(instantiate.STAGE, RunOptions(input=pair_inputs["pairs"], output="local/ij-mismatch", tag="t"), config)
+    rows = load_dataset(result.repo_id, revision="t", split="train")
+    assert rows["status"] == ["document_mismatch", "document_mismatch", "unknown_document"]
+    assert "row 1 of data/train-00001-of-00003.parquet" in rows["status_detail"][0]
+    assert "'enwiki-324'" in rows["status_detail"][0] and not getattr(null_llm, "prompts", [])
+    assert result.counts["status"] == {"document_mismatch": 2, "unknown_document": 1}
 
 
 # ---------------------------------------------------------------- constrain_format grammars
@@ -229,7 +321,7 @@ def test_constrained_pair_schema_holds_template_wording_and_sentence_bounded_exc
     from hf_pipeline.stages.instantiate import pair_schema
     from hf_pipeline.text.excerpts import expand_excerpts
 
-    config = InstantiateConfig(documents="d", templates="t", constrain_format=True, max_variable_words=3,
+    config = InstantiateConfig(documents="d", constrain_format=True, max_variable_words=3,
                                min_fragment_chars=5, max_fragment_chars=20)
     schema = nullable(pair_schema(config, "What does <fi>a condition</fi> cause (if anything)?", DOCUMENT))
     good = {"instruction": "What does diabetes cause (if anything)?", "answer": "<excerpt>This results in<...>loss of teeth.</excerpt>"}

@@ -78,8 +78,12 @@ def index_repo(local_hub, tmp_path_factory) -> str:
          "compatible_document_description": d, "num_variables": 1, "status": "ok"}
         for i, (t, d) in enumerate(TEMPLATES)
     ]
+    # t0 again at the start of the second of two shards: both shards publish it, the index holds it once, so data
+    # row 4 (t0) is not FAISS id 4 (t4): templates must come from the id map, never from the data rows
+    rows.insert(4, {**rows[0], "query_id": "q-again"})
     push_local_dataset(str(write_jsonl(tmp_path_factory.mktemp("t") / "templates.jsonl", rows)), "local/ml-templates", tag="v1")
-    run_stage(BUILD_INDEX, RunOptions(input="local/ml-templates@v1", output="local/ml-index", tag="t"), BuildIndexConfig(model=EMBEDDER))
+    options = RunOptions(input="local/ml-templates@v1", output="local/ml-index", tag="t", num_shards=2)
+    run_stage(BUILD_INDEX, options, BuildIndexConfig(model=EMBEDDER))
     return "local/ml-index@t"
 
 
@@ -139,6 +143,15 @@ def check_label_stats(ds, card) -> dict:
     assert stats["documents"] == len(DOCS) and stats["documents_truncated"] == 0
     assert f"**{stats['positives']} positives** and **{stats['negatives']} negatives**" in card.content
     return stats
+
+
+def test_index_data_rows_are_not_faiss_ids(index_repo):
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    info = json.loads(open(hf_hub_download("local/ml-index", "index/info.json", repo_type="dataset", revision="t")).read())
+    assert (info["data_rows"], info["ntotal"]) == (len(TEMPLATES) + 1, len(TEMPLATES))
 
 
 def test_round_1_describes_retrieves_and_judges(index_repo, docs_repo, minilm):

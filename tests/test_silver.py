@@ -371,14 +371,26 @@ TOPIC_TEXT = {  # an instruction per template, with the keywords its topic filte
 MAX_DOCUMENT_CHARS = 40
 
 
+DOC_IDS = [f"d{i}" for i in range(19)]  # the documents file, in this order: document dN is row N
+DOCUMENTS_FILE = "documents.parquet"
+
+
+def _document_text(doc_id: str) -> str:
+    return f"Document {doc_id}. " + "Lorem ipsum dolor sit amet. " * 5
+
+
 def _judged_rows() -> list[dict]:
     """Judge-output rows: 19 positives (12 other, 4 math, 3 code; answers of growing length), 4 below the
-    score, 2 failed instantiations, 1 unparseable judgment, 10 nulls, 1 positive whose document is missing."""
+    score, 2 failed instantiations, 1 unparseable judgment, 10 nulls, 1 positive whose document's position does
+    not exist, 1 positive whose position holds another document."""
     rows = []
 
-    def row(doc_id, template_id, status, instruction=None, answer=None, raw=None, score=None, judge_status="skipped"):
+    def row(doc_id, template_id, status, instruction=None, answer=None, raw=None, score=None, judge_status="skipped",
+            doc_row=None):
+        doc_row = doc_row if doc_row is not None else (DOC_IDS.index(doc_id) if doc_id in DOC_IDS else 999)
         rows.append(dict(
-            doc_id=doc_id, template_id=template_id, chunk_index=0, score=0.9, instruction=instruction, answer=answer,
+            doc_id=doc_id, template_id=template_id, template=TEMPLATES[template_id], doc_file=DOCUMENTS_FILE,
+            doc_row=doc_row, chunk_index=0, score=0.9, instruction=instruction, answer=answer,
             excerpt_ratio=0.9 if answer else None, excerpt_spans=[[0, 5]] if answer else [], raw_answer=raw,
             generated_tokens=10, status=status, status_detail=None, judge_score=score,
             judge_feedback="fine" if score else None, judge_status=judge_status,
@@ -399,6 +411,7 @@ def _judged_rows() -> list[dict]:
     for i in range(10):
         row(f"d{i}", "t_null", "null")
     row("missing_doc", "t_other", "ok", TOPIC_TEXT["t_other"][0], "an answer", "<excerpt>an<...>answer</excerpt>", 5, "ok")
+    row("d3", "t_other", "ok", TOPIC_TEXT["t_other"][0], "an answer", "<excerpt>an<...>answer</excerpt>", 5, "ok", doc_row=4)
     return rows
 
 
@@ -414,21 +427,17 @@ def judged_inputs(tmp_path_factory):
     rows = _judged_rows()
     features = features_from_spec(JUDGE.output_columns)
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(folder / "judged.parquet"))
-    doc_ids = sorted({r["doc_id"] for r in rows} - {"missing_doc"})
-    (folder / "documents.jsonl").write_text("".join(
-        json.dumps({"doc_id": d, "text": f"Document {d}. " + "Lorem ipsum dolor sit amet. " * 5}) + "\n" for d in doc_ids
-    ))
-    (folder / "templates.jsonl").write_text("".join(json.dumps({"template_id": k, "template": v}) + "\n" for k, v in TEMPLATES.items()))
-    return {"judged": str(folder / "judged.parquet"), "documents": str(folder / "documents.jsonl"), "templates": str(folder / "templates.jsonl")}
+    datasets.Dataset.from_dict({"doc_id": DOC_IDS, "text": [_document_text(d) for d in DOC_IDS]}).to_parquet(str(folder / DOCUMENTS_FILE))
+    return {"judged": str(folder / "judged.parquet"), "documents": str(folder / DOCUMENTS_FILE)}
 
 
-def _run_instantiator_silver(inputs: dict, output: str, **config):
+def _run_instantiator_silver(inputs: dict, output: str, num_shards: int = 1, **config):
     from datasets import load_dataset
 
     from hf_pipeline.stages.instantiator_silver import STAGE, InstantiatorSilverConfig
 
-    cfg = InstantiatorSilverConfig(documents=inputs["documents"], templates=inputs["templates"], **config)
-    result = run_stage(STAGE, RunOptions(input=inputs["judged"], output=output, tag="t"), cfg)
+    cfg = InstantiatorSilverConfig(documents=inputs["documents"], **config)
+    result = run_stage(STAGE, RunOptions(input=inputs["judged"], output=output, tag="t", num_shards=num_shards), cfg)
     return result, load_dataset(output, revision="t", split="train")
 
 
@@ -441,9 +450,10 @@ def test_instantiator_silver_keeps_positives_and_five_percent_nulls(local_hub, j
     assert result.rows_out == 20 and sum(rows["is_null"]) == 1
     stats, drops = result.counts["stats"], result.counts["drops"]
     assert stats["null_share"] == 0.05 and stats["positives_available"] == 19 and stats["nulls_available"] == 10
-    assert drops == {"below_min_score": 4, "not_ok": 2, "not_judged": 1, "unknown_document": 1, "null_not_selected": 9}
+    assert drops == {"below_min_score": 4, "not_ok": 2, "not_judged": 1, "unknown_document": 1, "document_mismatch": 1,
+                     "null_not_selected": 9}
     assert stats["not_ok_by_instantiate_status"] == {"excerpt_not_found": 1, "low_excerpt_ratio": 1}
-    assert result.rows_in == 37 == result.rows_out + sum(drops.values())
+    assert result.rows_in == 38 == result.rows_out + sum(drops.values())
     assert Counter(rows["topic"]) == {"other": 12 + 1, "math": 4, "code": 3}  # the null's topic is its template's
 
     positives = [r for r in rows if not r["is_null"]]
@@ -455,7 +465,7 @@ def test_instantiator_silver_keeps_positives_and_five_percent_nulls(local_hub, j
     buckets = [r["length_bucket"] for r in sorted(positives, key=lambda r: int(r["doc_id"][1:]))]
     assert buckets == [0] * 4 + [1] * 5 + [2] * 5 + [3] * 5
 
-    documents = {json.loads(line)["doc_id"]: json.loads(line)["text"] for line in open(judged_inputs["documents"])}
+    documents = {d: _document_text(d) for d in DOC_IDS}
     for r in rows:
         user, assistant = r["messages"]
         # the template_instantiator contract, exactly as instantiate's student mode sends it
@@ -484,8 +494,10 @@ def test_instantiator_silver_draws_round_robin_across_strata(local_hub, judged_i
     assert drops["not_selected"] == 13 and drops["null_not_selected"] == 8 and stats["null_share"] == 0.25
     assert result.rows_in == result.rows_out + sum(drops.values())
 
-    # deterministic: the same seed picks the same rows; another seed other rows of the big stratum
-    _, again = _run_instantiator_silver(judged_inputs, "local/instantiator-silver-capped-again", **config)
+    # deterministic: the same seed picks the same rows, however the judged rows are sharded (the selection is one
+    # global reduce); another seed other rows of the big stratum
+    again_result, again = _run_instantiator_silver(judged_inputs, "local/instantiator-silver-capped-again", num_shards=3, **config)
+    assert again_result.counts["stats"] == stats and again_result.counts["drops"] == drops
     def pairs(ds):
         return list(zip(ds["doc_id"], ds["template_id"]))
 

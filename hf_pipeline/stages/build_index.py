@@ -6,17 +6,22 @@ sampling weights to match the distribution of the complexity of templates derive
 queries in the WildChat, LMSys*, OAsst1, and ShareLM datasets."
 
 Each template whose status is "ok" has its `compatible_document_description` embedded (normalised, so
-inner product = cosine). Templates with another status, an empty description or a repeated template_id
-are counted as drops. One commit then publishes, together:
+inner product = cosine). Templates with another status, an empty description or a template_id repeated within
+a shard are counted as drops; each shard publishes its own templates. One step on the driver then streams the
+published `embedding` column back and builds, in the same commit:
 
-    data/train-*.parquet            the templates + `embedding` (list<float32>); row i is FAISS id i
-    index/templates.faiss           the FAISS index (`index_factory` string; trained when it needs it)
-    index/id_map.parquet            template_id and num_variables by FAISS id (what `match` reads)
+    data/train-*.parquet            the templates + `embedding` (list<float32>), shard by shard
+    index/templates.faiss           the FAISS index (`index_factory`; `auto`: Flat when its float32 vectors fit in
+                                    `max_index_memory_gb`, else IVF-PQ), trained on a seeded sample when it needs it
+    index/id_map.parquet            FAISS id i = row i: template_id, num_variables, template and
+                                    compatible_document_description (what `match` and `match_labels` read)
     index/complexity_weights.json   sampling weight per number of <fi> variables, with the target and
                                     pool distributions (see hf_pipeline/matching.py)
-    index/info.json                 embedding model, dimension, factory string, counts
+    index/info.json                 embedding model, dimension, the index chosen and why, counts
 
-The `match` stage reads the index/ files of this repo at a pinned commit.
+The data rows are not FAISS ids: they come in shards, and a template_id repeated across shards is indexed once
+(its first occurrence in shard order); id_map.parquet is the FAISS-id order. The `match` stage reads the index/
+files of this repo at a pinned commit.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hf_pipeline.embedder import load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.matching import REAL_CHAT_SOURCES, complexity_weights
-from hf_pipeline.stage import Stage, StageContext
+from hf_pipeline.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
+from hf_pipeline.stage import ArtifactContext, Stage, StageContext
 from hf_pipeline.text.templates import count_variables
 
 INDEX_FILE = "index/templates.faiss"
@@ -57,8 +64,13 @@ class BuildIndexConfig:
     )
     model_revision: str | None = field(default=None, metadata={"help": "revision of a Hub model (branch, tag or sha)"})
     index_factory: str = field(
-        default="Flat",
-        metadata={"help": "faiss.index_factory string over inner product: 'Flat' (exact), 'IVF4096,Flat', 'IVF65536,PQ64', 'HNSW32,Flat'"},
+        default="auto",
+        metadata={"help": "faiss.index_factory string over inner product: 'Flat' (exact), 'IVF4096,Flat', 'IVF65536,PQ64', "
+                  "'HNSW32,Flat'; 'auto': Flat when it fits in max_index_memory_gb, else IVF-PQ sized to the templates"},
+    )
+    max_index_memory_gb: float = field(
+        default=16.0,
+        metadata={"help": "index_factory auto: the most memory the index may take (the exact index needs templates x dim x 4 bytes)"},
     )
     train_size: int = field(default=1_000_000, metadata={"help": "vectors sampled to train an index that needs training (IVF, PQ)"})
     target_sources: list[str] = field(
@@ -76,6 +88,10 @@ def check_config(config: BuildIndexConfig) -> None:
         raise PipelineError(f"config key 'complexity_cap' must be at least 1, got {config.complexity_cap}.")
     if config.train_size < 1:
         raise PipelineError(f"config key 'train_size' must be at least 1, got {config.train_size}.")
+    if config.max_index_memory_gb <= 0:
+        raise PipelineError(f"config key 'max_index_memory_gb' must be > 0, got {config.max_index_memory_gb}.")
+    if config.index_factory == "auto":
+        return
     import faiss
 
     try:
@@ -135,7 +151,10 @@ def embed_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
 
 
 def keep_indexable(ds, ctx: StageContext):
-    """Keep ok rows with a first-seen template_id; count the others by reason."""
+    """Per shard: keep ok rows with a first-seen template_id (within the shard; the index dedupes across shards);
+    count the others by reason, and the kept templates per source and complexity bucket (additive: the card's
+    weights are derived from their sums in `summarize`)."""
+    config: BuildIndexConfig = ctx.config
     drops: Counter = Counter()
     seen: set[str] = set()
     keep = []
@@ -148,11 +167,16 @@ def keep_indexable(ds, ctx: StageContext):
             seen.add(tid)
             keep.append(i)
     ds = ds.select(keep)
-    if not len(ds):
-        raise PipelineError("no template left to index (every row was dropped; see the drop counts above).")
-    weights = complexity_weights(ds["num_variables"], ds["source"], ctx.config.target_sources, ctx.config.complexity_cap)
     stats = {
-        "templates_indexed": len(ds),
+        "templates_kept": len(ds),
+        "templates_by_source_and_variables": source_complexity_counts(ds["num_variables"], ds["source"], config.complexity_cap),
+    }
+    return ds, dict(drops), stats
+
+
+def weight_stats(weights: ComplexityWeights) -> dict[str, Any]:
+    """The card's figures of a set of weights."""
+    return {
         "target_templates": weights.target_templates,
         "target_sources_found": weights.target_sources_found,
         "weights_fallback": weights.fallback,
@@ -160,55 +184,136 @@ def keep_indexable(ds, ctx: StageContext):
         "target_distribution": {str(b): round(v, 6) for b, v in weights.target_distribution.items()},
         "pool_distribution": {str(b): round(v, 6) for b, v in weights.pool_distribution.items()},
     }
-    return ds, dict(drops), stats
 
 
-def write_index(ds, ctx: StageContext, out_dir: Path) -> dict[str, Path]:
-    """The FAISS index, id map, weights and info files, published in the same commit as the data."""
+def summarize(stats: dict, config: BuildIndexConfig) -> dict:
+    """The complexity weights from the templates counted per shard (the index's own pass corrects them for
+    templates repeated across shards)."""
+    if not stats.get("templates_kept"):
+        raise PipelineError("no template left to index (every row was dropped; see the drop counts).")
+    counts = stats.get("templates_by_source_and_variables", {})
+    weights = weights_from_counts(counts, config.target_sources, config.complexity_cap)
+    return {**stats, "templates_indexed": stats["templates_kept"], **weight_stats(weights)}
+
+
+def _vectors(column, dim: int) -> np.ndarray:
+    """A list<float32> arrow column as a (rows, dim) float32 array."""
+    import pyarrow.compute as pc
+
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
+
+
+def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
+    """The FAISS index, id map, weights and info files, from the published rows streamed back a row group at a time.
+
+    Memory is bounded by the index itself plus: the training sample (at most `train_size` vectors), one row group,
+    and 8 bytes per data row (the template_id hashes of the global dedupe)."""
     import faiss
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.faiss_index import build_index, gpu_available
+    from hf_pipeline.faiss_index import auto_factory, gpu_available, to_gpu
+    from hf_pipeline.matching import template_keys
 
-    config: BuildIndexConfig = ctx.config
-    vectors = ds.with_format("numpy", columns=["embedding"])
-    block = 100_000
-
-    def blocks():
-        for start in range(0, len(ds), block):
-            yield np.asarray(vectors[start : start + block]["embedding"], dtype=np.float32)
-
-    dim = int(np.asarray(vectors[0:1]["embedding"]).shape[-1])
+    config: BuildIndexConfig = actx.config
+    rows = actx.rows_out
+    dim = next((len(t["embedding"][0].as_py()) for t in actx.read_output(["embedding"]) if t.num_rows), 0)
+    if not rows or not dim:
+        raise PipelineError("no template left to index (every row was dropped; see the drop counts).")
+    if config.index_factory == "auto":
+        factory, choice = auto_factory(rows, dim, config.max_index_memory_gb * 2**30, config.train_size)
+    else:
+        factory, choice = config.index_factory, {"reason": "set by config key index_factory"}
     try:
-        index = build_index(
-            dim, config.index_factory, blocks, len(ds), train_size=config.train_size, seed=config.seed,
-            use_gpu=config.use_gpu, sample=lambda rows: np.asarray(vectors[rows]["embedding"], dtype=np.float32),
-        )
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise PipelineError(f"FAISS could not build {config.index_factory!r} over {len(ds)} vectors of dimension {dim}: {e}") from None
-    files = {name: out_dir / name for name in (INDEX_FILE, ID_MAP_FILE, WEIGHTS_FILE, INFO_FILE)}
-    for path in files.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        raise PipelineError(f"FAISS cannot build {factory!r} over vectors of dimension {dim}: {e}") from None
+    needs_training = not index.is_trained
+
+    # Pass 1: the template_id of every data row, as a 64-bit hash (8 bytes a row: 144 MB for 18M templates; two
+    # ids colliding, ~n²/2⁶⁵, is ~1e-5 at 18M), for the global dedupe; and the training sample, rows chosen
+    # with the seed among all data rows.
+    sample = np.zeros(0, dtype=np.int64)
+    if needs_training:
+        sample = np.sort(np.random.default_rng(config.seed).choice(rows, size=min(config.train_size, rows), replace=False))
+    keys, train, start = [], [], 0
+    for table in actx.read_output(["template_id", "embedding"] if needs_training else ["template_id"]):
+        keys.append(template_keys(table["template_id"].to_pylist()))
+        if needs_training:
+            lo, hi = np.searchsorted(sample, [start, start + table.num_rows])
+            if hi > lo:
+                train.append(_vectors(table["embedding"].take(pa.array(sample[lo:hi] - start)), dim))
+        start += table.num_rows
+    keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+    keep = np.zeros(len(keys), dtype=bool)
+    keep[np.unique(keys, return_index=True)[1]] = True  # the first row of each template_id
+    del keys
+
+    work, on_gpu = to_gpu(index, config.use_gpu)
+    try:
+        if needs_training:
+            work.train(np.concatenate(train))
+        del train
+        # Pass 2: the kept rows' vectors added a row group at a time, their id map written beside them
+        files = {name: out_dir / name for name in (INDEX_FILE, ID_MAP_FILE, WEIGHTS_FILE, INFO_FILE)}
+        for path in files.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema([("template_id", pa.string()), ("num_variables", pa.int64()), ("template", pa.string()),
+                            ("compatible_document_description", pa.string())])
+        counts: dict[str, Counter] = {}
+        start = 0
+        columns = [*schema.names, "source", "embedding"]
+        with pq.ParquetWriter(str(files[ID_MAP_FILE]), schema) as id_map:
+            for table in actx.read_output(columns):
+                kept = table.filter(pa.array(keep[start : start + table.num_rows]))
+                start += table.num_rows
+                if not kept.num_rows:
+                    continue
+                work.add(_vectors(kept["embedding"], dim))
+                id_map.write_table(kept.select(schema.names).cast(schema), row_group_size=10_000)
+                for source, n in zip(kept["source"].to_pylist(), kept["num_variables"].to_pylist()):
+                    counts.setdefault(str(source), Counter())[str(min(int(n), config.complexity_cap))] += 1
+    except RuntimeError as e:
+        raise PipelineError(f"FAISS could not build {factory!r} over {int(keep.sum())} vectors of dimension {dim}: {e}") from None
+    if work.ntotal != int(keep.sum()):
+        raise PipelineError(f"the FAISS index holds {work.ntotal} vectors, expected {int(keep.sum())}.")
+    index = faiss.index_gpu_to_cpu(work) if on_gpu else work
     faiss.write_index(index, str(files[INDEX_FILE]))
-    id_map = ds.with_format("arrow", columns=["template_id", "num_variables"])[:]  # respects select()'s row order
-    pq.write_table(pa.table({"template_id": id_map["template_id"], "num_variables": id_map["num_variables"]}), files[ID_MAP_FILE])
-    weights = complexity_weights(ds["num_variables"], ds["source"], config.target_sources, config.complexity_cap)
+
+    # the weights of the templates indexed (exact: a template repeated across shards counts once), shown in the card
+    pool_counts = {s: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for s, c in sorted(counts.items())}
+    weights = weights_from_counts(pool_counts, config.target_sources, config.complexity_cap)
     files[WEIGHTS_FILE].write_text(weights.to_json())
+    duplicates = rows - int(index.ntotal)
     info = {
         "model": config.model,
         "model_revision": config.model_revision,
         "dimension": dim,
         "metric": "inner_product (embeddings are L2-normalised: scores are cosine similarities)",
-        "index_factory": config.index_factory,
+        "index_factory": factory,
+        "index_factory_config": config.index_factory,
+        "max_index_memory_gb": config.max_index_memory_gb,
+        **choice,
         "ntotal": int(index.ntotal),
-        "trained_on": min(config.train_size, len(ds)) if not faiss.index_factory(dim, config.index_factory).is_trained else 0,
-        "built_on_gpu": bool(config.use_gpu and gpu_available()),
+        "data_rows": rows,
+        "duplicates_across_shards": duplicates,
+        "trained_on": int(len(sample)),
+        "built_on_gpu": bool(on_gpu),
+        "gpu_available": bool(config.use_gpu and gpu_available()),
         "faiss_version": faiss.__version__,
-        "ids": "FAISS id i = row i of the data files = row i of index/id_map.parquet",
+        "ids": "FAISS id i = row i of index/id_map.parquet (template_id, num_variables, template, "
+        "compatible_document_description). Rows of the data files are not FAISS ids: they come in shards, and a "
+        "template_id repeated across shards is indexed once (its first row in shard order).",
     }
     files[INFO_FILE].write_text(json.dumps(info, indent=2))
+    # figures added to the run's stats are shown in the card (rendered after the artifacts)
+    actx.stats.update(
+        templates_indexed=int(index.ntotal), duplicates_across_shards=duplicates,
+        templates_by_source_and_variables=pool_counts, **weight_stats(weights),
+        index={"factory": factory, "reason": choice["reason"], "ntotal": int(index.ntotal), "trained_on": int(len(sample)),
+               **({"search_params": choice["search_params"]} if "search_params" in choice else {})},
+    )
     return files
 
 
@@ -221,6 +326,9 @@ STAGE = Stage(
     map_batch=embed_batch,
     setup=setup,
     finalize=keep_indexable,
+    summarize=summarize,
     artifacts=write_index,
+    input_refs=lambda config: check_config(config) or [],  # a bad config is said before the run starts
+    version=2,
     models=lambda config: {"embedder": model_ref(config.model, config.model_revision)},
 )

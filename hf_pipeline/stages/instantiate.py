@@ -16,6 +16,11 @@ A batch is one generate call, with the rows of one document adjacent. `prompt_la
 document before the template (JSON {"document", "instruction_template"}, or
 prompts/instantiate_teacher_document_first.txt), so an engine with prefix caching (vLLM) prefills a document once
 for all its templates; the published instantiator expects `template_first`, the default.
+
+Pairs carry their template's text and their document's position (`doc_file`, `doc_row`, written by `match`): a
+batch reads its documents from the `documents` input (the one match read, pinned) by position, only the files
+and row groups its pairs point at, never a lookup of the corpus. The id found at the position must be the pair's
+`doc_id` (status `document_mismatch` otherwise: the documents are not the revision match read).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
 TEACHER_PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "instantiate_teacher.txt"
 TEACHER_PROMPT_DOCUMENT_FIRST = TEACHER_PROMPT.with_name("instantiate_teacher_document_first.txt")
 PromptLayout = Literal["template_first", "document_first"]
+# the documents' id and text columns (a later doc_id_column / text_column config key slots in here)
+DOC_ID_COLUMN, TEXT_COLUMN = "doc_id", "text"
 
 
 # constrain_format: regexes for the reply's strings. xgrammar matches a pattern against the JSON string's
@@ -116,8 +123,9 @@ def pair_schema(config: InstantiateConfig, template: str = "", document: str = "
 
 @dataclass
 class InstantiateConfig:
-    documents: str = field(default="", metadata={"help": "documents dataset (doc_id, text): org/name@revision or path"})
-    templates: str = field(default="", metadata={"help": "templates dataset (template_id, template): the genericize output"})
+    documents: str = field(
+        default="", metadata={"help": "documents dataset (doc_id, text): the one match read (org/name@revision or path); read by position"}
+    )
     mode: Literal["student", "teacher"] = field(
         default="student", metadata={"help": "student (template_instantiator contract) | teacher (prompted instruct LLM)"}
     )
@@ -144,9 +152,9 @@ class InstantiateConfig:
 
 
 def check_config(config: InstantiateConfig) -> list[str]:
-    if not config.documents or not config.templates:
-        raise PipelineError("instantiate needs config keys 'documents' and 'templates' (dataset refs).")
-    return [config.documents, config.templates]
+    if not config.documents:
+        raise PipelineError("instantiate needs config key 'documents': the documents dataset match read (a dataset ref).")
+    return [config.documents]
 
 
 def teacher_prompt(layout: PromptLayout = "template_first") -> Path:
@@ -166,31 +174,70 @@ def user_message(template: str, document: str, mode: str, layout: PromptLayout =
     return teacher_prompt(layout).read_text().format(template=template, document=document)
 
 
-def load_lookups(ctx: StageContext) -> dict[str, dict[str, str]]:
-    """{"documents": doc_id -> text, "templates": template_id -> template} from the config's `documents` and
-    `templates` refs (pairs carry only ids); rows with a null id or text are left out, so their pairs are
-    `unknown_document` / `unknown_template`. Shared with instantiator_silver, which rebuilds the same prompts."""
-    config = ctx.config
-    lookups = {}
-    for key, ref, columns in (("documents", config.documents, ("doc_id", "text")), ("templates", config.templates, ("template_id", "template"))):
-        ds = ctx.load(ref)
-        missing = [c for c in columns if c not in ds.column_names]
+def _read_positions(ctx: StageContext, ref: str, path: str, rows: list[int]) -> tuple[dict[int, tuple], dict[int, str]]:
+    """({row: (doc_id, text)}, {row: why it cannot be read}) for rows of one data file of `ref`."""
+    try:
+        tables = [(rows, ctx.read_rows(ref, path, rows))]
+        failed: dict[int, str] = {}
+    except PipelineError:  # a row past the file's end, or no such file: read row by row to say which
+        tables, failed = [], {}
+        for r in rows:
+            try:
+                tables.append(([r], ctx.read_rows(ref, path, [r])))
+            except PipelineError as e:
+                failed[r] = str(e)
+    found = {}
+    for asked, table in tables:
+        missing = [c for c in (DOC_ID_COLUMN, TEXT_COLUMN) if c not in table.column_names]
         if missing:
-            raise PipelineError(f"{ref} lacks column '{missing[0]}' (it has: {', '.join(ds.column_names)}).")
-        lookups[key] = {k: v for k, v in zip(ds[columns[0]][:], ds[columns[1]][:]) if k is not None and v is not None}
-    return lookups
+            raise PipelineError(f"documents {ref} lack column '{missing[0]}' (they have: {', '.join(table.column_names)}).")
+        found.update(zip(asked, zip(table[DOC_ID_COLUMN].to_pylist(), table[TEXT_COLUMN].to_pylist())))
+    return found, failed
+
+
+def read_documents(batch: dict[str, list], ctx: StageContext) -> tuple[list[str | None], dict[int, tuple[str, str]]]:
+    """The text of each row's document, read by its position in `documents` (grouped by file: only the files and
+    row groups the batch points at), checked against the pair's doc_id. Returns (texts, {row: (status, detail)}) for
+    rows whose document cannot be used. Shared with instantiator_silver, which rebuilds the same prompts."""
+    ref = ctx.config.documents
+    texts: list[str | None] = [None] * len(batch["doc_id"])
+    problems: dict[int, tuple[str, str]] = {}
+    by_file: dict[str, list[int]] = {}
+    for i, (path, row) in enumerate(zip(batch["doc_file"], batch["doc_row"])):
+        if path is None or row is None:
+            problems[i] = ("unknown_document", "the pair carries no document position (doc_file, doc_row)")
+        else:
+            by_file.setdefault(path, []).append(i)
+    for path, members in by_file.items():
+        found, failed = _read_positions(ctx, ref, path, sorted({int(batch["doc_row"][i]) for i in members}))
+        for i in members:
+            row, doc_id = int(batch["doc_row"][i]), batch["doc_id"][i]
+            if row not in found:
+                problems[i] = ("unknown_document", failed.get(row) or f"{ref} has no row {row} in {path}")
+            elif str(found[row][0]) != str(doc_id):
+                problems[i] = ("document_mismatch", f"row {row} of {path} in {ref} is document {found[row][0]!r}, not "
+                               f"{doc_id!r}: the documents are not the revision the pairs were matched on")
+            elif found[row][1] is None:
+                problems[i] = ("unknown_document", f"document {doc_id!r} ({path} row {row}) has no text")
+            else:
+                texts[i] = found[row][1]
+    return texts, problems
 
 
 def setup(ctx: StageContext) -> dict:
-    """The LLM, and lookups from doc_id / template_id to their text."""
-    return {"llm": load_llm(ctx.config.llm), **load_lookups(ctx)}
+    """The LLM (documents are read per batch, by position)."""
+    return {"llm": load_llm(ctx.config.llm)}
 
 
 def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     from hf_pipeline.llm.json_output import nullable, parse_json_completion
 
     config: InstantiateConfig = ctx.config
-    documents, templates = ctx.resources["documents"], ctx.resources["templates"]
+    documents, problems = read_documents(batch, ctx)  # by row; problems: row -> (status, detail)
+    templates = batch["template"]
+    for i, template in enumerate(templates):
+        if i not in problems and not template:
+            problems[i] = ("unknown_template", f"the pair carries no template text for {batch['template_id'][i]}")
     out: dict[str, list] = {k: [] for k in INSTANTIATE_COLUMNS}
     rows = list(zip(batch["doc_id"], batch["template_id"], batch["chunk_index"], batch["score"]))
     # one generate call for the batch, a document's rows adjacent (in the order documents first appear), so an
@@ -198,11 +245,10 @@ def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, li
     first_seen: dict[str, int] = {}
     for i, (doc_id, *_) in enumerate(rows):
         first_seen.setdefault(doc_id, i)
-    todo = sorted((i for i, (d, t, _, _) in enumerate(rows) if d in documents and t in templates), key=lambda i: first_seen[rows[i][0]])
+    todo = sorted((i for i in range(len(rows)) if i not in problems), key=lambda i: first_seen[rows[i][0]])
     schemas, messages = {}, []
     for i in todo:
-        doc_id, template_id = rows[i][:2]
-        document, template = documents[doc_id][: config.max_document_chars], templates[template_id]
+        document, template = documents[i][: config.max_document_chars], templates[i]
         schemas[i] = nullable(pair_schema(config, template, document))
         messages.append([{"role": "user", "content": user_message(template, document, config.mode, config.prompt_layout)}])
     per_row = [schemas[i] for i in todo] if config.constrain_format else (schemas[todo[0]] if todo else None)
@@ -215,18 +261,20 @@ def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, li
         ratio, generated = None, 0
         completion = completions.get(i)
         if completion is None:
-            status = "unknown_document" if doc_id not in documents else "unknown_template"
-            detail = f"{doc_id if status == 'unknown_document' else template_id} is not in the {status.split('_')[1]}s input"
+            status, detail = problems[i]
         else:
             generated = completion.completion_tokens or 0
             value, status, detail = parse_json_completion(completion, schemas[i])
             if status == "ok":
                 instruction, raw = value["instruction"].strip(), value["answer"]
-                status, detail, answer, spans, ratio = check_pair(instruction, raw, documents[doc_id], config)
+                status, detail, answer, spans, ratio = check_pair(instruction, raw, documents[i], config)
             elif status != "null":
                 raw = completion.text
         out["doc_id"].append(doc_id)
         out["template_id"].append(template_id)
+        out["template"].append(templates[i])
+        out["doc_file"].append(batch["doc_file"][i])
+        out["doc_row"].append(batch["doc_row"][i])
         out["chunk_index"].append(chunk_index)
         out["score"].append(score)
         out["instruction"].append(instruction)
@@ -259,12 +307,16 @@ def check_pair(instruction: str, raw_answer: str, document: str, config: Instant
 STATUSES = (
     "ok", "null", "unfilled_variables", "excerpt_not_found", "excerpt_ambiguous", "malformed_excerpt",
     "low_excerpt_ratio", "unparseable", "length", "schema_mismatch", "error", "prompt_too_long", "unknown_document",
+    "document_mismatch",
     "unknown_template",
 )
 
 INSTANTIATE_COLUMNS = {
     "doc_id": "string",
     "template_id": "string",
+    "template": "string",  # the template's text (from match)
+    "doc_file": "string",  # the document's position in the documents input (from match)
+    "doc_row": "int64",
     "chunk_index": "int32",
     "score": "float32",
     "instruction": "string",
@@ -282,7 +334,7 @@ STAGE = Stage(
     description="fill each matched template from its document and answer with document excerpts (§3.3)",
     config_class=InstantiateConfig,
     output_columns=INSTANTIATE_COLUMNS,
-    input_columns=("doc_id", "template_id", "chunk_index", "score"),
+    input_columns=("doc_id", "template_id", "template", "doc_file", "doc_row", "chunk_index", "score"),
     map_batch=instantiate_batch,
     setup=setup,
     input_refs=check_config,

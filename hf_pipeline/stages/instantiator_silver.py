@@ -17,6 +17,10 @@ No LLM here: run `instantiate` in teacher mode, then `judge`, then this stage, w
   `max_examples` caps the set, drawn round-robin across the strata, so rare strata (long, complex, math, code)
   are all represented; every row not taken is counted by reason.
 
+The documents are read by position, as instantiate reads them (the judged rows carry `doc_file`, `doc_row` and
+the template's text from `match`), only for the rows that can become examples. The selection is a global step
+over every judged row (~100K in the paper): a `reduce` with one partition.
+
 Each row carries `messages`, the `fineinstructions/template_instantiator` student contract that instantiate's
 student mode speaks: the user turn is JSON {"instruction_template", "document"} (document cut to
 `max_document_chars`, as instantiate cuts it), the assistant turn is JSON {"instruction", "answer"} with the
@@ -31,22 +35,27 @@ from dataclasses import dataclass, field
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.stages.instantiate import InstantiateConfig, load_lookups, user_message
+from hf_pipeline.stages.instantiate import InstantiateConfig, PromptLayout, read_documents, user_message
 from hf_pipeline.text.strata import bucket_of, quantile_edges, round_robin_sample
 from hf_pipeline.text.templates import TemplateError, count_variables
 from hf_pipeline.text.topics import topic_of
 
-JUDGED_COLUMNS = ("doc_id", "template_id", "instruction", "answer", "raw_answer", "status", "judge_score", "judge_status")
+JUDGED_COLUMNS = ("doc_id", "template_id", "template", "doc_file", "doc_row", "instruction", "answer", "raw_answer", "status",
+                  "judge_score", "judge_status")
 POSITIVE, NULL = "positive", "null"  # the two candidate kinds; any other `selection` value is a drop reason
 
 
 @dataclass
 class InstantiatorSilverConfig:
-    documents: str = field(default="", metadata={"help": "documents dataset (doc_id, text): the one instantiate read"})
-    templates: str = field(default="", metadata={"help": "templates dataset (template_id, template): the one instantiate read"})
+    documents: str = field(default="", metadata={"help": "documents dataset (doc_id, text): the one instantiate read; read by position"})
     max_document_chars: int = field(
         default=InstantiateConfig.max_document_chars,
         metadata={"help": "documents are cut to this many characters in the user message: set it as instantiate had it"},
+    )
+    prompt_layout: PromptLayout = field(
+        default="template_first",
+        metadata={"help": "the student's user message: template_first (the published instantiator's contract) or document_first "
+                  "(the document first, so a model trained on it is served with prefix caching; serve it with the same layout)"},
     )
     min_score: int = field(default=4, metadata={"help": "positives need judge_score ≥ this (§3.4 keeps ≥ 4)"})
     null_fraction: float = field(default=0.05, metadata={"help": "share of null examples in the output (§3.3: ~5%)"})
@@ -57,15 +66,15 @@ class InstantiatorSilverConfig:
 
 
 def check_config(config: InstantiatorSilverConfig) -> list[str]:
-    if not config.documents or not config.templates:
-        raise PipelineError("instantiator_silver needs config keys 'documents' and 'templates' (the dataset refs instantiate read).")
+    if not config.documents:
+        raise PipelineError("instantiator_silver needs config key 'documents' (the documents dataset instantiate read).")
     if not 0 <= config.null_fraction < 1:
         raise PipelineError(f"null_fraction must be in [0, 1), got {config.null_fraction}.")
     if config.length_buckets < 1 or config.max_variables_stratum < 1:
         raise PipelineError("length_buckets and max_variables_stratum must be at least 1.")
     if config.max_examples is not None and config.max_examples < 1:
         raise PipelineError(f"max_examples must be at least 1 (or unset), got {config.max_examples}.")
-    return [config.documents, config.templates]
+    return [config.documents]
 
 
 def selection_of(status: str, judge_status: str | None, judge_score: int | None, min_score: int) -> str:
@@ -88,17 +97,20 @@ def assistant_reply(instruction: str | None, raw_answer: str | None, is_null: bo
 
 def silver_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     config: InstantiatorSilverConfig = ctx.config
-    documents, templates = ctx.resources["documents"], ctx.resources["templates"]
     out: dict[str, list] = {k: [] for k in MAP_COLUMNS}
-    rows = zip(batch["doc_id"], batch["template_id"], batch["instruction"], batch["answer"], batch["raw_answer"],
-               batch["status"], batch["judge_score"], batch["judge_status"])
-    for doc_id, tid, instruction, answer, raw_answer, status, score, judge_status in rows:
-        selection = selection_of(status, judge_status, score, config.min_score)
-        template, num_variables, messages = templates.get(tid), 0, None
+    selections = [selection_of(*r, config.min_score) for r in zip(batch["status"], batch["judge_status"], batch["judge_score"])]
+    # the documents of the rows that can be examples, by position (as instantiate read them)
+    wanted = [i for i, s in enumerate(selections) if s in (POSITIVE, NULL)]
+    texts, problems = read_documents({k: [batch[k][i] for i in wanted] for k in ("doc_id", "doc_file", "doc_row")}, ctx)
+    documents = {i: texts[j] for j, i in enumerate(wanted) if j not in problems}
+    for j, (status, _) in problems.items():
+        selections[wanted[j]] = status  # unknown_document / document_mismatch
+    rows = zip(batch["doc_id"], batch["template_id"], batch["template"], batch["instruction"], batch["answer"],
+               batch["raw_answer"], batch["status"], batch["judge_score"], selections)
+    for i, (doc_id, tid, template, instruction, answer, raw_answer, status, score, selection) in enumerate(rows):
+        num_variables, messages = 0, None
         if selection in (POSITIVE, NULL):
-            if doc_id not in documents:
-                selection = "unknown_document"
-            elif template is None:
+            if not template:
                 selection = "unknown_template"
             else:
                 try:
@@ -106,7 +118,7 @@ def silver_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
                 except TemplateError as e:
                     selection = e.reason  # a malformed template teaches the student nothing good
         if selection in (POSITIVE, NULL):
-            user = user_message(template, documents[doc_id][: config.max_document_chars], "student")
+            user = user_message(template, documents[i][: config.max_document_chars], "student", config.prompt_layout)
             reply = assistant_reply(instruction, raw_answer, selection == NULL)
             messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         is_null = selection == NULL
@@ -131,7 +143,8 @@ def complexity_stratum(num_variables: int, cap: int) -> str:
 
 
 def select_examples(ds, ctx: StageContext):
-    """The global step: length buckets, the stratified draw of positives, the null share, counted drops."""
+    """The global step, a reduce over one partition (every judged row of every shard): length buckets, the
+    stratified draw of positives, the null share, counted drops."""
     import datasets
 
     config: InstantiatorSilverConfig = ctx.config
@@ -198,7 +211,7 @@ OUTPUT_COLUMNS = {
     "messages": "chat",
 }
 MAP_COLUMNS = {
-    **{k: v for k, v in OUTPUT_COLUMNS.items() if k != "length_bucket"},  # needs every row's length: set in finalize
+    **{k: v for k, v in OUTPUT_COLUMNS.items() if k != "length_bucket"},  # needs every row's length: set in the reduce
     "answer_chars": "int32",
     "selection": "string",
     "instantiate_status": "string",
@@ -212,7 +225,7 @@ STAGE = Stage(
     map_columns=MAP_COLUMNS,
     input_columns=JUDGED_COLUMNS,
     map_batch=silver_batch,
-    setup=load_lookups,  # doc_id / template_id -> text: the judged rows carry only ids
-    finalize=select_examples,
+    reduce=select_examples,
+    partitions=lambda config: 1,  # one global selection over ~100K judged rows
     input_refs=check_config,
 )

@@ -159,15 +159,15 @@ def judge_message(passage: str, template: str, kind: str) -> list[dict]:
 def setup(ctx: StageContext) -> dict[str, Any]:
     """The embedder that built the index (its own pooling: round 1 embeds descriptions like build_index embedded
     templates' descriptions), the FAISS index, the templates by FAISS id, and the teacher."""
-    from hf_pipeline.stages.match import open_index
+    from hf_pipeline.stages.match import IdMap, open_index
 
     config: MatchLabelsConfig = ctx.config
     check_config(config)
     model, index = open_index(ctx, "match_labels")
-    # build_index publishes the templates in FAISS-id order (row i = id i)
-    templates = ctx.load(config.index).select_columns(["template_id", "template", "compatible_document_description"])
+    # the templates by FAISS id (row i = id i): the index's id map, memory-mapped, never its data rows
+    templates = IdMap.open(ctx, config.index)
     if len(templates) != index.ntotal:
-        raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but {len(templates)} template rows.")
+        raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but its id map {len(templates)} rows.")
     return {"model": model, "index": index, "templates": templates, "llm": load_llm(config.llm)}
 
 
@@ -311,8 +311,9 @@ def label_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
 
     # "We use the LLM to judge whether the document and instruction template are compatible"
     unique = sorted({p.faiss_id for p in pairs})
-    looked_up = ctx.resources["templates"][unique] if unique else {}
-    templates = dict(zip(unique, zip(*(looked_up[c] for c in ("template_id", "template", "compatible_document_description")))))
+    id_map = ctx.resources["templates"]
+    columns = ("template_id", "template", "compatible_document_description")
+    templates = dict(zip(unique, zip(*(id_map.take(c, unique) for c in columns)))) if unique else {}
     schema = judgment_schema(config.max_reason_chars)
     kind = PASSAGE_KIND[config.round]
     messages = [judge_message(p.query.passage[: config.max_document_chars], templates[p.faiss_id][1], kind) for p in pairs]
@@ -373,7 +374,8 @@ def label_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
 
 
 def keep_pairs(ds, ctx: StageContext):
-    """Drop the placeholder rows, counted by reason; label balance and document counts for the card."""
+    """Per shard: drop the placeholder rows, counted by reason; label balance and document counts for the card
+    (additive: a document's rows never span two shards; `summarize` derives the positive share)."""
     table = ds.with_format("arrow", columns=["pair", "first", "chunk_index", "label", "status", "truncated", "teacher_cut"])[:]
     is_pair = table["pair"].to_numpy(zero_copy_only=False)
     first = table["first"].to_numpy(zero_copy_only=False)
@@ -392,9 +394,7 @@ def keep_pairs(ds, ctx: StageContext):
             "positives": int(np.sum(at & ok & (label == 1))),
             "negatives": int(np.sum(at & ok & (label == 0))),
         }
-    config: MatchLabelsConfig = ctx.config
     stats = {
-        "round": config.round,
         "documents": int(first.sum()),
         "documents_with_pairs": int(len(np.unique(doc_of_row[is_pair]))),
         "documents_truncated": int(table["truncated"].to_numpy(zero_copy_only=False)[first].sum()),
@@ -403,10 +403,15 @@ def keep_pairs(ds, ctx: StageContext):
         "pairs_judged": int(ok.sum()),
         "positives": positives,
         "negatives": negatives,
-        "positive_share": round(positives / (positives + negatives), 4) if positives + negatives else None,
         "by_chunk": by_chunk,
     }
     return ds.select(np.flatnonzero(is_pair)), drops, stats
+
+
+def summarize(stats: dict, config: MatchLabelsConfig) -> dict:
+    positives, negatives = stats.get("positives", 0), stats.get("negatives", 0)
+    share = round(positives / (positives + negatives), 4) if positives + negatives else None
+    return {"round": config.round, **stats, "positive_share": share}
 
 
 STAGE = Stage(
@@ -419,6 +424,7 @@ STAGE = Stage(
     map_batch=label_batch,
     setup=setup,
     finalize=keep_pairs,
+    summarize=summarize,
     input_refs=input_refs,
     models=lambda config: {"embedder": model_ref(config.model, config.model_revision), "teacher": llm_card_ref(config.llm)},
 )
