@@ -58,3 +58,50 @@ def test_cli_estimate_counts_the_input_rows(local_hub, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "input rows   7" in out and "estimate for collect_queries over 7 raw user queries" in out
+
+
+def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_path, capsys):
+    """A stage whose engine reports usage publishes it in its card; --estimate-from scales it to N rows."""
+    import json
+    from dataclasses import dataclass
+
+    from hf_pipeline.estimate import estimate_command, estimate_from_run
+    from hf_pipeline.hub_io import load_card, push_local_dataset
+    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.stage import Stage
+
+    class Engine:  # accounts like an LLM backend: 100 prompt tokens (40 cached), 10 generated, 0.5 s per row
+        def __init__(self):
+            self.usage = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0, "requests": 0}
+
+        def settings(self):
+            return {"backend": "fake", "model": "none"}
+
+        def run(self, n):
+            for key, per_row in (("prompt_tokens", 100), ("cached_prompt_tokens", 40), ("generated_tokens", 10), ("seconds", 0.5), ("requests", 1)):
+                self.usage[key] += per_row * n
+
+    @dataclass
+    class Config:
+        pass
+
+    def work(batch, ctx):
+        ctx.resources["llm"].run(len(batch["id"]))
+        return {"id": batch["id"]}
+
+    stage = Stage(name="match", description="a stand-in measured stage", config_class=Config, output_columns={"id": "int64"},
+                  map_batch=work, setup=lambda ctx: {"llm": Engine()}, input_columns=("id",),
+                  card_template=str(Path(__file__).parent / "cards" / "slow_upper.md"))
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(40)))
+    push_local_dataset(str(src), "local/est-in", tag="v1")
+    result = run_stage(stage, RunOptions(input="local/est-in@v1", output="local/est-run", num_shards=2), Config())
+    usage = load_card("local/est-run", result.tag).data.hf_pipeline["usage"]
+    assert (usage["prompt_tokens"], usage["cached_prompt_tokens"], usage["generated_tokens"]) == (4000, 1600, 400)
+    assert usage["seconds"] == 20.0 and usage["device_seconds_per_1k_rows"] == 500.0
+
+    estimate = estimate_from_run("match", 1e6, f"local/est-run@{result.tag}")
+    assert estimate.device_hours == pytest.approx(1e6 * 0.5 / 3600) and estimate.measured
+    assert estimate_command(stage, None, None, "1M", estimate_from=f"local/est-run@{result.tag}") == 0
+    out = capsys.readouterr().out
+    assert "measured on local/est-run@" in out and "0.10B prompt tokens (0.04B from the prefix cache)" in out

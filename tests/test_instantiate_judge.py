@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_pipeline.errors import PipelineError
 from hf_pipeline.stages.instantiate import InstantiateConfig, check_pair, user_message
 from hf_pipeline.stages.judge import parse_judgment
 
@@ -84,13 +85,25 @@ def test_instantiate_batch_is_one_call_with_a_schema_per_row_and_documents_adjac
     from hf_pipeline.llm.json_output import nullable
     from hf_pipeline.stages.instantiate import STATUSES, instantiate_batch, pair_schema
 
-    config = InstantiateConfig(documents="d", templates="t", constrain_format=True, prompt_layout="document_first")
+    config = InstantiateConfig(documents="d", constrain_format=True, prompt_layout="document_first")
     documents = {"a": "Alpha is first. It leads.", "b": "Beta is second. It follows.", "long": "TOO_LONG " * 3}
     templates = {"t1": "What is <fi>a letter</fi>?", "t2": "Why does <fi>a letter</fi> lead?"}
     pairs = [("a", "t1"), ("b", "t1"), ("a", "t2"), ("long", "t1"), ("missing", "t1"), ("b", "t2")]
-    batch = {"doc_id": [d for d, _ in pairs], "template_id": [t for _, t in pairs], "chunk_index": [0] * 6, "score": [0.9] * 6}
+    # the documents input as one data file, rows in this order; pairs point at their row (the missing one past the end)
+    order = list(documents)
+    position = {d: order.index(d) if d in documents else len(order) for d, _ in pairs}
+
+    def read_rows(ref, path, rows):
+        import pyarrow as pa
+
+        if any(r >= len(order) for r in rows):
+            raise PipelineError(f"{ref} file {path} has {len(order)} rows")
+        return pa.table({"doc_id": [order[r] for r in rows], "text": [documents[order[r]] for r in rows]})
+
+    batch = {"doc_id": [d for d, _ in pairs], "template_id": [t for _, t in pairs], "template": [templates[t] for _, t in pairs],
+             "doc_file": ["docs.parquet"] * 6, "doc_row": [position[d] for d, _ in pairs], "chunk_index": [0] * 6, "score": [0.9] * 6}
     llm = RecordingLLM("null")
-    ctx = SimpleNamespace(config=config, resources={"llm": llm, "documents": documents, "templates": templates})
+    ctx = SimpleNamespace(config=config, resources={"llm": llm}, read_rows=read_rows)
     out = instantiate_batch(batch, ctx)
 
     assert len(llm.calls) == 1
@@ -107,7 +120,7 @@ def test_instantiate_batch_is_one_call_with_a_schema_per_row_and_documents_adjac
 
     # without constrain_format every row shares one schema, passed once
     llm.calls.clear()
-    instantiate_batch(batch, SimpleNamespace(config=InstantiateConfig(documents="d", templates="t"), resources=ctx.resources))
+    instantiate_batch(batch, SimpleNamespace(config=InstantiateConfig(documents="d"), resources=ctx.resources, read_rows=read_rows))
     assert len(llm.calls) == 1 and isinstance(llm.calls[0][1], dict)
 
 
@@ -234,6 +247,12 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
     card = load_card(inst.repo_id, inst.tag).data.hf_pipeline
     pairs_sha = resolve_dataset(pair_inputs["pairs"]).sha
     assert card["inputs"][0]["ref"] == pair_inputs["pairs"] and card["inputs"][0]["sha"] == pairs_sha
+    # what the run spent is in the card: the engine's tokens (as many generated as the rows say) and its settings
+    usage = card["usage"]
+    assert usage["generated_tokens"] == sum(rows["generated_tokens"]) > 0 and usage["prompt_tokens"] > 0
+    assert usage["seconds"] > 0 and usage["device_seconds_per_1k_rows"] > 0
+    assert usage["engines"]["llm"]["backend"] == "transformers"
+    assert "What the run spent" in load_card(inst.repo_id, inst.tag).content
 
     judge_config = judge.JudgeConfig(constrain_format=True, max_feedback_words=20, llm=LLMConfig(**smollm2, max_tokens=60))
     judged_input = f"{inst.repo_id}@{inst.tag}"
