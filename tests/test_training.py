@@ -142,11 +142,13 @@ def test_instantiate_runs_with_the_trained_model_by_repo_id(tiny_instantiator, l
     from hf_pipeline.hub_io import load_card
 
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": f"d{i}", "text": t} for i, t in enumerate(DOCUMENTS)])
-    templates = write_jsonl(tmp_path / "templates.jsonl", [{"template_id": f"t{i}", "template": t} for i, t in enumerate(TEMPLATES)])
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"doc_id": f"d{i}", "template_id": f"t{i}", "chunk_index": 0, "score": 0.9} for i in range(2)])
+    # pairs as match writes them: the template's text and the document's position (file, row) in the documents input
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"doc_id": f"d{i}", "template_id": f"t{i}", "template": TEMPLATES[i], "doc_file": "docs.jsonl", "doc_row": i,
+         "chunk_index": 0, "score": 0.9} for i in range(2)])
     code = main([
         "instantiate", "--input", str(pairs), "--output", "local/tiny-instantiations", "--tag", "t",
-        "--set", f"documents={docs}", "--set", f"templates={templates}", "--set", "mode=student",
+        "--set", f"documents={docs}", "--set", "mode=student",
         "--set", f"llm.model={tiny_instantiator}", "--set", "llm.backend=transformers", "--set", "llm.max_tokens=48",
     ])
     assert code == 0, capsys.readouterr().err
