@@ -23,8 +23,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hf_pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # annotations only: numpy is imported where it is used
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +143,7 @@ def embedding_dimension(model) -> int:
 CLIP_CHARS_PER_TOKEN = 12  # generous: English runs ~4-5 characters per token, CJK ~1
 
 
-def clip_to_model(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PER_TOKEN) -> tuple[list[str], "np.ndarray"]:
+def clip_to_model(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PER_TOKEN) -> tuple[list[str], np.ndarray]:
     """(texts cut to what the model will see, truncated flags), with the same embeddings as the full texts.
 
     The tokenizer reads a whole text before truncating it, so a 90k-character document costs as much to

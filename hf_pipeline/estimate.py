@@ -18,8 +18,7 @@ Per-row token counts of prompts and outputs are assumptions, named in `Workload`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 # ---------------------------------------------------------------- devices and figures
 

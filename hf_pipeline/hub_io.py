@@ -270,7 +270,6 @@ def cache_root() -> Path:
 def push_local_dataset(path: str, repo_id: str, tag: str | None = None) -> tuple[str, str, str]:
     """Publish local data files (e.g. a shipped sample) as a versioned dataset repo; a README.md beside them
     becomes the card (its attribution travels with the data). Idempotent: same content, same tag, no new commit."""
-    import datasets
 
     ref = resolve_dataset(path)
     tag = tag or f"v-{ref.sha[:10]}"

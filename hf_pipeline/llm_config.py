@@ -12,7 +12,6 @@ file, or `packaged:smollm2` for the SmolLM2-135M-Instruct GGUF that ships in the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 PACKAGED_SMOLLM2 = "packaged:smollm2"
 
@@ -47,20 +46,6 @@ class LLMConfig:
     max_consecutive_failures: int = field(
         default=3, metadata={"help": "openai: rows in a row failing after all retries before the server counts as gone"}
     )
-
-
-def sampling(config: LLMConfig):
-    """The per-call sampling settings of a config."""
-    from hf_pipeline.llm.base import Sampling
-
-    return Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
-
-
-def load_llm(config: LLMConfig) -> Any:
-    """The backend `config.backend` names, loaded with this config (see hf_pipeline.llm.registry)."""
-    from hf_pipeline.llm.registry import load_backend
-
-    return load_backend(config)
 
 
 def llm_card_ref(config: LLMConfig) -> str:

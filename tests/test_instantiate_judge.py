@@ -211,7 +211,7 @@ def null_llm(monkeypatch):
     from hf_pipeline.stages import instantiate
 
     llm = NullLLM()
-    monkeypatch.setattr(instantiate, "load_llm", lambda config: llm)
+    monkeypatch.setattr(instantiate, "load_backend", lambda config: llm)
     return llm
 
 

@@ -13,6 +13,7 @@ from hf_pipeline.llm.base import (
     materialize_gguf,
     model_ref,
     resolve_model,
+    sampling,
 )
 from hf_pipeline.llm.json_output import nullable, parse_json_completion
 from hf_pipeline.llm.registry import backend_names, load_backend, register_backend
@@ -35,4 +36,5 @@ __all__ = [
     "parse_json_completion",
     "register_backend",
     "resolve_model",
+    "sampling",
 ]

@@ -56,6 +56,11 @@ class Sampling:
     stop: tuple[str, ...] = ()  # stop strings; the matched string is not part of the text
 
 
+def sampling(config: LLMConfig) -> Sampling:
+    """The per-call sampling settings of a config."""
+    return Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+
+
 @dataclass
 class Completion:
     """One row's answer. `prompt_tokens` counts the rendered chat prompt, `cached_tokens` the part of it served

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hf_pipeline.llm_config import LLMConfig, llm_card_ref, load_llm, sampling
+from hf_pipeline.llm import load_backend, sampling
+from hf_pipeline.llm_config import LLMConfig, llm_card_ref
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.templates import TemplateError, parse_template, template_id
 
@@ -59,7 +60,7 @@ def messages_for(queries: list[str], mode: str) -> list[list[dict]]:
 
 
 def setup(ctx: StageContext):
-    return load_llm(ctx.config.llm)
+    return load_backend(ctx.config.llm)
 
 
 def genericize_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:

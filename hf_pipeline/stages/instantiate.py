@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Literal
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.llm_config import LLMConfig, llm_card_ref, load_llm, sampling
+from hf_pipeline.llm import load_backend, sampling
+from hf_pipeline.llm_config import LLMConfig, llm_card_ref
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
 
@@ -226,7 +227,7 @@ def read_documents(batch: dict[str, list], ctx: StageContext) -> tuple[list[str 
 
 def setup(ctx: StageContext) -> dict:
     """The LLM (documents are read per batch, by position)."""
-    return {"llm": load_llm(ctx.config.llm)}
+    return {"llm": load_backend(ctx.config.llm)}
 
 
 def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:

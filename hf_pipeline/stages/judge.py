@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_pipeline.llm_config import LLMConfig, llm_card_ref, load_llm, sampling
+from hf_pipeline.llm import load_backend, sampling
+from hf_pipeline.llm_config import LLMConfig, llm_card_ref
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
 
@@ -104,7 +105,7 @@ STAGE = Stage(
     output_columns={**INSTANTIATE_COLUMNS, "judge_score": "int32", "judge_feedback": "string", "judge_status": "string"},
     input_columns=tuple(INSTANTIATE_COLUMNS),
     map_batch=judge_batch,
-    setup=lambda ctx: {"llm": load_llm(ctx.config.llm), "prompt": PROMPT.read_text()},
+    setup=lambda ctx: {"llm": load_backend(ctx.config.llm), "prompt": PROMPT.read_text()},
     models=lambda config: {"judge": llm_card_ref(config.llm)},
     prompts=lambda config: [PROMPT],
 )

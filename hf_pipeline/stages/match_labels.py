@@ -46,7 +46,8 @@ import numpy as np
 
 from hf_pipeline.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.llm_config import LLMConfig, llm_card_ref, load_llm, sampling
+from hf_pipeline.llm import load_backend, sampling
+from hf_pipeline.llm_config import LLMConfig, llm_card_ref
 from hf_pipeline.stage import Stage, StageContext
 
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
@@ -168,7 +169,7 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     templates = IdMap.open(ctx, config.index)
     if len(templates) != index.ntotal:
         raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but its id map {len(templates)} rows.")
-    return {"model": model, "index": index, "templates": templates, "llm": load_llm(config.llm)}
+    return {"model": model, "index": index, "templates": templates, "llm": load_backend(config.llm)}
 
 
 # ---------------------------------------------------------------- mapping
