@@ -22,7 +22,6 @@ in CPU time of the process (steady when other jobs share the machine) and in wal
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import tempfile
@@ -161,11 +160,11 @@ def main() -> None:
             parts[key] += dt
 
     n = len(docs)
-    print(f"\n| method | docs per CPU-second | match ÷ this (CPU) | docs/s wall | match ÷ this (wall) |")
+    print("\n| method | docs per CPU-second | match ÷ this (CPU) | docs/s wall | match ÷ this (wall) |")
     print("|---|---|---|---|---|")
     for name in methods:
         print(f"| {name} | {n / t[name]:.2f} | {t[name] / t['match']:.2f} | {n / tw[name]:.2f} | {tw[name] / tw['match']:.2f} |")
-    print(f"\nmatch time per document: " + ", ".join(f"{k} {1000 * v / n:.1f} ms" for k, v in parts.items()))
+    print("\nmatch time per document: " + ", ".join(f"{k} {1000 * v / n:.1f} ms" for k, v in parts.items()))
     print(f"pairs drawn: {run_match()} for {n} documents at threshold {args.threshold}")
 
 

@@ -215,7 +215,7 @@ def test_constrained_instantiate_schema_does_not_warn(caplog):
     """instantiate's constrain_format schemas bound their strings with patterns: no warning for them."""
     from hf_pipeline.stages.instantiate import InstantiateConfig, pair_schema
 
-    config = InstantiateConfig(documents="d", templates="t", constrain_format=True)
+    config = InstantiateConfig(documents="d", constrain_format=True)
     schema = nullable(pair_schema(config, "Why is <fi>a colour</fi> calming?", "Blue is calm. Red is loud."))
     assert unbounded_strings(schema) == []
     with caplog.at_level(logging.WARNING, logger="hf_pipeline.llm.json_output"):

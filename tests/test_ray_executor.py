@@ -114,7 +114,7 @@ def test_ray_workers_share_nothing_with_the_driver_and_publish_the_local_rows(ra
     # the shards were mapped in the workers' own dirs (kept here), never in the driver's
     worker_chunks = sorted(p.parent.name for p in private.rglob("chunk-*.arrow"))
     assert sorted(set(worker_chunks)) == [f"shard-{i:05d}-of-00004" for i in range(4)]
-    assert not list((cache_root() / "runs").glob(f"ray_upper-*/shard-*"))
+    assert not list((cache_root() / "runs").glob("ray_upper-*/shard-*"))
     from huggingface_hub import HfApi
 
     files = HfApi().list_repo_files("local/upper-ray", repo_type="dataset", revision=result.tag)
