@@ -316,8 +316,8 @@ def test_calibration_helpers():
     of the sample at or above it; histogram quantiles are within a bin of the exact ones."""
     from hf_pipeline.sharding import DataFile, plan_shards
     from hf_pipeline.stages.match import (
-        CALIBRATION_GROUPS, HISTOGRAM_WIDTH, auto_share, calibration_positions, histogram_of, histogram_quantile,
-        threshold_for_share,
+        CALIBRATION_GROUPS, HISTOGRAM_WIDTH, auto_share, calibration_positions, document_figures, histogram_of,
+        histogram_quantile, threshold_for_share,
     )
 
     files = [DataFile(f"f{i}.parquet", 1000, (100,) * 10) for i in range(5)]
@@ -337,6 +337,15 @@ def test_calibration_helpers():
     for bad in ("auto", "auto:1.5", "auto:x", "median"):
         with pytest.raises(PipelineError, match="auto:Q"):
             auto_share(bad)
+
+    # one document's two vectors, three neighbours each: template 7 found by both counts once, with its best score;
+    # -1 is FAISS's "no neighbour"; a vector whose last neighbour is over t may have more candidates than returned
+    scores = np.array([[0.9, 0.6, 0.5], [0.7, 0.4, -3e38]], dtype=np.float32)
+    ids = np.array([[7, 3, 5], [7, 2, -1]])
+    best, counts, capped = document_figures(scores, ids, [0.45, 0.55, 0.95], saturated=True)
+    assert best == pytest.approx(0.9) and counts == [3, 2, 0] and capped == [1, 0, 0]
+    assert document_figures(scores, ids, [0.45], saturated=False)[2] == [0]  # the index returned all it holds
+    assert document_figures(scores[:, :0], ids[:, :0], [0.5], True) == (None, [0], [0])
 
     values = np.random.default_rng(0).normal(0.4, 0.1, 5000).clip(-1, 1)
     counts = histogram_of(values)
