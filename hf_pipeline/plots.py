@@ -106,3 +106,23 @@ def judge_scores(counts: Mapping[str, int], path: Path) -> Path:
     ax.set_ylabel("pairs")
     ax.set_title("Judge scores")
     return _save(fig, path)
+
+
+def score_histogram(counts: Mapping[str, int], bin_width: float, thresholds: Sequence[float], used: float | None,
+                    path: Path) -> Path:
+    """Documents per bin of their best cosine ({bin start: documents}), with the calibration table's thresholds
+    (the one used dashed in red)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    starts = [float(k) for k in counts]
+    ax.bar(starts, list(counts.values()), width=bin_width, align="edge", color="#4C72B0", edgecolor="white", linewidth=0.3)
+    for t in thresholds:
+        is_used = used is not None and abs(t - used) < 5e-5
+        ax.axvline(t, color="#C44E52" if is_used else "#8C8C8C", linestyle="--" if is_used else ":",
+                   label=f"threshold {t:.4g}" if is_used else None)
+    if used is not None:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("best cosine of a document with any template")
+    ax.set_ylabel("documents")
+    ax.set_title("Best cosine per document (thresholds of the calibration table dotted)", fontsize=9)
+    return _save(fig, path)

@@ -176,16 +176,20 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
         aligned_files, _ = list_files(inputs[aligned.ref])
         ranges = group_ranges(inputs[aligned.ref], aligned_files, aligned.file_column, aligned.row_column)
         aligned_groups = align_groups(shards, files, ranges)
+    plan = RunPlan(
+        stage, options, config, inputs, parts, [inputs[p.ref] for p in parts], files, schemas, shards, "", "", 1,
+        aligned, aligned_files, aligned_groups, token_free_argv(argv or sys.argv),
+    )
+    if stage.resolve_config is not None:  # once, here: the config the fingerprint names and every worker gets
+        plan.config = config = stage.resolve_config(config, plan)
     prompts = contract.prompt_digests(stage.prompts(config))
-    fp = contract.fingerprint(
+    plan.fingerprint = contract.fingerprint(
         stage.name, stage.version, config, [p.pinned for p in inputs.values()], options.split, options.max_rows,
         prompts or None, options.num_shards if stage.sharding_changes_output else None,
     )
-    return RunPlan(
-        stage, options, config, inputs, parts, [inputs[p.ref] for p in parts], files, schemas, shards, fp,
-        options.tag or contract.default_tag(stage.name, fp), stage.partitions(config) if stage.reduce else 1,
-        aligned, aligned_files, aligned_groups, token_free_argv(argv or sys.argv),
-    )
+    plan.tag = options.tag or contract.default_tag(stage.name, plan.fingerprint)
+    plan.num_partitions = stage.partitions(config) if stage.reduce else 1
+    return plan
 
 
 # ---------------------------------------------------------------- the whole run
@@ -421,6 +425,8 @@ def print_run_summary(plan: RunPlan, result: RunResult, seconds: float) -> None:
     for kind, counts in result.counts.items():
         if counts and kind != "stats":
             lines.append((kind, ", ".join(f"{k}: {v}" for k, v in counts.items())))
+    if plan.stage.report is not None and result.counts.get("stats"):
+        lines += plan.stage.report(result.counts["stats"], plan.config)
     if result.usage:
         u = result.usage
         lines.append(("tokens", f"{u.get('prompt_tokens', 0):,} prompt ({u.get('cached_prompt_tokens', 0):,} from the prefix "

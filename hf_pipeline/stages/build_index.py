@@ -19,6 +19,13 @@ published `embedding` column back and builds, in the same commit:
                                     pool distributions (see hf_pipeline/matching.py)
     index/info.json                 embedding model, dimension, the index chosen and why, counts
 
+Templates not made by this pipeline (e.g. the published `fineinstructions/finetemplates`) are read through a
+column mapping: `template_column`, `description_column` and `id_column` name the template text, its compatible
+document description and its id (`id_column` empty: the id is the hash of the template text, as `genericize`
+makes it); `source_column`, `num_variables_column` and `status_column` are read when present (absent at their
+default names: source `unknown`, variables counted from the template's `<fi>` tags, every row a template to
+index). The published rows and the id map always use this pipeline's names (`template_id`, `template`, ...).
+
 The data rows are not FAISS ids: they come in shards, and a template_id repeated across shards is indexed once
 (its first occurrence in shard order); id_map.parquet is the FAISS-id order. The `match` stage reads the index/
 files of this repo at a pinned commit.
@@ -38,7 +45,7 @@ from hf_pipeline.embedder import load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
 from hf_pipeline.stage import ArtifactContext, Stage, StageContext
-from hf_pipeline.text.templates import count_variables
+from hf_pipeline.text.templates import TemplateError, count_variables, template_id
 
 INDEX_FILE = "index/templates.faiss"
 ID_MAP_FILE = "index/id_map.parquet"
@@ -54,6 +61,7 @@ TEMPLATE_COLUMNS = {
     "num_variables": "int64",
     "status": "string",
 }
+UNKNOWN_SOURCE = "unknown"  # the source of a template when the input has no source column
 
 
 @dataclass
@@ -81,6 +89,25 @@ class BuildIndexConfig:
     encode_batch_size: int = field(default=64, metadata={"help": "texts per forward pass of the embedder"})
     use_gpu: bool = field(default=True, metadata={"help": "use a GPU (embedder, FAISS) when present"})
     seed: int = field(default=0, metadata={"help": "seed of the training sample"})
+    # the templates' columns (a template dataset not made by this pipeline); published under this pipeline's names
+    template_column: str = field(default="template", metadata={"help": "the input's column holding the template text (<fi> variables)"})
+    description_column: str = field(
+        default="compatible_document_description",
+        metadata={"help": "the input's column holding the compatible document description (the text embedded)"},
+    )
+    id_column: str | None = field(
+        default="template_id",
+        metadata={"help": "the input's column holding the template's id; empty: the hash of the template text (as genericize makes it)"},
+    )
+    source_column: str | None = field(
+        default="source", metadata={"help": "the input's query-source column, if any (absent: source 'unknown')"}
+    )
+    num_variables_column: str | None = field(
+        default="num_variables", metadata={"help": "the input's variable-count column, if any (absent: counted from the <fi> tags)"}
+    )
+    status_column: str | None = field(
+        default="status", metadata={"help": "the input's status column, if any (rows not 'ok' are counted, not indexed; absent: every row)"}
+    )
 
 
 def check_config(config: BuildIndexConfig) -> None:
@@ -101,6 +128,44 @@ def check_config(config: BuildIndexConfig) -> None:
             raise PipelineError(f"config key 'index_factory' {config.index_factory!r} is not a FAISS index_factory string.") from None
 
 
+# config key -> whether the column must be there (optional ones may be absent when left at their default names)
+REQUIRED_COLUMNS = ("template_column", "description_column", "id_column")
+OPTIONAL_COLUMNS = ("source_column", "num_variables_column", "status_column")
+
+
+def check_input(part, schema, config: BuildIndexConfig) -> None:
+    """At plan time: the columns the config names exist (an optional column renamed from its default must too)."""
+    from hf_pipeline.documents import check_columns
+
+    if not config.template_column or not config.description_column:
+        raise PipelineError("config keys 'template_column' and 'description_column' of build_index must name columns.")
+    wanted = {key: getattr(config, key) for key in REQUIRED_COLUMNS}
+    defaults = BuildIndexConfig()
+    wanted.update({key: getattr(config, key) for key in OPTIONAL_COLUMNS if getattr(config, key) != getattr(defaults, key)})
+    check_columns(schema, wanted, f"input {part.ref}", "build_index")
+
+
+def read_columns(batch: dict[str, list], config: BuildIndexConfig) -> dict[str, list]:
+    """A batch of the input in this pipeline's names: template_id, template, compatible_document_description,
+    source, num_variables, status, query_id (None where the input has no such column)."""
+    n = len(next(iter(batch.values()))) if batch else 0
+
+    def column(name: str | None) -> list:
+        return list(batch[name]) if name and name in batch else [None] * n
+
+    templates = column(config.template_column)
+    ids = column(config.id_column) if config.id_column else [template_id(t) if t else None for t in templates]
+    return {
+        "template_id": [None if i is None else str(i) for i in ids],
+        "template": templates,
+        "compatible_document_description": column(config.description_column),
+        "source": [UNKNOWN_SOURCE if s is None else str(s) for s in column(config.source_column)],
+        "num_variables": column(config.num_variables_column),
+        "status": column(config.status_column) if config.status_column and config.status_column in batch else ["ok"] * n,
+        "query_id": column("query_id"),
+    }
+
+
 def device(config) -> str | None:
     import torch
 
@@ -116,13 +181,28 @@ def setup(ctx: StageContext) -> dict[str, Any]:
 
 
 def embed_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+    batch = read_columns(batch, ctx.config)
     n = len(batch["template_id"])
     # no status column: every row is a template to index; a null status is a row nobody vouched for
-    status = [s or "missing_status" for s in batch["status"]] if "status" in batch else ["ok"] * n
+    status = [s or "missing_status" for s in batch["status"]]
     descriptions = batch["compatible_document_description"]
-    for i, d in enumerate(descriptions):
-        if status[i] == "ok" and (d is None or not d.strip()):
+    num_variables: list[int] = [0] * n
+    for i, (d, t) in enumerate(zip(descriptions, batch["template"])):
+        if status[i] != "ok":
+            continue
+        if t is None or not t.strip():
+            status[i] = "empty_template"
+        elif batch["template_id"][i] is None:
+            status[i] = "missing_template_id"
+        elif d is None or not d.strip():
             status[i] = "empty_description"
+        elif batch["num_variables"][i] is not None:
+            num_variables[i] = int(batch["num_variables"][i])
+        else:
+            try:
+                num_variables[i] = count_variables(t)
+            except TemplateError as e:  # a malformed template is counted, never indexed
+                status[i] = e.reason
     todo = [i for i in range(n) if status[i] == "ok"]
     embeddings: list[list[float] | None] = [None] * n
     if todo:
@@ -135,12 +215,9 @@ def embed_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         ).astype("float32")
         for i, v in zip(todo, vectors):
             embeddings[i] = v
-    num_variables = [
-        nv if nv is not None else (count_variables(t) if t else 0) for nv, t in zip(batch["num_variables"], batch["template"])
-    ]
     return {
         "template_id": batch["template_id"],
-        "query_id": list(batch.get("query_id") or [None] * n),
+        "query_id": batch["query_id"],
         "source": batch["source"],
         "template": batch["template"],
         "compatible_document_description": descriptions,
@@ -322,7 +399,7 @@ STAGE = Stage(
     description="embed templates' compatible document descriptions; publish a FAISS index and complexity weights (§3.2)",
     config_class=BuildIndexConfig,
     output_columns={**TEMPLATE_COLUMNS, "embedding": "list<float32>"},
-    input_columns=("template_id", "source", "template", "compatible_document_description", "num_variables"),
+    check_input=check_input,  # the config's column mapping
     map_batch=embed_batch,
     setup=setup,
     finalize=keep_indexable,

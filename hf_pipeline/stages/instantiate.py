@@ -20,7 +20,9 @@ for all its templates; the published instantiator expects `template_first`, the 
 Pairs carry their template's text and their document's position (`doc_file`, `doc_row`, written by `match`): a
 batch reads its documents from the `documents` input (the one match read, pinned) by position, only the files
 and row groups its pairs point at, never a lookup of the corpus. The id found at the position must be the pair's
-`doc_id` (status `document_mismatch` otherwise: the documents are not the revision match read).
+`doc_id` (status `document_mismatch` otherwise: the documents are not the revision match read). The documents'
+id and text columns are the config keys `doc_id_column` and `text_column` (a user's own corpus; checked at plan
+time, see hf_pipeline/documents.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hf_pipeline.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F401  (the default document columns)
+from hf_pipeline.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
@@ -40,13 +44,13 @@ from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
 TEACHER_PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "instantiate_teacher.txt"
 TEACHER_PROMPT_DOCUMENT_FIRST = TEACHER_PROMPT.with_name("instantiate_teacher_document_first.txt")
 PromptLayout = Literal["template_first", "document_first"]
-# the documents' id and text columns (a later doc_id_column / text_column config key slots in here)
-DOC_ID_COLUMN, TEXT_COLUMN = "doc_id", "text"
 
 
 # constrain_format: regexes for the reply's strings. xgrammar matches a pattern against the JSON string's
 # decoded text; it cannot spell quotes, backslashes or control characters there, so patterns leave them out.
 _FI = re.compile(r"<fi>.*?</fi>", re.S)
+# excerpt markup belongs in answers only: an instruction holding any is not a user's question
+_EXCERPT_MARKUP = re.compile(r"</?\s*excerpt\b[^>]*>|<\.\.\.>", re.I)
 _REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\/])")
 _UNSPELLABLE = re.compile(r'["\\<>\x00-\x1f]')
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
@@ -125,8 +129,10 @@ def pair_schema(config: InstantiateConfig, template: str = "", document: str = "
 @dataclass
 class InstantiateConfig:
     documents: str = field(
-        default="", metadata={"help": "documents dataset (doc_id, text): the one match read (org/name@revision or path); read by position"}
+        default="", metadata={"help": "documents dataset: the one match read (org/name@revision or path); read by position"}
     )
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     mode: Literal["student", "teacher"] = field(
         default="student", metadata={"help": "student (template_instantiator contract) | teacher (prompted instruct LLM)"}
     )
@@ -158,6 +164,12 @@ def check_config(config: InstantiateConfig) -> list[str]:
     return [config.documents]
 
 
+def resolve_config(config: InstantiateConfig, plan) -> InstantiateConfig:
+    """At plan time: the documents have the id and text columns the config names (one footer read)."""
+    check_documents_input(config, plan, "instantiate")
+    return config
+
+
 def teacher_prompt(layout: PromptLayout = "template_first") -> Path:
     return TEACHER_PROMPT_DOCUMENT_FIRST if layout == "document_first" else TEACHER_PROMPT
 
@@ -176,7 +188,9 @@ def user_message(template: str, document: str, mode: str, layout: PromptLayout =
 
 
 def _read_positions(ctx: StageContext, ref: str, path: str, rows: list[int]) -> tuple[dict[int, tuple], dict[int, str]]:
-    """({row: (doc_id, text)}, {row: why it cannot be read}) for rows of one data file of `ref`."""
+    """({row: (doc_id, text)}, {row: why it cannot be read}) for rows of one data file of `ref`, from the config's
+    `doc_id_column` and `text_column`."""
+    id_column, text_column = ctx.config.doc_id_column, ctx.config.text_column
     try:
         tables = [(rows, ctx.read_rows(ref, path, rows))]
         failed: dict[int, str] = {}
@@ -189,10 +203,11 @@ def _read_positions(ctx: StageContext, ref: str, path: str, rows: list[int]) -> 
                 failed[r] = str(e)
     found = {}
     for asked, table in tables:
-        missing = [c for c in (DOC_ID_COLUMN, TEXT_COLUMN) if c not in table.column_names]
+        missing = [c for c in (id_column, text_column) if c not in table.column_names]
         if missing:
-            raise PipelineError(f"documents {ref} lack column '{missing[0]}' (they have: {', '.join(table.column_names)}).")
-        found.update(zip(asked, zip(table[DOC_ID_COLUMN].to_pylist(), table[TEXT_COLUMN].to_pylist())))
+            raise PipelineError(f"documents {ref} lack column '{missing[0]}' (they have: {', '.join(table.column_names)}); "
+                                "set config keys 'doc_id_column' and 'text_column'.")
+        found.update(zip(asked, zip(table[id_column].to_pylist(), table[text_column].to_pylist())))
     return found, failed
 
 
@@ -261,8 +276,8 @@ def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, li
         spans: list[list[int]] = []
         ratio, generated = None, 0
         completion = completions.get(i)
-        if completion is None:
-            status, detail = problems[i]
+        if completion is None:  # not sent (problems say why), or sent and the engine gave no answer
+            status, detail = problems.get(i, ("error", "the engine returned no completion for this row"))
         else:
             generated = completion.completion_tokens or 0
             value, status, detail = parse_json_completion(completion, schemas[i])
@@ -293,6 +308,9 @@ def check_pair(instruction: str, raw_answer: str, document: str, config: Instant
     """Expand the excerpts and apply the paper's checks: (status, detail, answer, spans, ratio)."""
     if "<fi>" in instruction or "</fi>" in instruction:
         return "unfilled_variables", "the instruction still holds <fi> tags", None, [], None
+    markup = _EXCERPT_MARKUP.search(instruction)
+    if markup:
+        return "excerpt_in_instruction", f"the instruction holds excerpt markup {markup.group(0)!r}", None, [], None
     try:
         expanded = expand_excerpts(raw_answer, document)
     except ExcerptError as e:
@@ -306,7 +324,7 @@ def check_pair(instruction: str, raw_answer: str, document: str, config: Instant
 
 # every row's `status`; dataset_cards/instantiate.md says what each means
 STATUSES = (
-    "ok", "null", "unfilled_variables", "excerpt_not_found", "excerpt_ambiguous", "malformed_excerpt",
+    "ok", "null", "unfilled_variables", "excerpt_in_instruction", "excerpt_not_found", "excerpt_ambiguous", "malformed_excerpt",
     "low_excerpt_ratio", "unparseable", "length", "schema_mismatch", "error", "prompt_too_long", "unknown_document",
     "document_mismatch",
     "unknown_template",
@@ -339,6 +357,7 @@ STAGE = Stage(
     map_batch=instantiate_batch,
     setup=setup,
     input_refs=check_config,
+    resolve_config=resolve_config,
     models=lambda config: {"instantiator": llm_card_ref(config.llm)},
     prompts=lambda config: [teacher_prompt(config.prompt_layout)] if config.mode == "teacher" else [],
 )

@@ -18,7 +18,8 @@ No LLM here: run `instantiate` in teacher mode, then `judge`, then this stage, w
   are all represented; every row not taken is counted by reason.
 
 The documents are read by position, as instantiate reads them (the judged rows carry `doc_file`, `doc_row` and
-the template's text from `match`), only for the rows that can become examples. The selection is a global step
+the template's text from `match`), only for the rows that can become examples, from the columns the config keys
+`doc_id_column` and `text_column` name (checked at plan time). The selection is a global step
 over every judged row (~100K in the paper): a `reduce` with one partition.
 
 Each row carries `messages`, the `fineinstructions/template_instantiator` student contract that instantiate's
@@ -33,6 +34,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from hf_pipeline.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.stages.instantiate import InstantiateConfig, PromptLayout, read_documents, user_message
@@ -47,7 +49,9 @@ POSITIVE, NULL = "positive", "null"  # the two candidate kinds; any other `selec
 
 @dataclass
 class InstantiatorSilverConfig:
-    documents: str = field(default="", metadata={"help": "documents dataset (doc_id, text): the one instantiate read; read by position"})
+    documents: str = field(default="", metadata={"help": "documents dataset: the one instantiate read; read by position"})
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     max_document_chars: int = field(
         default=InstantiateConfig.max_document_chars,
         metadata={"help": "documents are cut to this many characters in the user message: set it as instantiate had it"},
@@ -75,6 +79,12 @@ def check_config(config: InstantiatorSilverConfig) -> list[str]:
     if config.max_examples is not None and config.max_examples < 1:
         raise PipelineError(f"max_examples must be at least 1 (or unset), got {config.max_examples}.")
     return [config.documents]
+
+
+def resolve_config(config: InstantiatorSilverConfig, plan) -> InstantiatorSilverConfig:
+    """At plan time: the documents have the id and text columns the config names (one footer read)."""
+    check_documents_input(config, plan, "instantiator_silver")
+    return config
 
 
 def selection_of(status: str, judge_status: str | None, judge_score: int | None, min_score: int) -> str:
@@ -228,4 +238,5 @@ STAGE = Stage(
     reduce=select_examples,
     partitions=lambda config: 1,  # one global selection over ~100K judged rows
     input_refs=check_config,
+    resolve_config=resolve_config,
 )

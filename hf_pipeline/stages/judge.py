@@ -21,7 +21,8 @@ from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
 
 PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "judge_flow.txt"
-_SCORE = re.compile(r"<score>\s*([1-5])\s*</score>")
+_SCORE = re.compile(r"<score>(.*?)</score>", re.S)
+_VALID_SCORE = re.compile(r"\s*([1-5])\s*")
 _FEEDBACK = re.compile(r"<feedback>\s*(.*?)\s*</feedback>", re.S)
 
 
@@ -52,13 +53,18 @@ def reply_schema(max_feedback_words: int) -> dict:
 JUDGE_STATUSES = ("ok", "skipped", "unparseable", "length", "error", "prompt_too_long")
 
 
-def parse_judgment(text: str) -> tuple[int | None, str | None, str]:
-    """(score 1–5, feedback, status) from a Flow Judge reply; the last <score> wins, as the format puts it last."""
+def parse_judgment(text: str | None) -> tuple[int | None, str | None, str]:
+    """(score 1–5, feedback, status) from a Flow Judge reply; the last <score> wins, as the format puts it last. A
+    reply without a <score>, or whose last <score> is not one of 1–5 ("7", "4.5", "four"), is `unparseable`: an
+    earlier in-range score is never taken in its place."""
+    text = text or ""
     scores = _SCORE.findall(text)
     feedback = _FEEDBACK.search(text)
-    if not scores:
-        return None, feedback.group(1) if feedback else None, "unparseable"
-    return int(scores[-1]), feedback.group(1) if feedback else None, "ok"
+    feedback_text = feedback.group(1) if feedback else None
+    last = _VALID_SCORE.fullmatch(scores[-1]) if scores else None
+    if last is None:
+        return None, feedback_text, "unparseable"
+    return int(last.group(1)), feedback_text, "ok"
 
 
 def judge_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
@@ -79,8 +85,10 @@ def judge_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     scores, feedbacks, statuses = [], [], []
     for i in range(len(batch["status"])):
         completion = completions.get(i)
-        if completion is None:
+        if batch["status"][i] != "ok":
             score, feedback, status = None, None, "skipped"  # the instantiation itself is not ok
+        elif completion is None:  # sent, but the engine gave no answer for it
+            score, feedback, status = None, "the engine returned no completion for this row", "error"
         elif completion.finish_reason in ("error", "prompt_too_long"):  # prompt_too_long: never sent to the model
             score, feedback, status = None, completion.error, completion.finish_reason
         else:

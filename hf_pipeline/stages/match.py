@@ -18,15 +18,40 @@ weight 0, or that are empty, or too long under `long_documents: drop`) have no p
 the card by reason. Documents longer than the model's max sequence length are truncated by default
 (only their first max_seq_length tokens are seen), and counted.
 
+Threshold calibration. A model other than the paper's puts cosines on another scale, so the card and the end
+summary show where this corpus's documents fall: the distribution of each document's *best cosine* (the highest
+score of any of its K+1 vectors with any template; quantiles and a histogram plot), and, for thresholds around the
+configured one (`calibration_offsets`), the share of documents with at least one candidate and the mean
+candidates per document. All are summed from additive per-shard figures (a fixed-bin histogram of best cosines,
+per-threshold counts), derived once in `summarize`. FAISS returns at most `candidates_per_vector` templates per
+vector, so candidate counts are lower bounds wherever a vector's last neighbour is still over the threshold (the
+documents where that happens are counted per threshold); the share of documents with a candidate is exact.
+
+`threshold: auto:Q` picks the threshold once, at plan time, on the driver (`resolve_config`): a seeded sample of
+up to `calibration_sample` documents (rows of a few row groups chosen by the seed: never the whole corpus) is
+embedded and searched as the shards will, and the threshold is set where a share Q of the sample has a candidate
+(between the sample's best cosines ranked round(Q·n) and round(Q·n)+1, rounded to 4 decimals). The resolved
+config (the value, and `threshold_auto`: Q, the sample size, the share reached) is the run's: the fingerprint is
+computed over it, so it depends on both the spec and the value (the same command on the same pinned inputs and
+kind of device resolves to the same value and resumes the same run; a resolution that differs, e.g. on another
+kind of device, is another run, never a run whose shards used two thresholds), and it is the config every worker
+gets.
+
+The documents' id and text columns are the config keys `doc_id_column` and `text_column` (a user's own corpus,
+checked at plan time); the published `doc_id` holds the corpus's own id values.
+
 The id map (18M templates in production) is never a Python list: each worker converts it once into a
 memory-mapped Arrow file in its cache and takes the few rows a batch needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN
+from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.embedder import load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.matching import ComplexityWeights, document_seed, match_document, template_keys
@@ -54,9 +80,27 @@ class MatchConfig:
     k: int = field(default=5, metadata={"help": "Gaussian pooling: number of chunk vectors K (K+1 vectors with the global one)"})
     sigma: float = field(default=0.05, metadata={"help": "Gaussian pooling: kernel width as a fraction of the document length"})
     alpha: float = field(default=1.0, metadata={"help": "Gaussian pooling: blend of chunk-local (1) and global (0) vectors"})
-    threshold: float = field(
-        default=0.865, metadata={"help": "cosine at or above which a template is a candidate (paper: 0.865 with its BGE-M3)"}
+    threshold: float | str = field(
+        default=0.865,
+        metadata={"help": "cosine at or above which a template is a candidate (paper: 0.865 with its BGE-M3); 'auto:Q' "
+                  "(e.g. auto:0.6): the cosine at which a share Q of a seeded sample of the documents has a candidate, "
+                  "chosen once at plan time"},
     )
+    threshold_auto: dict | None = field(
+        default=None,
+        metadata={"help": "set by the run when threshold is auto:Q: the share asked, the documents sampled and the share "
+                  "reached (shown in the card); not a key to set"},
+    )
+    calibration_sample: int = field(
+        default=256, metadata={"help": "threshold auto:Q: documents sampled (seeded, from a few row groups: never the whole corpus)"}
+    )
+    calibration_offsets: list[float] = field(
+        default_factory=lambda: [-0.1, -0.05, 0.0, 0.05, 0.1],
+        metadata={"help": "the card's calibration table: thresholds at these offsets from the threshold used"},
+    )
+    plots: bool = field(default=True, metadata={"help": "the best-cosine histogram as a PNG in the card (needs matplotlib; skipped without)"})
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     templates_per_document: int = field(default=6, metadata={"help": "templates drawn per document (at most)"})
     candidates_per_vector: int = field(
         default=100, metadata={"help": "nearest templates FAISS returns per vector; the candidates are those over the threshold"}
@@ -71,9 +115,30 @@ class MatchConfig:
     use_gpu: bool = field(default=True, metadata={"help": "use a GPU (embedder in bf16, FAISS) when present"})
 
 
+_AUTO = re.compile(r"\s*auto\s*:\s*(\S+)\s*")
+
+
+def auto_share(threshold: float | str) -> float | None:
+    """Q of a `threshold: auto:Q`, None for a number; anything else is a config error."""
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        return None
+    match = _AUTO.fullmatch(str(threshold))
+    try:
+        share = float(match.group(1)) if match else None
+    except ValueError:
+        share = None
+    if share is None or not 0 < share < 1:
+        raise PipelineError(f"config key 'threshold' must be a cosine (e.g. 0.865) or auto:Q with Q in (0, 1) (e.g. auto:0.6), "
+                            f"got {threshold!r}.")
+    return share
+
+
 def check_config(config: MatchConfig) -> None:
     if not config.index:
         raise PipelineError("match needs config key 'index': the build_index output to search (org/name@tag).")
+    auto_share(config.threshold)
+    if config.calibration_sample < 1:
+        raise PipelineError(f"config key 'calibration_sample' must be at least 1, got {config.calibration_sample}.")
     if config.long_documents not in ("truncate", "drop"):
         raise PipelineError(f"config key 'long_documents' must be 'truncate' or 'drop', got {config.long_documents!r}.")
     if config.templates_per_document < 1 or config.candidates_per_vector < 1 or config.k < 1:
@@ -185,12 +250,12 @@ class IdMap:
 
 def setup(ctx: StageContext) -> dict[str, Any]:
     """Embedder with Gaussian pooling, the FAISS index, the id map and per-FAISS-id weights and hash keys."""
-    from hf_pipeline.pooling import with_gaussian_pooling
-
     config: MatchConfig = ctx.config
     check_config(config)
-    model, index = open_index(ctx, "match")
-    with_gaussian_pooling(model, k=config.k, sigma=config.sigma, alpha=config.alpha)
+    if auto_share(config.threshold) is not None:
+        raise PipelineError(f"threshold {config.threshold!r} is resolved once at plan time by the runner (match's resolve_config); "
+                            "a worker got it unresolved.")
+    model, index = open_gaussian_index(ctx)
     id_map = IdMap.open(ctx, config.index)
     if len(id_map) != index.ntotal:
         raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but its id map {len(id_map)} rows.")
@@ -204,17 +269,36 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+def open_gaussian_index(ctx: StageContext) -> tuple[Any, Any]:
+    """The index's embedder with Gaussian pooling, and the FAISS index (see open_index)."""
+    from hf_pipeline.pooling import with_gaussian_pooling
+
+    config: MatchConfig = ctx.config
+    model, index = open_index(ctx, "match")
+    with_gaussian_pooling(model, k=config.k, sigma=config.sigma, alpha=config.alpha)
+    return model, index
+
+
+@dataclass
+class Searched:
+    """A batch of documents embedded and searched: each text's status ('ok', 'empty_text', 'too_long'), whether
+    the model saw only its first tokens, and for the live ones (status ok, in order) FAISS scores and ids (B, V, top)."""
+
+    status: list[str]
+    truncated: np.ndarray
+    live: list[int]
+    scores: np.ndarray
+    ids: np.ndarray
+
+
+def search_documents(texts: list, model, index, config: MatchConfig) -> Searched:
+    """Embed (Gaussian pooling: K+1 vectors each) and search a batch of texts, as every shard and the plan-time
+    calibration do: one FAISS call for all vectors of the batch."""
     from hf_pipeline.embedder import clip_to_model
     from hf_pipeline.pooling import encode_gaussian
 
-    config: MatchConfig = ctx.config
-    res = ctx.resources
-    model, index = res["model"], res["index"]
-    doc_ids = [str(d) for d in batch["doc_id"]]
-    doc_files, doc_rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
-    texts = list(batch["text"])
-    n = len(doc_ids)
+    texts = list(texts)
+    n = len(texts)
     status = ["ok" if isinstance(t, str) and t.strip() else "empty_text" for t in texts]
     live = [i for i in range(n) if status[i] == "ok"]
     truncated = np.zeros(n, dtype=bool)
@@ -228,11 +312,68 @@ def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
             if truncated[i]:
                 status[i] = "too_long"
         live = [i for i in live if status[i] == "ok"]
+    top = min(config.candidates_per_vector, index.ntotal)
+    scores, ids = np.zeros((0, 0, top), np.float32), np.zeros((0, 0, top), np.int64)
+    if live:
+        vectors = encode_gaussian(model, [texts[i] for i in live], batch_size=config.encode_batch_size)  # (B, K+1, d)
+        B, V, d = vectors.shape
+        scores, ids = index.search(np.ascontiguousarray(vectors.reshape(B * V, d)), top)  # one call for the batch
+        scores, ids = scores.reshape(B, V, top), ids.reshape(B, V, top)
+    return Searched(status, truncated, live, scores, ids)
+
+
+def calibration_thresholds(config: MatchConfig) -> list[float]:
+    """The thresholds of the calibration table: the threshold used plus `calibration_offsets`, within [-1, 1]."""
+    t = float(config.threshold)
+    return sorted({round(min(1.0, max(-1.0, t + float(o))), 4) for o in [0.0, *config.calibration_offsets]})
+
+
+def threshold_key(t: float) -> str:
+    return f"{t:.4f}"
+
+
+def document_figures(scores: np.ndarray, ids: np.ndarray, thresholds: list[float], saturated: bool):
+    """One document's (V, top) search results -> (best cosine, candidates at each threshold, whether each count
+    may be short of the truth). A template found by several vectors counts once, with its best score (as
+    `best_candidates` counts it). `saturated`: FAISS returned `top` < the index's size, so a vector whose last
+    neighbour is over a threshold may have more candidates there than were returned."""
+    s, i = scores.reshape(-1), ids.reshape(-1)
+    keep = i >= 0
+    s, i = s[keep], i[keep]
+    if not len(s):
+        return None, [0] * len(thresholds), [0] * len(thresholds)
+    order = np.lexsort((-s, i))
+    s, i = s[order], i[order]
+    first = np.ones(len(i), dtype=bool)
+    first[1:] = i[1:] != i[:-1]
+    best_per_template = s[first]
+    counts = [int(np.sum(best_per_template >= t)) for t in thresholds]  # compared as best_candidates compares
+    if saturated:
+        last = scores[:, -1]  # each vector's last (lowest) returned score
+        capped = [int(bool(np.any(last >= t))) for t in thresholds]
+    else:
+        capped = [0] * len(thresholds)
+    return float(best_per_template.max()), counts, capped
+
+
+def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+    config: MatchConfig = ctx.config
+    res = ctx.resources
+    model, index = res["model"], res["index"]
+    doc_ids = [None if d is None else str(d) for d in batch[config.doc_id_column]]
+    doc_files, doc_rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
+    n = len(doc_ids)
+    searched = search_documents(batch[config.text_column], model, index, config)
+    status, truncated = searched.status, searched.truncated
+    thresholds = calibration_thresholds(config)
+    saturated = min(config.candidates_per_vector, index.ntotal) < index.ntotal
 
     out: dict[str, list] = {c: [] for c in MAP_COLUMNS}
     fids: list[int] = []  # FAISS id of each pair row (-1: a placeholder), for its template_id and text
+    figures: dict[int, tuple] = {}
 
     def emit(i: int, fid: int, chunk, score, st: str, n_cands: int, first: bool) -> None:
+        best, counts, capped = figures.get(i, (None, [0] * len(thresholds), [0] * len(thresholds)))
         out["doc_id"].append(doc_ids[i])
         fids.append(fid)
         out["doc_file"].append(doc_files[i])
@@ -243,19 +384,20 @@ def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         out["truncated"].append(bool(truncated[i]))
         out["candidates"].append(n_cands)
         out["first"].append(first)
+        out["best_score"].append(best)
+        out["candidates_at"].append(counts)
+        out["capped_at"].append(capped)
 
     matches = {}
-    if live:
-        vectors = encode_gaussian(model, [texts[i] for i in live], batch_size=config.encode_batch_size)  # (B, K+1, d)
-        B, V, d = vectors.shape
-        top = min(config.candidates_per_vector, index.ntotal)
-        scores, ids = index.search(np.ascontiguousarray(vectors.reshape(B * V, d)), top)  # one call for the batch
-        scores, ids = scores.reshape(B, V, top), ids.reshape(B, V, top)
-        for row, i in enumerate(live):
-            matches[i] = match_document(
-                scores[row], ids[row], config.threshold, config.templates_per_document,
-                res["weight_by_id"], res["key_by_id"], document_seed(config.seed, doc_ids[i]),
-            )
+    for row, i in enumerate(searched.live):
+        if doc_ids[i] is None:
+            status[i] = "missing_doc_id"  # no id to publish the pairs under: counted, never matched
+            continue
+        figures[i] = document_figures(searched.scores[row], searched.ids[row], thresholds, saturated)
+        matches[i] = match_document(
+            searched.scores[row], searched.ids[row], config.threshold, config.templates_per_document,
+            res["weight_by_id"], res["key_by_id"], document_seed(config.seed, doc_ids[i]),
+        )
     for i in range(n):
         m = matches.get(i)
         if m is None or m.status != "ok":
@@ -272,12 +414,28 @@ def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     return out
 
 
+# ---------------------------------------------------------------- per-shard figures and their summary
+
+# best cosines binned over [-1, 1]: a fixed grid, so shards' histograms add bin by bin
+HISTOGRAM_BINS = 400
+HISTOGRAM_WIDTH = 2.0 / HISTOGRAM_BINS
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+def histogram_of(values: np.ndarray) -> list[int]:
+    bins = np.clip(np.floor((np.asarray(values, dtype=np.float64) + 1.0) / HISTOGRAM_WIDTH), 0, HISTOGRAM_BINS - 1).astype(int)
+    return np.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
+
+
 def keep_pairs(ds, ctx: StageContext):
     """Per shard: drop the placeholder rows; count documents by reason, truncation and candidates (additive figures,
-    with a histogram of candidates per document for the median; `summarize` derives mean and median)."""
+    with a histogram of candidates per document for the median; `summarize` derives mean and median); the
+    calibration figures: a fixed-bin histogram of best cosines and, per threshold of the table, documents with a
+    candidate, candidates summed and documents whose count may be short (FAISS returned no more)."""
     import pyarrow.compute as pc
 
-    table = ds.with_format("arrow", columns=["status", "truncated", "candidates", "first"])[:]
+    columns = ["status", "truncated", "candidates", "first", "best_score", "candidates_at", "capped_at"]
+    table = ds.with_format("arrow", columns=columns)[:]
     first = table["first"]
     docs = table.filter(first)
     status_counts = {d["values"]: d["counts"] for d in pc.value_counts(docs["status"]).to_pylist()}
@@ -288,6 +446,11 @@ def keep_pairs(ds, ctx: StageContext):
     config: MatchConfig = ctx.config
     pairs_per_doc = np.bincount(np.cumsum(first.to_numpy(zero_copy_only=False))[ok.to_numpy(zero_copy_only=False)])
     values, counts = np.unique(candidates, return_counts=True)
+    scored = docs.filter(pc.is_valid(docs["best_score"]))
+    best = scored["best_score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    thresholds = calibration_thresholds(config)
+    at = np.asarray(scored["candidates_at"].to_pylist(), dtype=np.int64).reshape(len(best), len(thresholds))
+    capped = np.asarray(scored["capped_at"].to_pylist(), dtype=np.int64).reshape(len(best), len(thresholds))
     stats = {
         "documents": len(docs),
         "documents_matched": matched,
@@ -296,6 +459,19 @@ def keep_pairs(ds, ctx: StageContext):
         "pairs": int(pc.sum(ok).as_py() or 0),
         "candidates_sum": int(candidates.sum()),
         "candidates_histogram": {str(int(v)): int(n) for v, n in zip(values, counts)},  # candidates -> documents
+        "best_cosine_documents": len(best),  # documents searched (with text, not dropped as too long)
+        "best_cosine_sum": float(best.sum()),
+        "best_cosine_histogram": histogram_of(best),
+        "min_best_cosine": float(best.min()) if len(best) else None,
+        "max_best_cosine": float(best.max()) if len(best) else None,
+        "calibration": {
+            threshold_key(t): {
+                "documents_with_candidates": int(np.sum(at[:, k] > 0)),
+                "candidates_sum": int(at[:, k].sum()),
+                "documents_capped": int(capped[:, k].sum()),
+            }
+            for k, t in enumerate(thresholds)
+        },
     }
     keep = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
     return ds.select(keep), drops, stats
@@ -314,15 +490,209 @@ def histogram_median(histogram: dict) -> float:
     return (lo + hi) / 2
 
 
+def histogram_quantile(counts: list[int], q: float, lo: float | None = None, hi: float | None = None) -> float | None:
+    """The q-quantile of values binned on the fixed grid (linear within the bin holding it), kept within [lo, hi]
+    (the exact min and max): precise to a bin's width, HISTOGRAM_WIDTH."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if not total:
+        return None
+    cumulative = np.cumsum(counts)
+    target = q * total
+    b = int(np.searchsorted(cumulative, target, side="left"))
+    b = min(b, len(counts) - 1)
+    before = cumulative[b - 1] if b else 0.0
+    inside = (target - before) / counts[b] if counts[b] else 0.0
+    value = -1.0 + (b + inside) * HISTOGRAM_WIDTH
+    if lo is not None:
+        value = max(value, lo)
+    if hi is not None:
+        value = min(value, hi)
+    return round(float(value), 4)
+
+
 def summarize(stats: dict, config: MatchConfig) -> dict:
-    """Mean and median candidates per document from the summed counts and histogram; the threshold used."""
+    """Mean and median candidates per document from the summed counts and histogram; the threshold used; the best
+    cosine's distribution (quantiles from the summed histogram) and the calibration table."""
     stats = dict(stats)
     histogram = stats.pop("candidates_histogram", {})
     documents = stats.get("documents", 0)
     stats["candidates_per_document_mean"] = round(stats.get("candidates_sum", 0) / documents, 2) if documents else 0.0
     stats["candidates_per_document_median"] = float(histogram_median(histogram))
     stats["threshold"] = config.threshold
+    if config.threshold_auto:
+        stats["threshold_auto"] = config.threshold_auto
+    bins = stats.pop("best_cosine_histogram", None) or [0] * HISTOGRAM_BINS
+    scored = stats.pop("best_cosine_documents", 0)
+    lo, hi = stats.pop("min_best_cosine", None), stats.pop("max_best_cosine", None)
+    total = stats.pop("best_cosine_sum", 0.0)
+    stats["best_cosine"] = {
+        "documents": scored,
+        "mean": round(total / scored, 4) if scored else None,
+        "min": None if lo is None else round(lo, 4),
+        "max": None if hi is None else round(hi, 4),
+        "quantiles": {f"p{round(q * 100):02d}": histogram_quantile(bins, q, lo, hi) for q in QUANTILES},
+        "histogram": {"bin_width": HISTOGRAM_WIDTH,  # documents per bin [start, start + bin_width), non-empty bins
+                      "counts": {f"{-1.0 + b * HISTOGRAM_WIDTH:.3f}": int(c) for b, c in enumerate(bins) if c}},
+    }
+    table = []
+    for key, row in sorted(stats.pop("calibration", {}).items(), key=lambda kv: float(kv[0])):
+        t = float(key)
+        table.append({
+            "threshold": t,
+            "used": math.isclose(t, float(config.threshold), abs_tol=5e-5),
+            "documents_with_candidates": row["documents_with_candidates"],
+            "share_with_candidates": round(row["documents_with_candidates"] / documents, 4) if documents else 0.0,
+            "candidates_per_document_mean": round(row["candidates_sum"] / documents, 2) if documents else 0.0,
+            "documents_capped": row["documents_capped"],
+        })
+    stats["calibration"] = table
     return stats
+
+
+def report(stats: dict, config: MatchConfig) -> list[tuple[str, str]]:
+    """The end summary's lines: the threshold (and how auto chose it), the best cosine's quantiles, the table."""
+    lines = []
+    auto = stats.get("threshold_auto")
+    if auto:
+        lines.append(("threshold", f"{stats['threshold']} (auto:{auto['share']}: {auto['sample_share']:.0%} of a seeded sample of "
+                                   f"{auto['sample_documents']} documents have a candidate at it)"))
+    else:
+        lines.append(("threshold", str(stats.get("threshold"))))
+    best = stats.get("best_cosine") or {}
+    if best.get("documents"):
+        q = best["quantiles"]
+        lines.append(("best cos", f"per document ({best['documents']}): " + ", ".join(
+            f"{k} {q[k]}" for k in ("p05", "p25", "p50", "p75", "p95")) + f"; mean {best['mean']}"))
+    for row in stats.get("calibration", []):
+        mark = " <- used" if row["used"] else ""
+        capped = f", {row['documents_capped']} at the FAISS cap" if row["documents_capped"] else ""
+        lines.append(("", f"≥ {row['threshold']:.4f}: {row['share_with_candidates']:.1%} of documents have a candidate, "
+                          f"{row['candidates_per_document_mean']} candidates per document{capped}{mark}"))
+    return lines
+
+
+PLOT_FILE = "plots/best_cosine.png"
+
+
+def write_plots(actx, out_dir: Path) -> dict[str, Path]:
+    """The best-cosine histogram with the table's thresholds, when matplotlib is there (the `analyze` extra)."""
+    config: MatchConfig = actx.config
+    best = actx.stats.get("best_cosine") or {}
+    if not config.plots or not best.get("documents"):
+        return {}
+    from hf_pipeline import plots
+
+    try:
+        path = plots.score_histogram(
+            best["histogram"]["counts"], best["histogram"]["bin_width"], [r["threshold"] for r in actx.stats.get("calibration", [])],
+            float(config.threshold), out_dir / PLOT_FILE,
+        )
+    except PipelineError as e:  # no matplotlib: the card has the table and quantiles, not the picture
+        print(f"match: no best-cosine plot ({e})")
+        return {}
+    return {PLOT_FILE: path}
+
+
+# ---------------------------------------------------------------- threshold auto:Q, once at plan time
+
+CALIBRATION_GROUPS = 8  # row groups a calibration sample is drawn from (more only when they hold too few rows)
+
+
+def calibration_positions(files: list, shards: list, n: int, seed: int) -> list[tuple[int, int]]:
+    """(file index, row) of a seeded sample of up to n of the rows the run maps (its shards' slices): every row when
+    there are at most n; else n rows drawn uniformly from a few row groups (CALIBRATION_GROUPS, chosen by the seed
+    with probability by their rows; more only when those hold fewer than n rows), so a billion-row corpus costs
+    the reading of a few row groups. Sorted by position."""
+    units = []  # (file, first row, end row): the run's rows cut at row-group bounds
+    for shard in shards:
+        for s in shard.slices:
+            start = 0
+            for size in files[s.file].row_groups or (files[s.file].rows,):
+                lo, hi = max(start, s.start), min(start + size, s.stop)
+                if hi > lo:
+                    units.append((s.file, lo, hi))
+                start += size
+    sizes = np.asarray([hi - lo for _, lo, hi in units], dtype=np.int64)
+    if int(sizes.sum()) <= n:
+        return sorted((f, r) for f, lo, hi in units for r in range(lo, hi))
+    rng = np.random.default_rng(seed)
+    order = rng.choice(len(units), size=len(units), replace=False, p=sizes / sizes.sum())
+    chosen, have = [], 0
+    for u in order:
+        if len(chosen) >= CALIBRATION_GROUPS and have >= n:
+            break
+        chosen.append(int(u))
+        have += int(sizes[u])
+    picks = np.sort(rng.choice(have, size=n, replace=False))
+    starts = np.cumsum([0] + [int(sizes[u]) for u in chosen])
+    which = np.searchsorted(starts, picks, side="right") - 1
+    return sorted((units[chosen[w]][0], units[chosen[w]][1] + int(p - starts[w])) for w, p in zip(which, picks))
+
+
+def threshold_for_share(best: np.ndarray, share: float) -> tuple[float, float]:
+    """(threshold, share of `best` at or above it) for documents' best cosines (-inf: a document that cannot match):
+    the threshold between the values ranked k = round(share·n) and k+1 from the top (so exactly k documents of the
+    sample have a candidate), rounded to 4 decimals."""
+    values = np.sort(np.asarray(best, dtype=np.float64))[::-1]
+    n = len(values)
+    if not n:
+        raise PipelineError("threshold auto:Q: the calibration sample holds no document.")
+    k = min(n, max(1, round(share * n)))
+    if not np.isfinite(values[k - 1]):
+        searchable = int(np.isfinite(values).sum())
+        raise PipelineError(f"threshold auto:{share}: only {searchable} of the {n} sampled documents can match (the others are "
+                            f"empty or dropped as too long); Q must be at most {searchable / n:.2f}.")
+    below = values[k] if k < n and np.isfinite(values[k]) else values[k - 1] - 2 * 1e-4
+    t = round(float((values[k - 1] + below) / 2), 4)
+    return t, float(np.mean(values >= t))
+
+
+def resolve_config(config: MatchConfig, plan) -> MatchConfig:
+    """`threshold: auto:Q` -> the cosine at which a share Q of a seeded sample of the documents has a candidate,
+    once, on the driver, before the fingerprint: the sample is read by position (a few row groups), embedded and
+    searched exactly as the shards will (same model, pooling, index, search parameters, device), and the config
+    returned (threshold set, `threshold_auto` recording Q, the sample and the share reached) is the one every shard
+    gets. A numeric threshold is returned as is."""
+    import gc
+
+    from hf_pipeline.datafiles import FileReader
+
+    check_config(config)
+    share = auto_share(config.threshold)
+    if share is None:
+        return config
+    positions = calibration_positions(plan.files, plan.shards, config.calibration_sample, config.seed)
+    reader = FileReader(plan.part_refs[0], plan.files, columns=[config.doc_id_column, config.text_column])
+    by_file: dict[int, list[int]] = {}
+    for f, r in positions:
+        by_file.setdefault(f, []).append(r)
+    texts = []
+    for f, rows in by_file.items():
+        texts += reader.read_rows(plan.files[f].path, rows)[config.text_column].to_pylist()
+    model, index = open_gaussian_index(plan.context())
+    best = np.full(len(texts), -np.inf)
+    for start in range(0, len(texts), 256):  # bounded batches, as a shard's
+        piece = texts[start : start + 256]
+        searched = search_documents(piece, model, index, config)
+        for row, i in enumerate(searched.live):
+            value = document_figures(searched.scores[row], searched.ids[row], [], False)[0]
+            best[start + i] = -np.inf if value is None else value
+    del model, index
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the workers load their own copy
+    except ImportError:
+        pass
+    threshold, reached = threshold_for_share(best, share)
+    record = {"share": share, "sample_documents": len(texts), "sample_files": len(by_file), "sample_share": round(reached, 4),
+              "seed": config.seed}
+    print(f"match: threshold auto:{share} -> {threshold} ({reached:.1%} of a seeded sample of {len(texts)} documents from "
+          f"{len(by_file)} file(s) have a candidate at it)", flush=True)
+    return dataclasses.replace(config, threshold=threshold, threshold_auto=record)
 
 
 OUTPUT_COLUMNS = {
@@ -334,8 +704,12 @@ OUTPUT_COLUMNS = {
     "chunk_index": "int64",
     "score": "float32",
 }
-# bookkeeping for finalize, not published: placeholder rows count documents without pairs by reason
-MAP_COLUMNS = {**OUTPUT_COLUMNS, "status": "string", "truncated": "bool", "candidates": "int64", "first": "bool"}
+# bookkeeping for finalize, not published: placeholder rows count documents without pairs by reason; the
+# calibration figures of each document (its best cosine, its candidates at each threshold of the table)
+MAP_COLUMNS = {
+    **OUTPUT_COLUMNS, "status": "string", "truncated": "bool", "candidates": "int64", "first": "bool",
+    "best_score": "float32", "candidates_at": "list<int64>", "capped_at": "list<int64>",
+}
 
 
 STAGE = Stage(
@@ -344,12 +718,15 @@ STAGE = Stage(
     config_class=MatchConfig,
     output_columns=OUTPUT_COLUMNS,
     map_columns=MAP_COLUMNS,
-    input_columns=("doc_id", "text"),
+    check_input=check_mapped_documents("match"),  # the config's doc_id_column and text_column
+    resolve_config=resolve_config,
     map_batch=match_batch,
     setup=setup,
     finalize=keep_pairs,
     summarize=summarize,
-    version=2,
+    report=report,
+    artifacts=write_plots,
+    version=3,
     input_refs=input_refs,
     models=lambda config: {"embedder": model_ref(config.model, config.model_revision)},
 )

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
@@ -65,6 +66,8 @@ PASSAGE_KIND = {1: "document", 2: "document excerpt"}
 @dataclass
 class MatchLabelsConfig:
     round: int = field(default=1, metadata={"help": "1: describe documents, retrieve, judge; 2: Gaussian masked chunks, retrieve, judge"})
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     index: str | None = field(
         default=None, metadata={"help": "the build_index output to search: org/name@tag (required); built with `model`"}
     )
@@ -291,15 +294,16 @@ def label_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     from hf_pipeline.llm.json_output import parse_json_completion
 
     config: MatchLabelsConfig = ctx.config
-    doc_ids = [str(d) for d in batch["doc_id"]]
+    doc_ids = [str(d) for d in batch[config.doc_id_column]]
+    texts = batch[config.text_column]
     n = len(doc_ids)
     placeholders: list[Placeholder] = []
-    live = [i for i, text in enumerate(batch["text"]) if isinstance(text, str) and text.strip()]
+    live = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()]
     placeholders += [Placeholder(i, "empty_text", "the document has no text") for i in sorted(set(range(n)) - set(live))]
     documents: list[str | None] = [None] * n
     truncated = np.zeros(n, dtype=bool)
     if live:
-        seen, truncated[live] = visible_texts(ctx.resources["model"], [batch["text"][i] for i in live])
+        seen, truncated[live] = visible_texts(ctx.resources["model"], [texts[i] for i in live])
         for i, text in zip(live, seen):
             documents[i] = text
 
@@ -421,7 +425,7 @@ STAGE = Stage(
     config_class=MatchLabelsConfig,
     output_columns=OUTPUT_COLUMNS,
     map_columns=MAP_COLUMNS,
-    input_columns=("doc_id", "text"),
+    check_input=check_mapped_documents("match_labels"),  # the config's doc_id_column and text_column
     map_batch=label_batch,
     setup=setup,
     finalize=keep_pairs,
