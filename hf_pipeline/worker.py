@@ -200,16 +200,22 @@ class Worker:
         return ds.select_columns(list(stage.output_columns))
 
     def aligned_reader(self, task: Task):
-        """ctx.aligned_rows for this shard: the aligned input's rows pointing at given positions, or None."""
+        """ctx.aligned_rows for this shard: rows of aligned input `which` pointing at given positions, or None."""
         plan = self.plan
-        if plan.aligned is None:
+        if not plan.aligned:
             return None
         from hf_pipeline.datafiles import AlignedReader
 
-        spec = plan.aligned
-        reader = AlignedReader(plan.pinned(spec.ref), plan.aligned_files, plan.aligned_groups[task.index],
-                               spec.file_column, spec.row_column, list(spec.columns) if spec.columns else None)
-        return reader.rows_for
+        readers = [
+            AlignedReader(plan.pinned(spec.ref), files, groups[task.index], spec.file_column, spec.row_column,
+                          list(spec.columns) if spec.columns else None)
+            for spec, files, groups in zip(plan.aligned, plan.aligned_files, plan.aligned_groups)
+        ]
+
+        def aligned_rows(doc_files: list[str], doc_rows: list[int], which: int = 0):
+            return readers[which].rows_for(doc_files, doc_rows)
+
+        return aligned_rows
 
     # ------------------------------------------------------------------ reduce
     def reduce_partition(self, task: Task, inputs: list[tuple[str, int]]):
