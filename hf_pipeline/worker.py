@@ -323,12 +323,12 @@ def write_partitioned(ds, key: str | None, num_partitions: int, path: Path) -> d
 
 def write_parquet(ds, path: Path) -> None:
     """A dataset as parquet with row groups of ROW_GROUP_ROWS rows, keeping its features in the schema metadata
-    (so `load_dataset` restores them exactly); an empty dataset gives an empty file with the schema."""
+    (so `load_dataset` restores them exactly); an empty dataset gives a file with the schema and no row group
+    (a row group of 0 rows makes `datasets`' parquet reader fail on the whole split: "BatchSize must be greater
+    than 0"), so one shard without rows does not break loading the others."""
     import pyarrow.parquet as pq
 
     schema = ds.features.arrow_schema
     with pq.ParquetWriter(str(path), schema) as writer:
-        if not len(ds):
-            writer.write_table(schema.empty_table())
         for batch in ds.with_format("arrow").iter(batch_size=ROW_GROUP_ROWS):
             writer.write_table(batch.cast(schema), row_group_size=ROW_GROUP_ROWS)
