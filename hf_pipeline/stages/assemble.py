@@ -301,8 +301,14 @@ def baseline_output(ctx: StageContext) -> dict[str, Any]:
 
 
 def summarize(stats: dict, config: AssembleConfig) -> dict:
+    """Pairs per document from the sums; the histogram in numeric order (shards merge their keys in shard order)."""
     documents = stats.get("documents", 0)
-    return {**stats, "pairs_per_document": round(stats.get("pairs_kept", 0) / documents, 4) if documents else 0.0}
+    histogram = stats.get("pairs_per_document_histogram", {})
+    return {
+        **stats,
+        "pairs_per_document": round(stats.get("pairs_kept", 0) / documents, 4) if documents else 0.0,
+        "pairs_per_document_histogram": {k: histogram[k] for k in sorted(histogram, key=int)},
+    }
 
 
 STAGE = Stage(
