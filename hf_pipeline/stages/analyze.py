@@ -65,7 +65,7 @@ PLOTS = {
     "judge_scores": "plots/judge_scores.png",
 }
 BINS = 20  # histogram bins on [0, 1] (positions, excerpt ratios): quartiles to within 0.05
-FINALIZE_BATCH = 100_000  # mapped rows read at once by finalize
+FINALIZE_BATCH = 10_000  # mapped rows read at once by finalize (bounded: the same at any shard size)
 COMBINE_ROWS = 500_000  # per-template partial rows kept before they are summed again
 
 

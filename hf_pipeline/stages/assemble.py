@@ -49,7 +49,7 @@ MAP_COLUMNS = {**OUTPUT_COLUMNS, "status": "string"}
 DOCUMENT = "document"
 BASELINE_FILES = "data/baseline-*"
 PAIR_COLUMNS = ("doc_id", "template_id", "instruction", "answer", "status", "judge_score", "judge_status")
-FINALIZE_BATCH = 50_000  # rows of the mapped shard streamed at once by finalize (a few small columns)
+FINALIZE_BATCH = 10_000  # rows of the mapped shard streamed at once by finalize (a few small columns)
 
 
 @dataclass
