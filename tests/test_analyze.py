@@ -169,19 +169,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def cli_stages(monkeypatch):
-    """The CLI imports every stage; while other stages are being moved to the reshaped runner (on other branches)
-    and do not import, it lists only these. A no-op once every stage imports."""
-    import hf_pipeline.stages as registry
-
-    try:
-        registry.all_stages()
-    except Exception:
-        monkeypatch.setattr(registry, "STAGE_MODULES", ["assemble", "analyze"])
-        monkeypatch.setattr(registry, "TRAINING_STAGES", {})
-
-
 @pytest.fixture(scope="module")
 def inputs(local_hub, tmp_path_factory):
     from hf_pipeline.hub_io import push_local_dataset

@@ -18,19 +18,6 @@ import pytest
 from hf_pipeline.cli import main
 
 
-@pytest.fixture(autouse=True)
-def cli_stages(monkeypatch):
-    """The CLI imports every stage; while other stages are being moved to the reshaped runner (on other branches)
-    and do not import, it lists only these. A no-op once every stage imports."""
-    import hf_pipeline.stages as registry
-
-    try:
-        registry.all_stages()
-    except Exception:
-        monkeypatch.setattr(registry, "STAGE_MODULES", ["assemble", "analyze"])
-        monkeypatch.setattr(registry, "TRAINING_STAGES", {})
-
-
 def words(n: int, prefix: str = "w") -> str:
     return " ".join(f"{prefix}{i}" for i in range(n))
 

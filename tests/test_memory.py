@@ -1,4 +1,4 @@
-"""Peak memory of assemble and analyze does not grow with the number of documents (CI-sized).
+"""Peak memory of instantiate, assemble and analyze does not grow with the number of documents (CI-sized).
 
 `scripts/bench_memory.py` runs each stage over 20,000 and 200,000 documents; this is the same check over 2,000
 and 20,000 (files of 2,000 rows with row groups of 1,000, so the larger corpus has more files, not larger ones, and
