@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hf_pipeline.errors import PipelineError
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise PipelineError("plots need matplotlib (pip install matplotlib), or set config key plots=false.") from None
+    from hf_pipeline.optional import require
+
+    require("matplotlib", "analyze", "plots (or set config key plots=false)")
+    import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -156,7 +156,10 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     from hf_pipeline.datafiles import group_ranges, list_files
     from hf_pipeline.sharding import align_groups, plan_shards
 
+    from hf_pipeline.optional import check_config
+
     check_options(stage, options)
+    check_config(stage.name, config)  # optional packages the config needs, before any input is read
     parts = mapped_parts(stage, options, config)
     aligned = stage.aligned(config, options)
     aligned = [] if aligned is None else [aligned] if isinstance(aligned, AlignedInput) else list(aligned)
