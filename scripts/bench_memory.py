@@ -5,7 +5,9 @@
 of documents and their pairs, and its per-shard finalize streams a few small columns. `instantiate` maps over the
 pairs and reads each pair's document by position (only the row group holding it). So a run over 200,000 documents
 should peak at about the same resident memory as one over 20,000 (one shard each: the worst case, a shard that is
-10x larger). instantiate runs the real SmolLM2 (packaged, transformers backend, converted once before measuring).
+10x larger). instantiate's LLM is a stand-in that answers null without a model: with a real model (SmolLM2 on
+transformers) the peak moves by ±40-70 MB from run to run at the SAME corpus size (torch's allocator), which would
+drown what this measures, the data path (the pair's document read by position).
 
 What it does, against a local Hub of its own (started in the work folder, stopped at the end):
 
@@ -159,11 +161,17 @@ def child(stage: str, documents: str, pairs: str, output: str) -> None:
     from hf_pipeline.runner import RunOptions, run_stage
 
     if stage == "instantiate":
+        from hf_pipeline.llm import Completion
         from hf_pipeline.llm_config import LLMConfig
+        from hf_pipeline.stages import instantiate
         from hf_pipeline.stages.instantiate import STAGE, InstantiateConfig
 
-        llm = LLMConfig(model="packaged:smollm2", backend="transformers", max_tokens=16)
-        config = InstantiateConfig(documents=documents, mode="teacher", llm=llm, max_document_chars=2000)
+        class NullLLM:  # answers null ("the template does not fit") for every row, with no model in memory
+            def generate(self, messages, sampling, json_schema=None):
+                return [Completion("null", "stop", 0, 1) for _ in messages]
+
+        instantiate.load_backend = lambda config: NullLLM()
+        config = InstantiateConfig(documents=documents, llm=LLMConfig(model="none", backend="transformers"))
     elif stage == "assemble":
         from hf_pipeline.stages.assemble import STAGE, AssembleConfig
 
@@ -182,11 +190,6 @@ def child(stage: str, documents: str, pairs: str, output: str) -> None:
 def compare(sizes: list[int], work: Path, rows_per_file: int, row_group: int, stages=STAGES) -> dict:
     """{stage: [measure() per size]} over corpora of the given sizes (the Hub at HF_ENDPOINT)."""
     refs = {n: prepare(n, work, rows_per_file, row_group) for n in sizes}
-    if "instantiate" in stages:  # the GGUF -> safetensors conversion happens once, here, not in a measured run
-        from hf_pipeline.llm import load_path
-        from hf_pipeline.llm_config import LLMConfig
-
-        load_path(LLMConfig(model="packaged:smollm2", backend="transformers"))
     results: dict[str, list[dict]] = {s: [] for s in stages}
     for stage in stages:
         for n in sizes:
