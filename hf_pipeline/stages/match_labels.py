@@ -49,9 +49,10 @@ from hf_pipeline.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
+from hf_pipeline.package_data import package_file
 from hf_pipeline.stage import Stage, StageContext
 
-PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS = package_file("prompts")
 DESCRIBE_PROMPT = PROMPTS / "describe_document.txt"
 JUDGE_PROMPT = PROMPTS / "judge_compatibility.txt"
 # §3: "The LLM we use to generate silver-standard data is Llama-3.3 70B Instruct."
