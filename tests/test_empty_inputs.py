@@ -232,3 +232,50 @@ def test_plain_load_dataset_refuses_a_zero_row_split(inputs):
     with pytest.raises(ValueError, match="corresponds to no data"):
         load_dataset(repo, revision=tag, split="train")
     assert list(load_dataset(repo, revision=tag, split="train", streaming=True)) == []
+
+
+def test_a_pipeline_whose_match_yields_no_pair_finishes_every_stage(local_hub, tmp_path, monkeypatch, capsys):
+    """match at threshold 1.0 publishes no pair; instantiate, judge, assemble and analyze then each publish an
+    empty (or, for analyze, an all-zero) carded revision, and no LLM is loaded. The pipeline command runs each stage
+    in its own process; here they run in this one (same specs, same order), so the refusing loaders apply."""
+    from hf_pipeline import pipeline
+    from hf_pipeline.hub_io import load_dataset_ref, resolve_dataset
+    from hf_pipeline.specs import run_spec
+    from hf_pipeline.stages import genericize, instantiate, judge, match_labels
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an LLM was loaded for a stage without rows")
+
+    for module in (genericize, instantiate, judge, match_labels):
+        monkeypatch.setattr(module, "load_backend", refuse)
+    monkeypatch.setattr(pipeline, "run_in_subprocess", run_spec)
+    docs = tmp_path / "docs" / "docs.jsonl"
+    docs.parent.mkdir()
+    docs.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    templates = Path(__file__).resolve().parent.parent / "samples" / "templates" / "handmade.jsonl"
+    llm = "{model: 'packaged:smollm2', backend: transformers, max_tokens: 32}"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"""
+publish:
+  local/ep-docs: {docs}
+  local/ep-templates: {templates}
+stages:
+  build_index: {{input: local/ep-templates, output: local/ep-index, model: {EMBEDDER}}}
+  match: {{input: local/ep-docs, output: local/ep-pairs, index: "{{build_index}}", model: {EMBEDDER}, threshold: 1.0}}
+  instantiate: {{output: local/ep-inst, documents: local/ep-docs, mode: teacher, llm: {llm}}}
+  judge: {{output: local/ep-judged, llm: {llm}}}
+  assemble: {{output: local/ep-final, documents: local/ep-docs, tokenizer: {EMBEDDER}}}
+  analyze: {{input: "{{judge}}", output: local/ep-analysis, documents: local/ep-docs, assembled: "{{assemble}}"}}
+""")
+    results = pipeline.run_pipeline(str(config))
+    assert list(results) == ["build_index", "match", "instantiate", "judge", "assemble", "analyze"]
+    assert results["build_index"].rows_out > 0
+    assert results["match"].rows_in == len(DOCS) and results["match"].counts["drops"] == {"no_candidates": len(DOCS)}
+    for name in ("match", "instantiate", "judge", "assemble", "analyze"):
+        assert_empty_output(name, results[name])
+    analysis = results["analyze"].counts["stats"]
+    assert analysis["power_law"]["documents"] == len(DOCS) and analysis["pairs_analysed"] == 0
+    assert results["assemble"].counts["stats"]["document_tokens"] > 0  # the documents were read: nothing to pack
+    ds = load_dataset_ref(resolve_dataset(f"{results['assemble'].repo_id}@{results['assemble'].tag}"))
+    assert len(ds) == 0
+    assert "final data: 0 pairs" in capsys.readouterr().out
