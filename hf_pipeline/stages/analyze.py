@@ -42,6 +42,7 @@ from typing import Any
 
 from hf_pipeline import analysis as an
 from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
+from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, StageContext
 from hf_pipeline.text.budget import pair_drop_reason
@@ -73,9 +74,11 @@ COMBINE_ROWS = 500_000  # per-template partial rows kept before they are summed 
 class AnalyzeConfig:
     documents: str | None = field(
         default=None,
-        metadata={"help": "the source documents the pairs were matched to (org/name@revision or a path; columns doc_id, text); the stage maps over them; required"},
+        metadata={"help": "the source documents the pairs were matched to (org/name@revision or a path; columns doc_id_column, text_column); the stage maps over them; required"},
     )
     documents_split: str = field(default="train", metadata={"help": "split of the documents dataset"})
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     assembled: str | None = field(
         default=None,
         metadata={"help": "the assemble output (org/name@tag, rows with doc_file/doc_row): analyse the pairs it kept; default: the pairs passing the judge filter"},
@@ -149,9 +152,6 @@ def by_position(table) -> dict[tuple[str, int], list[int]]:
 def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     """A batch of documents -> per document its row (hash, pairs), then a compact row per pair pointing at it."""
     config: AnalyzeConfig = ctx.config
-    missing = [c for c in ("doc_id", "text") if c not in batch]
-    if missing:
-        raise PipelineError(f"documents {config.documents} lack column '{missing[0]}'.")
     files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
     pairs = ctx.aligned_rows(files, rows)
     found, cols = {}, {}
@@ -171,8 +171,8 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         for c in MAP_COLUMNS:
             out[c].append(row.get(c))
 
-    for doc_id, text, f, r in zip(batch["doc_id"], batch["text"], files, rows):
-        doc_id = str(doc_id)  # pairs carry doc_id as a string (match's output)
+    for doc_id, text, f, r in zip(batch[config.doc_id_column], batch[config.text_column], files, rows):
+        doc_id = str(doc_id)  # the corpus's own id, as a string (as match wrote it on the pairs)
         h, chars = an.doc_hash(config.seed, doc_id), len(text) if text else 0
         mine = found.get((f, int(r)), [])
         kept_here = Counter(kept_templates[j] for j in kept_rows.get((f, int(r)), ()))
@@ -462,6 +462,7 @@ STAGE = Stage(
     map_columns=MAP_COLUMNS,
     map_batch=map_documents,
     inputs=documents_part,
+    check_input=check_mapped_documents("analyze"),  # the config's doc_id_column and text_column, at plan time
     aligned=aligned_inputs,
     setup=setup,
     finalize=shard_figures,

