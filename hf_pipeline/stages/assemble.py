@@ -45,10 +45,18 @@ OUTPUT_COLUMNS = {
     "doc_row": "int64",
 }
 BASELINE_COLUMNS = {"text": "string", "doc_id": "string", "token_count": "int64", "doc_file": "string", "doc_row": "int64"}
-# the map's rows: a document ("document" in `status`) followed by its pairs ("ok": a candidate, else why not)
-MAP_COLUMNS = {**OUTPUT_COLUMNS, "status": "string"}
+# the layout of the published `fineinstructions/fineinstructions_nemotron`, as third parties report it (unconfirmed:
+# see docs/LAYOUTS.md): one row per pair; the document's text (and its token count) on its first row only
+NEMOTRON_COLUMNS = {
+    "warc_record_id": "string", "template_id": "string", "instantiated_instruction": "string", "answer": "string",
+    "synthetic_token_count": "int64", "text": "string", "token_count": "int64",
+}
+# the map's rows: a document ("document" in `status`) followed by its pairs ("ok": a candidate, else why not); a
+# candidate's instruction and answer apart only for the nemotron layout (null otherwise)
+MAP_COLUMNS = {**OUTPUT_COLUMNS, "status": "string", "instruction": "string", "answer": "string"}
 DOCUMENT = "document"
 BASELINE_FILES = "data/baseline-*"
+NEMOTRON_FILES = "data/nemotron-*"
 PAIR_COLUMNS = ("doc_id", "template_id", "instruction", "answer", "status", "judge_score", "judge_status")
 FINALIZE_BATCH = 10_000  # rows of the mapped shard streamed at once by finalize (a few small columns)
 
@@ -75,6 +83,12 @@ class AssembleConfig:
         metadata={"help": "documents whose tokens make the budget: 'all' of the documents dataset, or 'matched' (those with a row in --input)"},
     )
     baseline: bool = field(default=True, metadata={"help": "also publish the token-matched baseline (the documents' text) as config 'baseline'"})
+    nemotron_layout: bool = field(
+        default=False,
+        metadata={"help": "also publish the kept pairs in the layout of fineinstructions/fineinstructions_nemotron (as third "
+                  "parties report it) as config 'nemotron': warc_record_id, template_id, instantiated_instruction, answer, "
+                  "synthetic_token_count, text, token_count; the document's text on its first pair's row"},
+    )
 
 
 def check_config(config: AssembleConfig) -> None:
@@ -142,8 +156,8 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     out: dict[str, list] = {c: [] for c in MAP_COLUMNS}
     pair_rows: list[int] = []  # positions in `out` of candidates, whose tokens are counted below in one call
 
-    def add(text, doc_id, template_id, tokens, f, r, status):
-        for c, v in zip(MAP_COLUMNS, (text, doc_id, template_id, tokens, f, r, status)):
+    def add(text, doc_id, template_id, tokens, f, r, status, instruction=None, answer=None):
+        for c, v in zip(MAP_COLUMNS, (text, doc_id, template_id, tokens, f, r, status, instruction, answer)):
             out[c].append(v)
 
     for doc_id, text, tokens, f, r in zip(batch[config.doc_id_column], texts, doc_tokens, files, rows):
@@ -158,8 +172,9 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
                 reason = "empty_pair"
             if reason is None:
                 pair_rows.append(len(out["text"]))
+            apart = reason is None and config.nemotron_layout
             add(format_pair(instruction, answer) if reason is None else "", str(cols["doc_id"][j]),
-                cols["template_id"][j], 0, f, r, reason or "ok")
+                cols["template_id"][j], 0, f, r, reason or "ok", instruction if apart else None, answer if apart else None)
     for i, n in zip(pair_rows, count_tokens(tokenizer, [out["text"][i] for i in pair_rows])):
         out["token_count"][i] = n
     return out
@@ -232,7 +247,65 @@ def pack(ds, ctx: StageContext):
         baseline, cut = baseline_arm(ds, stats["fineinstructions_tokens"], config.budget_documents == "matched", ctx)
         ctx.scratch["baseline"] = baseline
         shard_stats.update(baseline_tokens=stats["fineinstructions_tokens"], baseline_documents=len(baseline), baseline_cut_documents=int(cut))
+    if config.nemotron_layout:
+        ctx.scratch["nemotron"] = nemotron_arm(ds, _indices(kept), ctx)
     return out, dict(drops), shard_stats
+
+
+def document_rows_of(ds, rows):
+    """For each of the ascending `rows` of the mapped shard (pairs), the row of its document (the last document row
+    before it), streaming the status column."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.full(len(rows), -1, dtype=np.int64)
+    start, current = 0, -1
+    for table in ds.select_columns(["status"]).with_format("arrow").iter(batch_size=FINALIZE_BATCH):
+        n = table.num_rows
+        positions = np.arange(start, start + n, dtype=np.int64)
+        is_doc = np.asarray(table["status"].to_pylist(), dtype=object) == DOCUMENT
+        last = np.maximum.accumulate(np.concatenate([[current], np.where(is_doc, positions, -1)]))[1:]
+        lo, hi = np.searchsorted(rows, [start, start + n])
+        out[lo:hi] = last[rows[lo:hi] - start]
+        current, start = int(last[-1]) if n else current, start + n
+    return out
+
+
+def nemotron_arm(ds, kept, ctx: StageContext):
+    """The shard's kept pairs in the layout of `fineinstructions/fineinstructions_nemotron` (config `nemotron`): one
+    row per pair, in the same order as `default`; `warc_record_id` is the document's id, `synthetic_token_count` the
+    pair's formatted tokens (what the budget counted); the document's `text` and `token_count` (its own tokens) sit
+    on its first pair's row, and are "" and 0 on its other rows. Written by a datasets map next to the shard's
+    chunks (on disk, a batch of rows at a time), the documents' texts read per batch."""
+    import datasets
+    import numpy as np
+
+    from hf_pipeline.features import features_from_spec
+
+    features = features_from_spec(NEMOTRON_COLUMNS)
+    if not len(kept):
+        return datasets.Dataset.from_dict({c: [] for c in NEMOTRON_COLUMNS}, features=features)
+    doc_rows = document_rows_of(ds, kept)
+    first = np.ones(len(kept), dtype=bool)
+    first[1:] = doc_rows[1:] != doc_rows[:-1]
+    pairs = ds.select(kept).select_columns(["doc_id", "template_id", "instruction", "answer", "token_count"])
+
+    def to_layout(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        at = np.asarray(indices, dtype=np.int64)
+        wanted = doc_rows[at][first[at]]
+        docs = ds.select(wanted).select_columns(["text", "token_count"]).with_format("arrow")[:] if len(wanted) else None
+        texts = iter(docs["text"].to_pylist() if docs is not None else [])
+        tokens = iter(docs["token_count"].to_pylist() if docs is not None else [])
+        text, count = [], []
+        for is_first in first[at]:
+            text.append(next(texts) if is_first else "")
+            count.append(next(tokens) if is_first else 0)
+        return {"warc_record_id": batch["doc_id"], "template_id": batch["template_id"],
+                "instantiated_instruction": batch["instruction"], "answer": batch["answer"],
+                "synthetic_token_count": batch["token_count"], "text": text, "token_count": count}
+
+    return pairs.map(to_layout, batched=True, batch_size=FINALIZE_BATCH, with_indices=True, features=features,
+                     remove_columns=pairs.column_names, new_fingerprint=f"nemotron-{ctx.shard}-of-{ctx.num_shards}-{ds._fingerprint}")
 
 
 def budget_document_rows(ds, matched_only: bool):
@@ -290,10 +363,10 @@ def _indices(rows: array):
     return np.frombuffer(rows, dtype=np.int64) if len(rows) else []
 
 
-def baseline_output(ctx: StageContext) -> dict[str, Any]:
-    """The shard's baseline arm, published as data/baseline-NNNNN-of-NNNNN.parquet (config `baseline`)."""
-    baseline = ctx.scratch.get("baseline")
-    return {"baseline": baseline} if baseline is not None else {}
+def shard_outputs(ctx: StageContext) -> dict[str, Any]:
+    """The shard's baseline arm and nemotron layout, published as data/baseline-NNNNN-of-NNNNN.parquet and
+    data/nemotron-NNNNN-of-NNNNN.parquet (configs `baseline`, `nemotron`), when asked for."""
+    return {name: ctx.scratch[name] for name in ("baseline", "nemotron") if ctx.scratch.get(name) is not None}
 
 
 def summarize(stats: dict, config: AssembleConfig) -> dict:
@@ -319,9 +392,11 @@ STAGE = Stage(
     aligned=pairs_input,
     setup=setup,
     finalize=pack,
-    shard_outputs=baseline_output,
+    shard_outputs=shard_outputs,
     summarize=summarize,
-    extra_configs=lambda config: {"baseline": BASELINE_FILES} if config.baseline else {},
+    extra_configs=lambda config: {
+        **({"baseline": BASELINE_FILES} if config.baseline else {}), **({"nemotron": NEMOTRON_FILES} if config.nemotron_layout else {}),
+    },
     models=lambda config: {"tokenizer": config.tokenizer},
     sharding_changes_output=True,
     version=2,
