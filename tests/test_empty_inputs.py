@@ -214,6 +214,10 @@ def test_match_over_an_empty_index_counts_every_document_and_loads_no_model(inpu
     stats = result.counts["stats"]
     assert stats["documents"] == len(DOCS) and stats["pairs"] == 0
     assert stats["threshold_auto"]["sample_documents"] == 0 and "no template" in stats["threshold_auto"]["unresolved"]
+    from hf_pipeline.hub_io import load_card
+
+    card = load_card(result.repo_id, result.tag).content
+    assert "**The index is empty**" in card and "was left unresolved" in card
 
 
 def test_match_labels_over_an_empty_index_counts_every_document_and_loads_no_model(inputs, empty_index, no_models):
