@@ -1,7 +1,7 @@
 """A user's own corpus: which of the documents' columns hold a document's id and its text.
 
-Every stage that reads documents (`match`, `match_labels` map over them; `instantiate`, `instantiator_silver` read
-them by position) takes the config keys `doc_id_column` and `text_column` (defaults `doc_id`, `text`). The values
+Every stage that reads documents (`match`, `match_labels`, `assemble`, `analyze` map over them; `instantiate`,
+`instantiator_silver` read them by position) takes the config keys `doc_id_column` and `text_column` (defaults `doc_id`, `text`). The values
 are the user's own: a pair's `doc_id` is the value of the corpus's id column, whatever that column is called (the
 published column keeps the name `doc_id`). Ids are compared and published as strings.
 

@@ -114,7 +114,9 @@ class RunResult:
     usage: dict = field(default_factory=dict)  # tokens and seconds the stage's engines spent (see run_usage)
 
     def load_hint(self) -> str:
-        return f'load_dataset("{self.repo_id}", revision="{self.tag}", split="train")'
+        # `datasets` refuses to build a zero-row split without streaming ("corresponds to no data"); a stream loads it
+        streaming = ", streaming=True" if self.rows_out == 0 and not self.skipped else ""
+        return f'load_dataset("{self.repo_id}", revision="{self.tag}", split="train"{streaming})'
 
 
 # ---------------------------------------------------------------- planning

@@ -77,7 +77,8 @@ class Stage:
     # columns map_batch produces when they differ from the published ones (e.g. a status that finalize filters on)
     map_columns: Mapping[str, str] | None = None
     input_columns: tuple[str, ...] = ()
-    # models etc., loaded once per worker; its result lands in ctx.resources
+    # models etc., loaded once per worker; its result lands in ctx.resources. A shard without rows (an empty input)
+    # does not call it: its finalize and shard_outputs then see ctx.resources None
     setup: Callable[[StageContext], Any] | None = None
     # the datasets the stage maps over, in order (default: the --input); e.g. one per query source
     inputs: Callable[[Any, Any], list[Any]] | None = None

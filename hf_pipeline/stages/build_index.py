@@ -270,9 +270,7 @@ def weight_stats(weights: ComplexityWeights) -> dict[str, Any]:
 def summarize(stats: dict, config: BuildIndexConfig) -> dict:
     """The complexity weights from the templates counted per shard (the index's own pass corrects them for
     templates repeated across shards)."""
-    if not stats.get("templates_kept"):
-        raise PipelineError("no template left to index (every row was dropped; see the drop counts).")
-    counts = stats.get("templates_by_source_and_variables", {})
+    counts = stats.get("templates_by_source_and_variables", {})  # none: an empty index (write_empty_index)
     weights = weights_from_counts(counts, config.target_sources, config.complexity_cap)
     return {**stats, "templates_indexed": stats["templates_kept"], **weight_stats(weights)}
 
@@ -301,7 +299,7 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     rows = actx.rows_out
     dim = next((len(t["embedding"][0].as_py()) for t in actx.read_output(["embedding"]) if t.num_rows), 0)
     if not rows or not dim:
-        raise PipelineError("no template left to index (every row was dropped; see the drop counts).")
+        return write_empty_index(actx, out_dir)
     if config.index_factory == "auto":
         factory, choice = auto_factory(rows, dim, config.max_index_memory_gb * 2**30, config.train_size)
     else:
@@ -396,6 +394,39 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
                **({"search_params": choice["search_params"]} if "search_params" in choice else {})},
     )
     return files
+
+
+def write_empty_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
+    """No template left to index (an empty input, or every row dropped): an empty index, so the pipeline goes on.
+    Without a vector there is no dimension (the embedder is not loaded for an empty input), so no FAISS file is
+    written: info.json says `ntotal: 0`, the id map has no row, the weights none; `match` and `match_labels` read
+    info.json, load no model and count every document as `empty_index`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    config: BuildIndexConfig = actx.config
+    files = {name: out_dir / name for name in (ID_MAP_FILE, WEIGHTS_FILE, INFO_FILE)}
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("template_id", pa.string()), ("num_variables", pa.int64()), ("template", pa.string()),
+                        ("compatible_document_description", pa.string())])
+    pq.write_table(schema.empty_table(), files[ID_MAP_FILE])
+    weights = weights_from_counts({}, config.target_sources, config.complexity_cap)
+    files[WEIGHTS_FILE].write_text(weights.to_json())
+    info = {
+        "model": config.model, "model_revision": config.model_revision, "dimension": None, "index_factory": None,
+        "index_factory_config": config.index_factory, "ntotal": 0, "data_rows": actx.rows_out, "empty": True,
+        "reason": "no template left to index (every input row was dropped, or the input had none): no FAISS file; "
+                  "match and match_labels find no candidate for any document",
+    }
+    files[INFO_FILE].write_text(json.dumps(info, indent=2))
+    actx.stats.update(templates_indexed=0, duplicates_across_shards=0, empty_index=True, **weight_stats(weights))
+    return files
+
+
+def index_is_empty(info: dict) -> bool:
+    """An index build_index published without templates (see write_empty_index)."""
+    return bool(info.get("empty")) or info.get("ntotal") == 0
 
 
 STAGE = Stage(

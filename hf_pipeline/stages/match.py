@@ -64,7 +64,7 @@ from hf_pipeline.embedder import load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.matching import ComplexityWeights, document_seed, match_document, template_keys
 from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.stages.build_index import ID_MAP_FILE, INDEX_FILE, INFO_FILE, PRODUCTION_EMBEDDER, WEIGHTS_FILE
+from hf_pipeline.stages.build_index import ID_MAP_FILE, INDEX_FILE, INFO_FILE, PRODUCTION_EMBEDDER, WEIGHTS_FILE, index_is_empty
 
 
 @dataclass
@@ -150,6 +150,20 @@ def input_refs(config: MatchConfig) -> list[str]:
     return [config.index]
 
 
+def index_info(ctx: StageContext, stage: str) -> dict:
+    """The index's info.json (no model loaded), checked against the stage's embedder: a model other than the
+    index's is refused (template and document vectors must share one space)."""
+    config = ctx.config
+    info = json.loads(ctx.download(config.index, INFO_FILE).read_text())
+    if (info.get("model"), info.get("model_revision")) != (config.model, config.model_revision):
+        raise PipelineError(
+            f"index {config.index} was built with model {model_ref(info.get('model'), info.get('model_revision'))}, "
+            f"but {stage} is configured with {model_ref(config.model, config.model_revision)}; set config keys "
+            f"'model'/'model_revision' to the index's model (template and document vectors must share one space)."
+        )
+    return info
+
+
 def open_index(ctx: StageContext, stage: str) -> tuple[Any, Any]:
     """(the embedder that built `ctx.config.index`, with its own pooling; the FAISS index, search parameters set,
     on the GPU when asked and present). Shared by match and match_labels: both config classes have the keys
@@ -161,13 +175,7 @@ def open_index(ctx: StageContext, stage: str) -> tuple[Any, Any]:
     from hf_pipeline.faiss_index import set_search_params, to_gpu
 
     config = ctx.config
-    info = json.loads(ctx.download(config.index, INFO_FILE).read_text())
-    if (info.get("model"), info.get("model_revision")) != (config.model, config.model_revision):
-        raise PipelineError(
-            f"index {config.index} was built with model {model_ref(info.get('model'), info.get('model_revision'))}, "
-            f"but {stage} is configured with {model_ref(config.model, config.model_revision)}; set config keys "
-            f"'model'/'model_revision' to the index's model (template and document vectors must share one space)."
-        )
+    info = index_info(ctx, stage)
     use_cuda = config.use_gpu and torch.cuda.is_available()
     model = load_embedder(config.model, config.model_revision, device=None if use_cuda else "cpu")
     if config.max_seq_length:
@@ -255,6 +263,8 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     if auto_share(config.threshold) is not None:
         raise PipelineError(f"threshold {config.threshold!r} is resolved once at plan time by the runner (match's resolve_config); "
                             "a worker got it unresolved.")
+    if index_is_empty(index_info(ctx, "match")):
+        return {"empty_index": True}  # no template to find: no model loaded, every document counted `empty_index`
     model, index = open_gaussian_index(ctx)
     id_map = IdMap.open(ctx, config.index)
     if len(id_map) != index.ntotal:
@@ -365,9 +375,24 @@ def document_figures(scores: np.ndarray, ids: np.ndarray, thresholds: list[float
     return float(best_per_template.max()), counts, capped
 
 
+def without_index(batch: dict[str, list], config: MatchConfig) -> dict[str, list]:
+    """An empty index (build_index had no template left): one placeholder row per document, status `empty_index`."""
+    n = len(batch[FILE_COLUMN])
+    zeros = [0] * len(calibration_thresholds(config))
+    out: dict[str, list] = {c: [None] * n for c in MAP_COLUMNS}
+    out.update(
+        doc_id=[None if d is None else str(d) for d in batch[config.doc_id_column]], doc_file=list(batch[FILE_COLUMN]),
+        doc_row=list(batch[ROW_COLUMN]), status=["empty_index"] * n, truncated=[False] * n, candidates=[0] * n,
+        first=[True] * n, candidates_at=[zeros] * n, capped_at=[zeros] * n,
+    )
+    return out
+
+
 def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     config: MatchConfig = ctx.config
     res = ctx.resources
+    if res.get("empty_index"):
+        return without_index(batch, config)
     model, index = res["model"], res["index"]
     doc_ids = [None if d is None else str(d) for d in batch[config.doc_id_column]]
     doc_files, doc_rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
@@ -671,6 +696,14 @@ def resolve_config(config: MatchConfig, plan) -> MatchConfig:
     share = auto_share(config.threshold)
     if share is None:
         return config
+    empty_index = index_is_empty(index_info(plan.context(), "match"))
+    if empty_index or not plan.rows:  # nothing to calibrate on, and no document will be searched
+        why = "the index holds no template" if empty_index else "the documents have no row"
+        stand_in = MatchConfig.threshold
+        print(f"match: threshold auto:{share} left unresolved ({why}); {stand_in} stands in, no document is searched", flush=True)
+        record = {"share": share, "sample_documents": 0, "sample_files": 0, "sample_share": 0.0, "seed": config.seed,
+                  "unresolved": f"{why}: the default {stand_in} stands in (no document is searched)"}
+        return dataclasses.replace(config, threshold=stand_in, threshold_auto=record)
     positions = calibration_positions(plan.files, plan.shards, config.calibration_sample, config.seed)
     reader = FileReader(plan.part_refs[0], plan.files, columns=[config.doc_id_column, config.text_column])
     by_file: dict[int, list[int]] = {}

@@ -164,10 +164,13 @@ def judge_message(passage: str, template: str, kind: str) -> list[dict]:
 def setup(ctx: StageContext) -> dict[str, Any]:
     """The embedder that built the index (its own pooling: round 1 embeds descriptions like build_index embedded
     templates' descriptions), the FAISS index, the templates by FAISS id, and the teacher."""
-    from hf_pipeline.stages.match import IdMap, open_index
+    from hf_pipeline.stages.build_index import index_is_empty
+    from hf_pipeline.stages.match import IdMap, index_info, open_index
 
     config: MatchLabelsConfig = ctx.config
     check_config(config)
+    if index_is_empty(index_info(ctx, "match_labels")):
+        return {"empty_index": True}  # no template to retrieve: neither embedder nor teacher loaded
     model, index = open_index(ctx, "match_labels")
     # the templates by FAISS id (row i = id i): the index's id map, memory-mapped, never its data rows
     templates = IdMap.open(ctx, config.index)
@@ -310,6 +313,11 @@ def label_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     doc_ids = [str(d) for d in batch[config.doc_id_column]]
     texts = batch[config.text_column]
     n = len(doc_ids)
+    if ctx.resources.get("empty_index"):  # an empty index (build_index had no template left): a placeholder each
+        out = {c: [None] * n for c in MAP_COLUMNS}
+        out.update(doc_id=doc_ids, round=[config.round] * n, pair=[False] * n, first=[True] * n, truncated=[False] * n,
+                   teacher_cut=[False] * n, status=["empty_index"] * n, status_detail=["the index holds no template"] * n)
+        return out
     placeholders: list[Placeholder] = []
     live = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()]
     placeholders += [Placeholder(i, "empty_text", "the document has no text") for i in sorted(set(range(n)) - set(live))]
