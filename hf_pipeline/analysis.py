@@ -1,18 +1,29 @@
 """The statistics of the paper's analysis (§3.2, §6.1), pure: lists and numbers in, numbers out. No I/O.
 
+At a billion documents the analysis is computed from additive figures: each shard records counts, sums and
+histograms, the shards' figures are summed, and the results (means, Pearson r, the power-law fit) are derived
+from the sums once. Everything here is either such a per-shard reduction or such a derivation.
+
 - Template usage (§6.1): uses per template, unique templates, the top template's share, a histogram of
-  uses per template in power-of-two bins.
+  uses per template in power-of-two bins (`usage_bins`, summed across partitions of the templates).
 - Diversity growth (§6.1, "a power-fit relationship between the number of pre-training documents (x) and
   the number of unique instruction templates (y) utilized at least once ... y = 16,891·x^0.24, r² = 0.96"):
-  documents in a seeded random order, y counted at log-spaced prefixes x, and log y = log a + b log x fitted by
-  ordinary least squares; r² is that of the fit in log-log space.
+  documents are taken in the order of a seeded hash of their id (`doc_hash`, uniform in [0, 1)); at each
+  threshold t (log-spaced, `growth_thresholds`), x(t) = documents with hash < t and y(t) = templates whose
+  smallest hash over the documents using them is < t: exactly the templates used among those x documents. Both
+  are counts that add up over shards (x) and over partitions of the templates (y); log y = log a + b log x is
+  fitted by ordinary least squares, r² that of the fit in log-log space.
 - Chunk index vs. excerpt position (§3.2, "a Pearson correlation of 0.99 between the index of the chunk (k)
   used to retrieve the instruction template and the location of the retrieved answer excerpt"): Pearson r
-  over pairs, and over the per-chunk mean positions (see `chunk_position`).
+  over pairs from the sums n, Σk, Σk², Σp, Σp², Σkp (`pearson_from_sums`), and over the per-chunk mean
+  positions (per chunk: n, Σp, Σp², and a histogram for quartiles).
+- Distributions: fixed-bin histograms on [0, 1] (`bin_counts`), quantiles read from them (`histogram_quantile`,
+  to within a bin's width).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,46 +57,75 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 def usage_histogram(uses: Iterable[int]) -> list[dict[str, int]]:
     """Templates by uses in power-of-two bins [1,1], [2,3], [4,7], ...: [{"min", "max", "templates"}], empty bins omitted."""
+    return histogram_from_bins(usage_bins(uses))
+
+
+def usage_bins(uses: Iterable[int]) -> dict[str, int]:
+    """Templates per power-of-two bin of uses, keyed by the bin's lower bound ("1", "2", "4", ...): additive."""
     bins: Counter = Counter()
     for n in uses:
         if n >= 1:
-            bins[int(n).bit_length() - 1] += 1
-    return [{"min": 1 << b, "max": (2 << b) - 1, "templates": bins[b]} for b in sorted(bins)]
+            bins[1 << (int(n).bit_length() - 1)] += 1
+    return {str(k): bins[k] for k in sorted(bins)}
 
 
-def template_usage(template_ids: Iterable[str], top: int = 10) -> dict[str, Any]:
-    """Uses per template over the given (one per pair) template ids, summarised."""
-    counts = Counter(template_ids)
-    total = sum(counts.values())
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    uses = np.asarray([n for _, n in ranked], dtype=float)
-    return {
-        "pairs": total,
-        "unique_templates": len(counts),
-        "top_template_share": _r(ranked[0][1] / total) if total else None,
-        "max_uses": int(uses[0]) if total else 0,
-        "median_uses": _r(float(np.median(uses))) if total else None,
-        "mean_uses": _r(total / len(counts)) if total else None,
-        "share_used_under_1000": _r(float((uses < 1000).mean())) if total else None,
-        "top": [{"template_id": t, "uses": n, "share": _r(n / total)} for t, n in ranked[:top]],
-        "histogram": usage_histogram(counts.values()),
-    }
+def histogram_from_bins(bins: Mapping[str, int]) -> list[dict[str, int]]:
+    """`usage_bins` (summed) as [{"min", "max", "templates"}], the form `usage_histogram` returns."""
+    return [{"min": int(k), "max": 2 * int(k) - 1, "templates": int(n)} for k, n in sorted(bins.items(), key=lambda kv: int(kv[0])) if n]
+
+
+def median_bin(histogram: Sequence[Mapping[str, int]]) -> dict[str, int] | None:
+    """The bin of `histogram_from_bins` holding the median template (by uses)."""
+    total = sum(b["templates"] for b in histogram)
+    seen = 0
+    for b in histogram:
+        seen += b["templates"]
+        if 2 * seen >= total and total:
+            return {"min": b["min"], "max": b["max"]}
+    return None
+
+
+def top_templates(uses: Mapping[str, int], k: int) -> list[tuple[str, int]]:
+    """The k most used templates of {template_id: uses} (most uses first, ties by id): merging each partition's
+    top k gives the global top k, since a template's uses are all in one partition."""
+    return sorted(uses.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
 
 # ---------------------------------------------------------------- power law
 
 
-def log_spaced_points(n: int, k: int) -> list[int]:
-    """Up to `k` distinct integers from 1 to n, evenly spaced in log, always ending at n."""
-    if n < 1:
-        return []
-    if k < 2 or n == 1:
-        return [n]
-    return sorted({int(round(v)) for v in np.geomspace(1, n, k)} | {n})
+def doc_hash(seed: int, doc_id: str) -> float:
+    """A document's place in the growth curve's random order: uniform in [0, 1), a function of (seed, doc_id)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{doc_id}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)  # 53 bits: exact as a float, never 1.0
+
+
+def growth_thresholds(per_decade: int, decades: int = 12) -> list[float]:
+    """Hash thresholds 10^(-j/per_decade) for j = decades·per_decade .. 0: ascending, log-spaced, ending at 1 (every
+    document). 12 decades reach x ≈ 1 at 10^12 documents."""
+    return [10.0 ** (-j / per_decade) for j in range(decades * per_decade, -1, -1)]
+
+
+def count_below(values: Iterable[float], thresholds: Sequence[float]) -> list[int]:
+    """For each threshold t (ascending), how many values are < t: x(t) of a shard's document hashes, y(t) of a
+    partition's per-template smallest hashes. Adds up over disjoint sets of values."""
+    v = np.sort(np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float))
+    return [int(c) for c in np.searchsorted(v, np.asarray(thresholds, dtype=float), side="left")]
+
+
+def growth_curve(thresholds: Sequence[float], documents: Sequence[int], templates: Sequence[int]) -> list[dict[str, Any]]:
+    """The (x, y) points of the growth curve from the summed counts: thresholds with x >= 1, one per distinct x (y
+    only changes when a document's hash is passed)."""
+    out: list[dict[str, Any]] = []
+    for t, x, y in zip(thresholds, documents, templates):
+        if x >= 1 and (not out or out[-1]["x"] != x):
+            out.append({"x": int(x), "y": int(y), "threshold": float(t)})
+    return out
 
 
 def unique_growth(templates_per_document: Sequence[Iterable[str]], points: Sequence[int]) -> list[int]:
-    """y at each x in `points`: distinct templates among the first x documents (in the order given)."""
+    """y at each x in `points`: distinct templates among the first x documents (in the order given). The definition
+    the hash thresholds compute without holding the documents in one place (the tests compare the two)."""
     seen: set = set()
     out, want = [], iter(sorted(points))
     x = next(want, None)
@@ -130,11 +170,6 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLawFit | None:
     return PowerLawFit(a=float(math.exp(log_a)), b=float(b), r2=r2, points=len(pts))
 
 
-def document_order(n: int, seed: int) -> np.ndarray:
-    """The seeded random order in which documents are added for the growth curve."""
-    return np.random.default_rng(seed).permutation(n)
-
-
 # ---------------------------------------------------------------- chunk index vs. excerpt position
 
 
@@ -145,26 +180,56 @@ def relative_position(span_start: int | None, doc_chars: int | None) -> float | 
     return min(max(span_start / doc_chars, 0.0), 1.0)
 
 
-def chunk_position(chunk_index: Sequence[int], position: Sequence[float]) -> dict[str, Any]:
-    """How excerpt positions follow chunk indices (both sequences over the same pairs, chunk >= 1 only).
+def pearson_from_sums(n: int, sx: float, sy: float, sxx: float, syy: float, sxy: float) -> float | None:
+    """Pearson's r from n and the sums of x, y, x², y², xy (summed over shards); None with fewer than two points
+    or a constant variable."""
+    if n < 2:
+        return None
+    vx, vy = sxx - sx * sx / n, syy - sy * sy / n
+    if vx <= 1e-12 * max(abs(sxx), 1.0) or vy <= 1e-12 * max(abs(syy), 1.0):
+        return None
+    return max(-1.0, min(1.0, (sxy - sx * sy / n) / math.sqrt(vx * vy)))
+
+
+def chunk_sums(chunks: Sequence[int], positions: Sequence[float], bins: int = 20) -> dict[str, Any]:
+    """A shard's additive figures for the chunk-position correlation: the sums over pairs, and per chunk index
+    the pairs, Σp, Σp² and a histogram of positions."""
+    k = np.asarray(chunks, dtype=np.int64)
+    p = np.asarray(positions, dtype=float)
+    sums = {"n": int(k.size), "k": int(k.sum()), "kk": int((k * k).sum()), "p": float(p.sum()), "pp": float((p * p).sum()),
+            "kp": float((k * p).sum())}
+    by_chunk = {}
+    for c in np.unique(k):
+        pc = p[k == c]
+        by_chunk[str(int(c))] = {"pairs": int(pc.size), "sum": float(pc.sum()), "sum_sq": float((pc * pc).sum()),
+                                 "histogram": bin_counts(pc, bins)}
+    return {"sums": sums, "by_chunk": by_chunk}
+
+
+def chunk_position(sums: Mapping[str, Any], by_chunk: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """How excerpt positions follow chunk indices, from the summed `chunk_sums`.
 
     `pearson_r`: over pairs. `pearson_r_chunk_means`: between k and the mean position of the pairs retrieved
     by chunk k (one point per chunk index; the paper's "increasing linearly with the chunk index" figure).
+    Per chunk: mean and standard deviation exactly, quartiles from the histogram (to within a bin's width).
     """
-    by_chunk: dict[int, list[float]] = {}
-    for k, p in zip(chunk_index, position):
-        by_chunk.setdefault(int(k), []).append(float(p))
     rows = []
-    for k in sorted(by_chunk):
-        v = np.asarray(by_chunk[k])
+    for key in sorted(by_chunk, key=int):
+        c = by_chunk[key]
+        n = c["pairs"]
+        mean = c["sum"] / n if n else None
+        var = max(c["sum_sq"] / n - mean * mean, 0.0) if n else None
         rows.append({
-            "chunk_index": k, "pairs": int(v.size), "mean": _r(v.mean()), "median": _r(float(np.median(v))),
-            "p25": _r(float(np.quantile(v, 0.25))), "p75": _r(float(np.quantile(v, 0.75))),
+            "chunk_index": int(key), "pairs": int(n), "mean": _r(mean), "std": _r(math.sqrt(var)) if var is not None else None,
+            "p25": _r(histogram_quantile(c["histogram"], 0.25)), "median": _r(histogram_quantile(c["histogram"], 0.5)),
+            "p75": _r(histogram_quantile(c["histogram"], 0.75)),
         })
+    means = [(r["chunk_index"], r["mean"]) for r in rows if r["mean"] is not None]
     return {
-        "pairs": len(position),
-        "pearson_r": _r(pearson(chunk_index, position)),
-        "pearson_r_chunk_means": _r(pearson([r["chunk_index"] for r in rows], [r["mean"] for r in rows])),
+        "pairs": int(sums.get("n", 0)),
+        "pearson_r": _r(pearson_from_sums(sums.get("n", 0), sums.get("k", 0), sums.get("p", 0.0), sums.get("kk", 0),
+                                          sums.get("pp", 0.0), sums.get("kp", 0.0))),
+        "pearson_r_chunk_means": _r(pearson([k for k, _ in means], [m for _, m in means])) if len(means) > 1 else None,
         "by_chunk": rows,
     }
 
@@ -172,26 +237,32 @@ def chunk_position(chunk_index: Sequence[int], position: Sequence[float]) -> dic
 # ---------------------------------------------------------------- distributions
 
 
-def ratio_histogram(values: Iterable[float], bins: int = 10) -> list[dict[str, Any]]:
-    """Counts of values in [0, 1] in `bins` equal bins ([lo, hi), the last one closed)."""
-    v = np.clip(np.asarray([x for x in values if x is not None], dtype=float), 0.0, 1.0)
-    counts, edges = np.histogram(v, bins=bins, range=(0.0, 1.0))
-    return [{"min": _r(edges[i], 4), "max": _r(edges[i + 1], 4), "pairs": int(c)} for i, c in enumerate(counts)]
+def bin_counts(values: Iterable[float | None], bins: int = 20) -> list[int]:
+    """Counts of the non-null values in `bins` equal bins of [0, 1] ([lo, hi), the last one closed; values outside
+    are clipped into the first or last bin): additive."""
+    v = np.asarray([x for x in values if x is not None] if not isinstance(values, np.ndarray) else values, dtype=float)
+    idx = np.clip((np.clip(v, 0.0, 1.0) * bins).astype(np.int64), 0, bins - 1)
+    return [int(c) for c in np.bincount(idx, minlength=bins)]
 
 
-def distribution(values: Iterable[float | None], threshold: float | None = None) -> dict[str, Any]:
-    """count / nulls / mean / quantiles (and the share at or above `threshold`) of a numeric column."""
-    values = list(values)
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    out: dict[str, Any] = {"count": int(v.size), "nulls": len(values) - int(v.size)}
-    if v.size:
-        out.update(
-            mean=_r(v.mean()), min=_r(v.min()), p25=_r(float(np.quantile(v, 0.25))), median=_r(float(np.median(v))),
-            p75=_r(float(np.quantile(v, 0.75))), max=_r(v.max()),
-        )
-        if threshold is not None:
-            out["share_at_or_above"] = _r(float((v >= threshold).mean()))
-    return out
+def histogram_quantile(counts: Sequence[int], q: float) -> float | None:
+    """The q-quantile of values counted in equal bins of [0, 1] (`bin_counts`), interpolated linearly within its
+    bin: exact to within a bin's width. None when nothing was counted."""
+    total = sum(counts)
+    if not total:
+        return None
+    width, target, seen = 1.0 / len(counts), q * total, 0
+    for i, c in enumerate(counts):
+        if c and seen + c >= target:
+            return width * (i + (target - seen) / c)
+        seen += c
+    return 1.0
+
+
+def ratio_histogram(counts: Sequence[int]) -> list[dict[str, Any]]:
+    """`bin_counts` as [{"min", "max", "pairs"}], for the card and the plot."""
+    width = 1.0 / len(counts)
+    return [{"min": _r(i * width, 4), "max": _r((i + 1) * width, 4), "pairs": int(c)} for i, c in enumerate(counts)]
 
 
 def value_counts(values: Iterable[Any]) -> dict[str, int]:

@@ -189,6 +189,10 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
 
 def hub_command(args: argparse.Namespace) -> int:
     from hf_pipeline.hub import local
+    from hf_pipeline.optional import require
+
+    if args.action == "start":
+        require("olah", "hub", "the local Hub")
 
     root = Path(args.root).resolve()
     if args.action == "start":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from hf_pipeline import __version__
 from hf_pipeline.config import config_hash, config_to_dict
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.hub_io import DatasetRef, output_tags, read_card_metadata, resolve_dataset, split_ref
+from hf_pipeline.package_data import package_file
 
 TINY_RANDOM_PREFIX = "tiny-random:"  # a small random causal LM built from a config (tests, CPU demos)
 PACKAGE = f"fineinstructions-pipeline {__version__}"
@@ -137,7 +137,7 @@ def card_template(kind: str, name: str, override: str | None = None) -> str:
         if not path.is_file():
             raise PipelineError(f"card template {override} is missing.")
         return path.read_text()
-    resource = importlib.resources.files("hf_pipeline") / f"{kind}_cards" / f"{name}.md"
+    resource = package_file(f"{kind}_cards", f"{name}.md")
     if not resource.is_file():
         raise PipelineError(f"no {kind} card template '{name}.md' ships with hf_pipeline.")
     return resource.read_text()

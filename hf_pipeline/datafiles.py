@@ -137,6 +137,7 @@ class FileReader:
         self._pending = None  # rows read past the last slice's end (a table), handed to the next slice
         self._groups: dict[tuple[int, int], object] = {}  # (file, row group) -> table, the last few read
         self._by_path = {f.path: i for i, f in enumerate(files)}
+        self._handle = None  # the open file handle of the cursor, closed when the cursor moves to another file
 
     # ------------------------------------------------------------------ opening files
     def _source(self, file: int, whole: bool):
@@ -161,6 +162,19 @@ class FileReader:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(self._source(file, whole))
+
+    def _read_group(self, file: int, group: int, columns=None):
+        """One row group of a file, read by range through a handle closed at once. `columns`: names, or a function
+        of the ParquetFile giving them. (An HfFileSystem handle keeps its read-ahead block, megabytes, in a reference
+        cycle with its cache that only the cyclic GC breaks: handles dropped unclosed pile up between collections.)"""
+        import pyarrow.parquet as pq
+
+        source = self._source(file, whole=False)
+        try:
+            pf = pq.ParquetFile(source)
+            return pf.read_row_group(group, columns=columns(pf) if callable(columns) else columns)
+        finally:
+            _close(source)
 
     # ------------------------------------------------------------------ slices
     def read_slice(self, s: FileSlice):
@@ -200,8 +214,13 @@ class FileReader:
 
     def _open_cursor(self, s: FileSlice, whole: bool):
         """A batch iterator starting exactly at row `start` of the file: whole row groups before it are skipped
-        without reading them, rows of the first row group before it are dropped."""
-        pf = self._parquet(s.file, whole)
+        without reading them, rows of the first row group before it are dropped. The previous cursor's handle is
+        closed (see `_read_group`)."""
+        import pyarrow.parquet as pq
+
+        _close(self._handle)
+        self._handle = self._source(s.file, whole)
+        pf = pq.ParquetFile(self._handle)
         groups = self.files[s.file].row_groups or (self.files[s.file].rows,)
         first, offset = 0, 0
         while first < len(groups) and offset + groups[first] <= s.start:
@@ -228,12 +247,17 @@ class FileReader:
         return [c for c in self.columns if c in present]
 
     def _empty(self, file: int):
-        pf = self._parquet(file, whole=False)
-        schema = pf.schema_arrow
+        import pyarrow.parquet as pq
+
+        source = self._source(file, whole=False)
+        try:
+            schema = pq.ParquetFile(source).schema_arrow
+        finally:
+            _close(source)
         if self.columns:
             import pyarrow as pa
 
-            schema = pa.schema([schema.field(c) for c in self._columns(pf)])
+            schema = pa.schema([schema.field(c) for c in self.columns if c in schema.names])
         return schema.empty_table()
 
     # ------------------------------------------------------------------ random access
@@ -264,7 +288,7 @@ class FileReader:
             if key not in self._groups:
                 if len(self._groups) >= 4:
                     self._groups.pop(next(iter(self._groups)))
-                self._groups[key] = self._parquet(index, whole=False).read_row_group(g, columns=self.columns)
+                self._groups[key] = self._read_group(index, g, self.columns)
             pieces.append(self._groups[key].take(pa.array([r - bounds[g][0] for r in wanted], pa.int64())))
             order += wanted
         table = pa.concat_tables(pieces) if pieces else self._empty(index)
@@ -300,6 +324,12 @@ def describe_file(ref: DatasetRef, path: str) -> DataFile:
         return DataFile(path, rows, groups, 0, full.stat().st_size)
     except (FileNotFoundError, KeyError, OSError) as e:
         raise PipelineError(f"{ref.ref} has no data file {path!r} (at {(ref.sha or '')[:12]}): {type(e).__name__}") from None
+
+
+def _close(source) -> None:
+    """Close a file handle from `_source` (a local path needs nothing)."""
+    if source is not None and hasattr(source, "close"):
+        source.close()
 
 
 def group_ranges(ref: DatasetRef, files: list[DataFile], file_column: str, row_column: str):
@@ -378,6 +408,5 @@ class AlignedReader:
         if key not in self._cache:
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
-            pf = self.reader._parquet(g.file, whole=False)
-            self._cache[key] = pf.read_row_group(g.group, columns=self.reader._columns(pf))
+            self._cache[key] = self.reader._read_group(g.file, g.group, self.reader._columns)
         return self._cache[key]

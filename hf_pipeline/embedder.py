@@ -154,6 +154,13 @@ def clip_to_model(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PER
     has too few tokens (very long "words"), the full text is kept and checked the usual way. So the flags
     equal `pooling.truncated_mask(model, texts)` and encoding the returned texts equals encoding the inputs.
     """
+    clipped, truncated, _ = clip_and_count(model, texts, chars_per_token)
+    return clipped, truncated
+
+
+def clip_and_count(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PER_TOKEN) -> tuple[list[str], np.ndarray, int]:
+    """clip_to_model, plus the number of tokens the model will embed (special tokens included, after truncation),
+    from the same tokenizer call: what an embedding stage's card accounts for."""
     import numpy as np
 
     limit = model.max_seq_length
@@ -166,14 +173,34 @@ def clip_to_model(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PER
             cut = text.rfind(" ", 0, budget)
             clipped.append(text[: cut if cut > 0 else budget])
     ids = model.tokenizer(clipped, truncation=True, max_length=limit + 1, return_attention_mask=False)["input_ids"]
-    truncated = np.array([len(row) > limit for row in ids], dtype=bool)
-    short = [i for i, (c, t) in enumerate(zip(clipped, texts)) if len(c) < len(t) and not truncated[i]]
+    lengths = [len(row) for row in ids]
+    short = [i for i, (c, t) in enumerate(zip(clipped, texts)) if len(c) < len(t) and lengths[i] <= limit]
     if short:  # the prefix did not fill the model: keep the whole text, check it in full
         full = model.tokenizer([texts[i] for i in short], truncation=True, max_length=limit + 1, return_attention_mask=False)
         for i, row in zip(short, full["input_ids"]):
             clipped[i] = texts[i]
-            truncated[i] = len(row) > limit
-    return clipped, truncated
+            lengths[i] = len(row)
+    truncated = np.array([n > limit for n in lengths], dtype=bool)
+    return clipped, truncated, sum(min(n, limit) for n in lengths)
+
+
+class EmbedderUsage:
+    """An embedder's work, accounted the way the LLM backends account theirs (`usage`, `settings()`), so the runner
+    puts it in the card: `prompt_tokens` = tokens the model embedded, `seconds` = time spent embedding."""
+
+    def __init__(self, model, ref: str):
+        self.model, self.ref = model, ref
+        self.usage = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0, "requests": 0}
+
+    def add(self, tokens: int, seconds: float, texts: int) -> None:
+        self.usage["prompt_tokens"] += int(tokens)
+        self.usage["seconds"] = round(self.usage["seconds"] + seconds, 3)
+        self.usage["requests"] += texts
+
+    def settings(self) -> dict:
+        return {"backend": "sentence-transformers", "model": self.ref, "device": str(self.model.device),
+                "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                "max_seq_length": self.model.max_seq_length}
 
 
 def visible_texts(model, texts: list[str]) -> tuple[list[str], np.ndarray]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hf_pipeline.errors import PipelineError
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise PipelineError("plots need matplotlib (pip install matplotlib), or set config key plots=false.") from None
+    from hf_pipeline.optional import require
+
+    require("matplotlib", "analyze", "plots (or set config key plots=false)")
+    import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -66,13 +66,19 @@ def power_law(x: Sequence[int], y: Sequence[int], fit: Mapping[str, Any] | None,
     return _save(fig, path)
 
 
-def chunk_position(chunks: Sequence[int], positions: Sequence[float], summary: Mapping[str, Any], path: Path) -> Path:
+def chunk_position(by_chunk: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: Path) -> Path:
+    """Per chunk index k: the mean relative position of the first excerpt (line) and its quartiles (bars), from the
+    summed per-chunk figures; no per-pair scatter."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ks = sorted(set(chunks))
-    data = [[p for c, p in zip(chunks, positions) if c == k] for k in ks]
-    ax.boxplot(data, positions=ks, widths=0.5, showfliers=False)
-    ax.plot(ks, [sum(d) / len(d) for d in data], "o-", color="#C44E52", label="mean")
+    rows = [r for r in by_chunk if r.get("mean") is not None]
+    ks = [r["chunk_index"] for r in rows]
+    quartiles = [(r["p25"], r["p75"]) for r in rows if r.get("p25") is not None and r.get("p75") is not None]
+    if len(quartiles) == len(rows):
+        ax.vlines(ks, [q[0] for q in quartiles], [q[1] for q in quartiles], color="#4C72B0", linewidth=6, alpha=0.4,
+                  label="p25–p75")
+    ax.plot(ks, [r["mean"] for r in rows], "o-", color="#C44E52", label="mean")
+    ax.set_xticks(ks)
     ax.set_xlabel("chunk index k of the retrieving vector")
     ax.set_ylabel("first excerpt's relative position")
     ax.set_ylim(0, 1)

@@ -67,9 +67,9 @@ class RunPlan:
     fingerprint: str
     tag: str
     num_partitions: int = 1
-    aligned: AlignedInput | None = None
-    aligned_files: list = field(default_factory=list)
-    aligned_groups: list = field(default_factory=list)  # per shard: sharding.GroupRange to read
+    aligned: list[AlignedInput] = field(default_factory=list)  # the stage's aligned inputs, in its order
+    aligned_files: list = field(default_factory=list)  # per aligned input: its sharding.DataFile list
+    aligned_groups: list = field(default_factory=list)  # per aligned input, per shard: sharding.GroupRange to read
     argv: list[str] = field(default_factory=list)
     run: Any = None  # hub_run.RunPR, once opened
     run_stats: dict = field(default_factory=dict)  # the map shards' summed stats, for a reduce
@@ -156,10 +156,14 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     from hf_pipeline.datafiles import group_ranges, list_files
     from hf_pipeline.sharding import align_groups, plan_shards
 
+    from hf_pipeline.optional import check_config
+
     check_options(stage, options)
+    check_config(stage.name, config)  # optional packages the config needs, before any input is read
     parts = mapped_parts(stage, options, config)
-    aligned = stage.aligned(config)
-    refs = [p.ref for p in parts] + list(stage.input_refs(config)) + ([aligned.ref] if aligned else [])
+    aligned = stage.aligned(config, options)
+    aligned = [] if aligned is None else [aligned] if isinstance(aligned, AlignedInput) else list(aligned)
+    refs = [p.ref for p in parts] + list(stage.input_refs(config)) + [a.ref for a in aligned]
     inputs = contract.pin_datasets(refs)
     files, schemas = [], []
     for k, part in enumerate(parts):
@@ -172,10 +176,11 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
         schemas.append(schema)
     shards = plan_shards(files, options.num_shards, options.max_rows)
     aligned_files, aligned_groups = [], []
-    if aligned is not None:
-        aligned_files, _ = list_files(inputs[aligned.ref])
-        ranges = group_ranges(inputs[aligned.ref], aligned_files, aligned.file_column, aligned.row_column)
-        aligned_groups = align_groups(shards, files, ranges)
+    for spec in aligned:
+        spec_files, _ = list_files(inputs[spec.ref])
+        ranges = group_ranges(inputs[spec.ref], spec_files, spec.file_column, spec.row_column)
+        aligned_files.append(spec_files)
+        aligned_groups.append(align_groups(shards, files, ranges))
     plan = RunPlan(
         stage, options, config, inputs, parts, [inputs[p.ref] for p in parts], files, schemas, shards, "", "", 1,
         aligned, aligned_files, aligned_groups, token_free_argv(argv or sys.argv),

@@ -40,7 +40,9 @@ class StageContext:
     load: Callable[..., Any]
     download: Callable[[str, str], Any]
     read_rows: Callable[[str, str, list[int]], Any] | None = None
-    aligned_rows: Callable[[list[str], list[int]], Any] | None = None
+    # aligned_rows(doc_files, doc_rows, which=0): rows of the stage's aligned input `which` (its index in the list
+    # the `aligned` hook returned) pointing at those positions
+    aligned_rows: Callable[..., Any] | None = None
     resources: Any = None
     shard: int = 0
     num_shards: int = 1
@@ -87,8 +89,9 @@ class Stage:
     # depend on the data (match's `threshold=auto:Q`). The config it returns is the run's: fingerprinted, in the
     # card, and the one every worker gets (shipped with the plan), so every shard uses the same values
     resolve_config: Callable[[Any, Any], Any] | None = None
-    # a side input read per shard by position (see AlignedInput)
-    aligned: Callable[[Any], AlignedInput | None] = field(default=lambda config: None)
+    # side inputs read per shard by position (see AlignedInput), given (config, run options) like `inputs`: one
+    # AlignedInput, a list of them (ctx.aligned_rows(..., which=i) reads the i-th), or None
+    aligned: Callable[[Any, Any], AlignedInput | list[AlignedInput] | None] = field(default=lambda config, options: None)
     # a step on one shard's mapped rows (a filter, per-shard packing): returns (dataset, drop counts by reason), or
     # (dataset, drops, stats) where stats are additive figures for the card (see merge_stats)
     finalize: Callable[[Any, StageContext], tuple] | None = None

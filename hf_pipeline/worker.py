@@ -202,7 +202,7 @@ class Worker:
                     raise PipelineError(f"stage {stage.name} returned columns {mapped.column_names}, expected {list(features)}.")
                 tmp = path.with_suffix(".tmp")
                 with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, mapped.data.table.schema) as writer:
-                    writer.write_table(mapped.data.table)
+                    writer.write_table(one_batch(mapped.data.table))
                 os.replace(tmp, path)  # atomic: a chunk is either whole on disk or absent
         finally:
             bar.close()
@@ -228,16 +228,22 @@ class Worker:
         return ds.select_columns(list(stage.output_columns))
 
     def aligned_reader(self, task: Task):
-        """ctx.aligned_rows for this shard: the aligned input's rows pointing at given positions, or None."""
+        """ctx.aligned_rows for this shard: rows of aligned input `which` pointing at given positions, or None."""
         plan = self.plan
-        if plan.aligned is None:
+        if not plan.aligned:
             return None
         from hf_pipeline.datafiles import AlignedReader
 
-        spec = plan.aligned
-        reader = AlignedReader(plan.pinned(spec.ref), plan.aligned_files, plan.aligned_groups[task.index],
-                               spec.file_column, spec.row_column, list(spec.columns) if spec.columns else None)
-        return reader.rows_for
+        readers = [
+            AlignedReader(plan.pinned(spec.ref), files, groups[task.index], spec.file_column, spec.row_column,
+                          list(spec.columns) if spec.columns else None)
+            for spec, files, groups in zip(plan.aligned, plan.aligned_files, plan.aligned_groups)
+        ]
+
+        def aligned_rows(doc_files: list[str], doc_rows: list[int], which: int = 0):
+            return readers[which].rows_for(doc_files, doc_rows)
+
+        return aligned_rows
 
     # ------------------------------------------------------------------ reduce
     def reduce_partition(self, task: Task, inputs: list[tuple[str, int]]):
@@ -341,10 +347,23 @@ def write_partitioned(ds, key: str | None, num_partitions: int, path: Path) -> d
     return groups
 
 
+def one_batch(table):
+    """A chunk's mapped rows as one record batch (map writes one per `batch_size` rows): the chunk files are memory-
+    mapped together for finalize, and opening one touches a page around every batch's header (the kernel maps 64 KB
+    around each fault), so a batch per map call made the shard's resident memory grow by ~1 MB per chunk."""
+    import pyarrow as pa
+
+    try:
+        return table.combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowCapacityError):  # a column past 2 GB in one batch: keep the batches
+        return table
+
+
 def write_parquet(ds, path: Path) -> None:
     """A dataset as parquet with row groups of ROW_GROUP_ROWS rows, keeping its features in the schema metadata
-    (so `load_dataset` restores them exactly); an empty dataset gives a file with the schema and no row group,
-    which `datasets` reads as zero rows (an empty row group makes its reader fail)."""
+    (so `load_dataset` restores them exactly); an empty dataset gives a file with the schema and no row group
+    (a row group of 0 rows makes `datasets`' parquet reader fail on the whole split: "BatchSize must be greater
+    than 0"), so one shard without rows does not break loading the others."""
     import pyarrow.parquet as pq
 
     schema = ds.features.arrow_schema

@@ -1,5 +1,8 @@
 """assemble through the runner against the local Hub, on hand-made judged pairs and documents.
 
+assemble maps over the documents; each pair points at its document by position (`doc_file`, `doc_row`: the
+documents' data file in their repo and the row in it), as match writes them.
+
 The tokenizer splits on whitespace and punctuation (a WordLevel model behind a Whitespace pre-tokenizer), so
 every count is visible by eye: a document of n plain words is n tokens, and a pair formatted as
 "Instruction: {i}\\n\\nAnswer: {a}" is 4 + words(i) + words(a) tokens ("Instruction", ":", "Answer", ":").
@@ -47,9 +50,14 @@ DOCS = [  # doc tokens: 12, 6, 5, 3, 6 = 32
 ]
 
 
-def pair(doc_id, template_id, i_words, a_words, status="ok", judge_score=5, judge_status="ok", chunk_index=1):
+DOC_FILE = "data/train-00000-of-00001.parquet"  # where push_local_dataset puts the documents
+ROW = {d["doc_id"]: i for i, d in enumerate(DOCS)}
+
+
+def pair(doc_id, template_id, i_words, a_words, status="ok", judge_score=5, judge_status="ok", chunk_index=1, row=None):
     ok = status == "ok"
     return {
+        "doc_file": DOC_FILE, "doc_row": ROW[doc_id] if row is None else row, "template": f"template {template_id}",
         "doc_id": doc_id, "template_id": template_id, "chunk_index": chunk_index, "score": 0.9,
         "instruction": words(i_words, "q") if ok else None, "answer": words(a_words, "x") if ok else None,
         "excerpt_ratio": 1.0 if ok else None, "excerpt_spans": [[0, 2]] if ok else [], "status": status,
@@ -70,7 +78,8 @@ PAIRS = [
     pair("d4", "t8", 2, 3),  # 9 tokens, budget 3 + 5 = 8: skipped, 8 roll over
     pair("d5", "t9", 1, 1),  # 6 tokens \ budget 6 + 8 = 14: both fit, 2 left
     pair("d5", "t1", 1, 1),  # 6 tokens /
-    pair("d-unknown", "t1", 1, 1),
+    pair("d-other", "t1", 1, 1, row=ROW["d4"]),  # at d4's position, another doc_id: another documents revision
+    pair("d-unknown", "t1", 1, 1, row=99),  # a position the documents do not have: never read
 ]
 
 
@@ -105,8 +114,8 @@ def test_assemble_budget_rollover_and_baseline_through_the_runner(inputs, word_t
     code, out, err = run(capsys, *assemble_args(inputs, word_tokenizer, "local/asm-out", "a1"))
     assert code == 0, err
     fi = load_dataset("local/asm-out", revision="a1", split="train")
-    assert fi.column_names == ["text", "doc_id", "template_id", "token_count"]
-    assert fi["doc_id"] == ["d1", "d2", "d5", "d5"]  # document order; one of d1's three 8-token pairs
+    assert fi.column_names == ["text", "doc_id", "template_id", "token_count", "doc_file", "doc_row"]
+    assert fi["doc_id"] == ["d1", "d2", "d5", "d5"] and fi["doc_row"] == [0, 1, 4, 4] and set(fi["doc_file"]) == {DOC_FILE}  # document order; one of d1's three 8-token pairs
     assert fi["template_id"][0] in {"t1", "t2", "t3"} and fi["template_id"][1] == "t4"
     assert sorted(fi["template_id"][2:]) == ["t1", "t9"]
     assert fi["token_count"] == [8, 10, 6, 6]
@@ -114,7 +123,7 @@ def test_assemble_budget_rollover_and_baseline_through_the_runner(inputs, word_t
     assert sum(fi["token_count"]) == 30
 
     base = load_dataset("local/asm-out", "baseline", revision="a1", split="train")
-    assert base.column_names == ["text", "doc_id", "token_count"]
+    assert base.column_names == ["text", "doc_id", "token_count", "doc_file", "doc_row"]
     assert base["doc_id"] == ["d1", "d2", "d3", "d4", "d5"]
     assert base["token_count"] == [12, 6, 5, 3, 4]  # 12+6+5+3 whole, then 4 of d5's 6 tokens: 30 = the FI arm
     assert base["text"][:4] == [d["text"] for d in DOCS[:4]] and base["text"][4] == "e0 e1 e2 e3"
@@ -125,18 +134,19 @@ def test_assemble_budget_rollover_and_baseline_through_the_runner(inputs, word_t
     assert stats["fineinstructions_tokens"] == 30 and stats["baseline_tokens"] == 30
     assert stats["document_tokens"] == 32 and stats["rollover_left"] == 2 and stats["max_rollover"] == 8
     assert stats["pairs_kept"] == 4 and stats["candidates"] == 7 and stats["documents"] == 5
+    assert stats["pairs_read"] == 12 and stats["shards"] == 1  # the pair pointing at row 99 is never read
     assert stats["pairs_per_document"] == 0.8 and stats["pairs_per_document_histogram"] == {"0": 2, "1": 2, "2": 1}
-    assert stats["baseline_documents"] == 5 and stats["baseline_cut_document"] == "d5"
+    assert stats["baseline_documents"] == 5 and stats["baseline_cut_documents"] == 1
     assert meta["counts"]["drops"] == {
         "instantiate_null": 1, "judge_score_below_min": 1, "judge_score_missing": 1, "empty_pair": 1,
-        "unknown_document": 1, "over_budget": 3,
+        "document_mismatch": 1, "over_budget": 3,
     }
-    assert meta["rows_in"] == 12 and meta["rows_out"] == 4
+    assert meta["rows_in"] == 5 and meta["rows_out"] == 4  # rows in: the documents mapped
     # lineage: both inputs with the revision asked and the commit it resolved to
     api = HfApi()
     shas = {r: api.dataset_info(r, revision="v1").sha for r in ("local/asm-judged", "local/asm-docs")}
     assert [(i["repo_id"], i["revision"], i["sha"]) for i in meta["inputs"]] == [
-        ("local/asm-judged", "v1", shas["local/asm-judged"]), ("local/asm-docs", "v1", shas["local/asm-docs"]),
+        ("local/asm-docs", "v1", shas["local/asm-docs"]), ("local/asm-judged", "v1", shas["local/asm-judged"]),
     ]
     assert all(sha in card.content for sha in shas.values())
     assert meta["models"] == {"tokenizer": word_tokenizer}
@@ -144,8 +154,39 @@ def test_assemble_budget_rollover_and_baseline_through_the_runner(inputs, word_t
     assert configs == {"default": "data/train-*", "baseline": "data/baseline-*"}
     assert "| **FineInstructions arm** (`default`) | **30** |" in card.content
     assert "| **baseline arm** (`baseline`) | **30** |" in card.content
-    assert "| rollover left after the last document | 2 |" in card.content
+    assert "| rollover left at the end of each shard, summed | 2 | 1 shard(s) |" in card.content
+    assert "**Budgets are per shard, in document order.**" in card.content and "`document_mismatch`: the pair's" in card.content
     assert 'load_dataset("local/asm-out", "baseline", revision="a1", split="train")' in card.content
+
+
+def test_budgets_and_rollover_are_per_shard(inputs, word_tokenizer, capsys):
+    """3 shards of the 5 documents (one file, cut at rows): {d1, d2}, {d3}, {d4, d5}. d3's 5 tokens are left at the
+    end of shard 1 instead of rolling over to d4: d4's 9-token pair is still skipped (budget 3), and d5 (6 + 3)
+    keeps one 6-token pair, not two. Each shard's baseline matches that shard's tokens."""
+    from datasets import load_dataset
+    from huggingface_hub import HfApi
+
+    from hf_pipeline.hub_io import load_card
+
+    repo = "local/asm-sharded"
+    code, _, err = run(capsys, *assemble_args(inputs, word_tokenizer, repo, "s3", "--num-shards", "3"))
+    assert code == 0, err
+    fi = load_dataset(repo, revision="s3", split="train")
+    assert fi["doc_id"] == ["d1", "d2", "d5"] and fi["token_count"] == [8, 10, 6]
+    assert fi["template_id"][2] in {"t1", "t9"}
+    base = load_dataset(repo, "baseline", revision="s3", split="train")
+    assert base["doc_id"] == ["d1", "d2", "d4", "d5"] and base["token_count"] == [12, 6, 3, 3]  # shard 1 (d3) has no FI tokens
+    assert base["text"][3] == "e0 e1 e2"
+    stats = load_card(repo, "s3").data.hf_pipeline["counts"]["stats"]
+    assert stats["shards"] == 3 and stats["rollover_left"] == 0 + 5 + 3 and stats["max_rollover"] == 5
+    assert stats["fineinstructions_tokens"] == stats["baseline_tokens"] == 24 and stats["baseline_cut_documents"] == 1
+    assert stats["document_tokens"] == 32 and stats["pairs_per_document_histogram"] == {"0": 2, "1": 3}
+    files = HfApi().list_repo_files(repo, repo_type="dataset", revision="s3")
+    assert sorted(f for f in files if f.startswith("data/")) == sorted(
+        [f"data/train-{i:05d}-of-00003.parquet" for i in range(3)] + [f"data/baseline-{i:05d}-of-00003.parquet" for i in range(3)])
+    # the shard count is part of the fingerprint: one shard is another run, with another tag by default
+    code, out, err = run(capsys, *assemble_args(inputs, word_tokenizer, repo, "s3", "--num-shards", "3"))
+    assert code == 0 and "nothing to do" in out
 
 
 def test_matched_budget_and_no_baseline_replace_the_old_files(inputs, word_tokenizer, capsys):
@@ -180,7 +221,7 @@ def test_matched_budget_and_no_baseline_replace_the_old_files(inputs, word_token
 def test_missing_judge_column_is_one_clear_sentence(local_hub, word_tokenizer, tmp_path, capsys):
     from hf_pipeline.hub_io import push_local_dataset
 
-    rows = [{k: v for k, v in p.items() if not k.startswith("judge")} for p in PAIRS[:4]]
+    rows = [{k: v for k, v in p.items() if not k.startswith("judge")} for p in PAIRS[:4]]  # all at d1 and d2
     push_local_dataset(str(write_jsonl(tmp_path / "p" / "p.jsonl", rows)), "local/asm-unjudged", tag="v1")
     push_local_dataset(str(write_jsonl(tmp_path / "d" / "d.jsonl", DOCS)), "local/asm-docs-b", tag="v1")
     inputs = ("local/asm-unjudged@v1", "local/asm-docs-b@v1")

@@ -11,7 +11,10 @@ from hf_pipeline.text.budget import (
     baseline_take,
     document_rng,
     format_pair,
+    iter_baseline,
+    pack_document,
     pack_pairs,
+    pack_stream,
     pair_drop_reason,
 )
 
@@ -133,6 +136,49 @@ def test_baseline_takes_whole_documents_then_cuts_the_last():
     assert baseline_take([5, 7], 0) == []
     with pytest.raises(ValueError, match="fewer"):
         baseline_take([5, 7], 13)
+
+
+def test_pack_stream_is_iter_packing_one_document_at_a_time():
+    """Documents arriving with their own candidates pack exactly as documents + a mapping; ids may repeat
+    (documents are told apart by position), and the stream is consumed lazily."""
+    rng = random.Random(3)
+    for trial in range(50):
+        docs = [(f"d{i}", rng.randint(0, 40)) for i in range(rng.randint(1, 10))]
+        pairs = {d: cands(d, *[rng.randint(0, 30) for _ in range(rng.randint(0, 5))]) for d, _ in docs}
+        expected = pack_pairs(docs, pairs, seed=trial, initial_carry=2)
+        got = list(pack_stream(((d, n, pairs[d]) for d, n in docs), seed=trial, initial_carry=2))
+        assert [(p.doc_id, p.kept, p.skipped, p.carry_in, p.carry_out) for p in got] == [
+            (p.doc_id, p.kept, p.skipped, p.carry_in, p.carry_out) for p in expected]
+    same_id = list(pack_stream([("A", 3, cands("A", 2)), ("A", 1, [])], seed=0))
+    assert [p.carry_out for p in same_id] == [1, 2]
+    pulled = []
+
+    def docs_stream():
+        for d in ("A", "B", "C"):
+            pulled.append(d)
+            yield d, 5, []
+
+    stream = pack_stream(docs_stream(), seed=0)
+    assert next(stream).doc_id == "A" and pulled == ["A"]
+    p = pack_document("A", 4, cands("A", 3, 3), seed=0, carry_in=2)
+    assert p.budget == 6 and p.kept_tokens == 6 and p.carry_out == 0
+    with pytest.raises(ValueError, match="negative"):
+        pack_document("A", 1, [], seed=0, carry_in=-1)
+
+
+def test_iter_baseline_reads_only_what_it_needs():
+    read = []
+
+    def tokens():
+        for n in [5, 0, 7, 4, 9]:
+            read.append(n)
+            yield n
+
+    assert list(iter_baseline(tokens(), 9)) == [(0, 5), (2, 4)] and read == [5, 0, 7]
+    assert list(iter_baseline([5, 7], 0)) == []
+    assert list(iter_baseline([5, 7], 20)) == [(0, 5), (1, 7)]  # runs out without an error: the caller checks
+    with pytest.raises(ValueError, match=">= 0"):
+        list(iter_baseline([5], -1))
 
 
 @pytest.mark.parametrize(

@@ -113,3 +113,14 @@ def test_tokens_are_masked_in_recorded_command_lines():
     assert token_free_argv(["--set", "api_key=sk-123", token, "--config", "hf_pipeline/configs/quickstart.yaml"]) == [
         "--set", "api_key=***", "hf_***", "--config", "hf_pipeline/configs/quickstart.yaml"
     ]
+
+
+def test_a_missing_optional_package_is_named_with_its_extra_before_anything_runs(capsys, monkeypatch):
+    """The config asks for vLLM; without it the run stops at plan time with the extra to install."""
+    import hf_pipeline.optional as optional
+
+    real = optional.missing
+    monkeypatch.setattr(optional, "missing", lambda module: module == "vllm" or real(module))
+    code, _, err = run_cli(capsys, "judge", "--input", "local/nowhere", "--output", "local/never", "--set", "llm.backend=vllm")
+    assert code == 2
+    assert "stage judge with llm.backend=vllm needs the `vllm` package: pip install 'fineinstructions-pipeline[vllm]'" in err

@@ -233,6 +233,11 @@ def test_match_publishes_pairs_and_counts_documents(local_hub, index_repo, docs_
     assert stats["threshold"] == 0.35 and meta["config"]["threshold"] == 0.35
     assert stats["candidates_per_document_mean"] == pytest.approx(stats["candidates_sum"] / len(docs), abs=0.01)
     assert "candidates_histogram" not in stats
+    # the embedder's work is in the card: every live document embedded, at most max_seq_length tokens each
+    usage = meta["usage"]
+    live = [d for d in docs if d["text"].strip()]
+    assert usage["engines"]["embedder"]["backend"] == "sentence-transformers" and usage["generated_tokens"] == 0
+    assert len(live) < usage["prompt_tokens"] <= len(live) * minilm.max_seq_length and usage["seconds"] > 0
     card = load_card("local/m-pairs", revision="t").content
     assert f"Truncated: **{N_WIKI}**" in card and "`no_candidates`" in card and "≥ 0.35" in card
 

@@ -129,8 +129,8 @@ def test_own_corpus_and_templates_through_the_command_line(own_inputs, monkeypat
     assert "`id` column" in load_card("local/oc-pairs", revision="t").content
 
     # instantiate and judge: documents read back by position, from the corpus's own columns
-    monkeypatch.setattr(instantiate, "load_llm", lambda config: StandIn("instantiate"))
-    monkeypatch.setattr(judge, "load_llm", lambda config: StandIn("judge"))
+    monkeypatch.setattr(instantiate, "load_backend", lambda config: StandIn("instantiate"))
+    monkeypatch.setattr(judge, "load_backend", lambda config: StandIn("judge"))
     assert cli("instantiate", "--input", "local/oc-pairs@t", "--output", "local/oc-inst", "--tag", "t",
                "--set", f"documents={own_inputs['corpus_ref']}", "--set", "doc_id_column=id", "--set", "mode=student") == 0
     assert cli("judge", "--input", "local/oc-inst@t", "--output", "local/oc-judged", "--tag", "t") == 0
@@ -157,7 +157,7 @@ def test_wrong_columns_are_said_at_plan_time(own_inputs, monkeypatch, capsys, tm
     monkeypatch.setattr(match, "load_embedder", no_model)
     monkeypatch.setattr(match, "open_index", no_model)
     monkeypatch.setattr(build_index, "load_embedder", no_model)
-    monkeypatch.setattr(instantiate, "load_llm", no_model)
+    monkeypatch.setattr(instantiate, "load_backend", no_model)
 
     # the pipeline's default names on a corpus with columns id, text
     assert cli("match", "--input", own_inputs["corpus_ref"], "--output", "local/oc-bad", "--set", f"index={own_inputs['templates_ref']}",

@@ -117,12 +117,11 @@ class RayExecutor:
 
     def _connect(self) -> tuple[bool, bool]:
         """(started_here, local_instance): join `address`, or an already initialized Ray, or start a local one."""
-        try:
-            import ray
-        except ImportError:
-            raise PipelineError(
-                "--executor ray needs Ray: pip install 'fineinstructions-pipeline[ray]' (or pip install 'ray[data]')."
-            ) from None
+        from hf_pipeline.optional import require
+
+        require("ray", "ray", "--executor ray")
+        import ray
+
         if ray.is_initialized():
             return False, not self.options.address
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -7,46 +7,55 @@ y = 16,891·x^0.24 with an r² = 0.96." (§6.1) "We find a Pearson correlation o
 chunk (k) used to retrieve the instruction template and the location of the retrieved answer excerpt within
 the source document." (§3.2)
 
-Reads the judged pairs (--input: match's `doc_id, template_id, chunk_index` + instantiate's `status,
-excerpt_ratio, excerpt_spans` + judge's `judge_score, judge_status`), the source documents (config
-`documents`: their lengths place excerpts, and every document counts towards x), and optionally the
-`assemble` output (config `assembled`). The pairs analysed ("the final data") are:
+Like `assemble`, the stage maps over the **documents** (config `documents`: every document counts towards x, and
+their lengths place excerpts) with the judged pairs (`--input`: match's `doc_file, doc_row, doc_id, template_id,
+chunk_index` + instantiate's `status, excerpt_ratio, excerpt_spans` + judge's `judge_score, judge_status`) as an
+aligned input, read per chunk by the positions the pairs carry. The pairs analysed ("the final data") are:
 
-- with `assembled`: the input rows whose (doc_id, template_id) is a row of the assembled data;
-- without: the input rows that assemble would consider, `status == "ok"` and `judge_score >= min_judge_score`.
+- without `assembled`: the pairs assemble would consider, `status == "ok"` and `judge_score >= min_judge_score`
+  (the paper's §6.1 figures are over the generated instructions);
+- with `assembled` (the assemble output, whose rows carry their document's position too): a second aligned input;
+  a document's pairs are used when assemble kept a row of that document with their template (as many as it kept).
 
-On those pairs: uses per template; unique templates y among the first x documents, documents taken in a
-seeded random order, at log-spaced x, fitted to y = a·x^b by least squares in log-log space; and the Pearson
-correlation between `chunk_index` and the relative position `excerpt_spans[0][0] / len(document text)` of the
-answer's first excerpt. Pairs retrieved by the global vector (chunk 0) have no position and are left out of the
-correlation (counted), as are answers without an excerpt. r is reported over pairs and over the per-chunk mean
-positions (one point per k); the paper's 0.99 with "increasing linearly with the chunk index used" reads as the
-latter. Over all input rows: the excerpt-ratio distribution, the judge-score distribution (of instantiated
-pairs) and status counts per stage (instantiate `status`, judge `judge_status`, documents without any pair,
-and assemble's drop counts from its card).
+Per shard (`finalize`), from the map's compact rows (one per document, one per pair), additive figures only:
+documents and, per log-spaced threshold t of a seeded document hash, the documents with hash < t (x); pairs read,
+status / judge-status / judge-score counts, an excerpt-ratio histogram; over used pairs, the sums n, Σk, Σk², Σp,
+Σp², Σkp of chunk index k and first-excerpt position p (and per k: n, Σp, Σp², a histogram), and, per template,
+(uses, documents, smallest document hash). Those per-template rows go to a `reduce` partitioned by `template_id`
+(each template's rows from every shard meet in one partition) that sums them, publishes (template_id, uses,
+documents, share) and counts, per threshold, the templates whose smallest hash is < t (y), the histogram of uses
+and its top templates. `summarize` derives the figures once: Pearson r from the sums, the growth curve (x, y) and
+its power-law fit, the global top templates (merged from the partitions' tops).
 
-Published in one commit: per-template usage (`default`: template_id, uses, documents, share, rank), the
-scalar figures (`metrics`: metric, value), `analysis.json` with everything, and PNG plots shown in the card.
+Published: per-template usage (`default`: template_id, uses, documents, share; sorted by uses within each
+partition's file, no global rank: that would need one process to see every template), the scalar figures
+(`metrics`: metric, value), `analysis.json` with everything, and PNG plots drawn from the summed figures.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hf_pipeline import analysis as an
+from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.stage import Stage, StageContext
+from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, StageContext
 from hf_pipeline.text.budget import pair_drop_reason
 
-OUTPUT_COLUMNS = {"template_id": "string", "uses": "int64", "documents": "int64", "share": "float64", "rank": "int64"}
+OUTPUT_COLUMNS = {"template_id": "string", "uses": "int64", "documents": "int64", "share": "float64"}
+# per shard and template, what the reduce sums (finalize's output, partitioned by template_id)
+TEMPLATE_COLUMNS = {"template_id": "string", "uses": "int64", "documents": "int64", "min_hash": "float64"}
+# the map's rows: one per document (kind "document"), then one per pair pointing at it (kind "pair")
 MAP_COLUMNS = {
-    "doc_id": "string", "template_id": "string", "chunk_index": "int64", "status": "string", "excerpt_ratio": "float64",
-    "first_excerpt_start": "int64", "judge_score": "int64", "judge_status": "string", "used": "bool",
+    "kind": "string", "template_id": "string", "doc_hash": "float64", "pairs": "int64", "assembled_unmatched": "int64",
+    "used": "bool", "new_doc": "bool", "mismatch": "bool", "chunk_index": "int64", "position": "float64",
+    "excluded": "string", "excerpt_ratio": "float64", "judge_score": "int64", "status": "string", "judge_status": "string",
 }
+PAIR_COLUMNS = ("doc_id", "template_id", "chunk_index", "status", "excerpt_ratio", "excerpt_spans", "judge_score", "judge_status")
 METRICS_COLUMNS = {"metric": "string", "value": "float64"}
 PLOTS = {
     "template_usage": "plots/template_usage.png",
@@ -55,39 +64,55 @@ PLOTS = {
     "excerpt_ratio": "plots/excerpt_ratio.png",
     "judge_scores": "plots/judge_scores.png",
 }
+BINS = 20  # histogram bins on [0, 1] (positions, excerpt ratios): quartiles to within 0.05
+FINALIZE_BATCH = 10_000  # mapped rows read at once by finalize (bounded: the same at any shard size)
+COMBINE_ROWS = 500_000  # per-template partial rows kept before they are summed again
 
 
 @dataclass
 class AnalyzeConfig:
     documents: str | None = field(
-        default=None, metadata={"help": "the source documents (org/name@revision or a path; columns doc_id, text); required"}
+        default=None,
+        metadata={"help": "the source documents the pairs were matched to (org/name@revision or a path; columns doc_id, text); the stage maps over them; required"},
     )
     documents_split: str = field(default="train", metadata={"help": "split of the documents dataset"})
     assembled: str | None = field(
         default=None,
-        metadata={"help": "the assemble output (org/name@tag): analyse the pairs it kept; default: the pairs passing the judge filter"},
+        metadata={"help": "the assemble output (org/name@tag, rows with doc_file/doc_row): analyse the pairs it kept; default: the pairs passing the judge filter"},
     )
     min_judge_score: int | None = field(
         default=4, metadata={"help": "without 'assembled': pairs count as used when judged at least this (paper: 4); null: no judge filter"}
     )
     excerpt_ratio_threshold: float = field(default=0.8, metadata={"help": "reported share of answers with excerpt ratio at or above this (paper: 0.80)"})
-    power_law_points: int = field(default=20, metadata={"help": "document counts x (log-spaced) at which unique templates are counted"})
-    seed: int = field(default=0, metadata={"help": "seed of the random document order for the growth curve"})
+    power_law_points_per_decade: int = field(
+        default=4, metadata={"help": "growth-curve points per decade of documents (hash thresholds 10^(-j/this), down to 10^-12)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the document hash that orders documents for the growth curve"})
     top_templates: int = field(default=10, metadata={"help": "most used templates listed in the card"})
+    partitions: int = field(default=8, metadata={"help": "partitions of the templates for the per-template sums (reduce tasks)"})
     plots: bool = field(default=True, metadata={"help": "draw PNG plots (needs matplotlib) and show them in the card"})
-    batch_size: int = field(default=1000, metadata={"help": "documents read per batch when measuring their length"})
 
 
 def check_config(config: AnalyzeConfig) -> None:
     if not config.documents:
         raise PipelineError("analyze needs config key 'documents': the source documents (org/name@revision or a path).")
-    if config.power_law_points < 2 or config.top_templates < 0 or config.batch_size < 1:
-        raise PipelineError("config key 'power_law_points' must be at least 2, 'top_templates' >= 0 and 'batch_size' >= 1.")
+    if config.power_law_points_per_decade < 1 or config.top_templates < 0 or config.partitions < 1:
+        raise PipelineError("config keys 'power_law_points_per_decade' and 'partitions' must be at least 1, 'top_templates' >= 0.")
 
 
-def input_refs(config: AnalyzeConfig) -> list[str]:
+def documents_part(config: AnalyzeConfig, options: Any) -> list[InputPart]:
     check_config(config)
-    return [config.documents] + ([config.assembled] if config.assembled else [])
+    return [InputPart(config.documents, config.documents_split)]
+
+
+def aligned_inputs(config: AnalyzeConfig, options: Any) -> list[AlignedInput]:
+    """--input (the judged pairs), and the assemble output when given: both read by document position."""
+    if not getattr(options, "input", None):
+        raise PipelineError("analyze needs --input: the judged pairs (org/name[@revision] or a local path), the judge stage's output.")
+    specs = [AlignedInput(options.input, columns=PAIR_COLUMNS)]
+    if config.assembled:
+        specs.append(AlignedInput(config.assembled, columns=("doc_id", "template_id")))
+    return specs
 
 
 def setup(ctx: StageContext) -> None:
@@ -97,172 +122,309 @@ def setup(ctx: StageContext) -> None:
         check_available()  # fail before the map, not after it
 
 
-def pair_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
-    """Per pair: what the analysis needs, with the first excerpt's start offset and whether the pair is 'used'."""
-    config: AnalyzeConfig = ctx.config
-    n = len(batch["doc_id"])
-    judge_filter = config.min_judge_score if not config.assembled else None
-    if judge_filter is not None and "judge_score" not in batch:
+# ---------------------------------------------------------------- map
+
+
+def check_pairs(pairs, config: AnalyzeConfig) -> None:
+    names = pairs.column_names
+    if config.min_judge_score is not None and not config.assembled and "judge_score" not in names:
         raise PipelineError(
             "analyze's input lacks column 'judge_score' (the judge stage's output); set min_judge_score=null to "
             "analyse pairs without a judge filter."
         )
-    none = [None] * n
-    spans = batch.get("excerpt_spans", none)
-    scores, judge_status = batch.get("judge_score", none), batch.get("judge_status", none)
-    return {
-        "doc_id": batch["doc_id"],
-        "template_id": batch["template_id"],
-        "chunk_index": batch["chunk_index"],
-        "status": batch["status"],
-        "excerpt_ratio": batch.get("excerpt_ratio", none),
-        "first_excerpt_start": [int(s[0][0]) if s else None for s in spans],
-        "judge_score": scores,
-        "judge_status": judge_status,
-        "used": [pair_drop_reason(st, sc, js, judge_filter) is None for st, sc, js in zip(batch["status"], scores, judge_status)],
-    }
-
-
-def _documents(ctx: StageContext) -> tuple[list[str], list[int]]:
-    """doc_ids and text lengths in characters, in the documents' row order."""
-    config: AnalyzeConfig = ctx.config
-    docs = ctx.load(config.documents, split=config.documents_split)
-    missing = [c for c in ("doc_id", "text") if c not in docs.column_names]
+    missing = [c for c in ("doc_id", "template_id", "chunk_index", "status") if c not in names]
     if missing:
-        raise PipelineError(f"documents {config.documents} lack column '{missing[0]}' (they have: {', '.join(docs.column_names)}).")
-    ids, chars = [], []
-    for batch in docs.select_columns(["doc_id", "text"]).iter(batch_size=config.batch_size):
-        ids += [str(d) for d in batch["doc_id"]]  # pairs carry doc_id as a string (match's output)
-        chars += [len(t) if t else 0 for t in batch["text"]]
-    return ids, chars
+        raise PipelineError(f"analyze's input lacks column '{missing[0]}' (it has: {', '.join(names)}).")
 
 
-def _assemble_counts(ctx: StageContext) -> dict[str, Any] | None:
+def by_position(table) -> dict[tuple[str, int], list[int]]:
+    out: dict[tuple[str, int], list[int]] = {}
+    if table is None:
+        return out
+    for j, (f, r) in enumerate(zip(table["doc_file"].to_pylist(), table["doc_row"].to_pylist())):
+        out.setdefault((f, int(r)), []).append(j)
+    return out
+
+
+def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+    """A batch of documents -> per document its row (hash, pairs), then a compact row per pair pointing at it."""
+    config: AnalyzeConfig = ctx.config
+    missing = [c for c in ("doc_id", "text") if c not in batch]
+    if missing:
+        raise PipelineError(f"documents {config.documents} lack column '{missing[0]}'.")
+    files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
+    pairs = ctx.aligned_rows(files, rows)
+    found, cols = {}, {}
+    if pairs is not None:
+        check_pairs(pairs, config)
+        found = by_position(pairs)
+        cols = {c: pairs[c].to_pylist() if c in pairs.column_names else [None] * pairs.num_rows for c in PAIR_COLUMNS}
+    kept_rows, kept_templates = {}, []
+    if config.assembled:
+        kept = ctx.aligned_rows(files, rows, which=1)
+        kept_rows = by_position(kept)
+        kept_templates = kept["template_id"].to_pylist() if kept is not None else []
+    judge_filter = None if config.assembled else config.min_judge_score
+    out: dict[str, list] = {c: [] for c in MAP_COLUMNS}
+
+    def add(**row):
+        for c in MAP_COLUMNS:
+            out[c].append(row.get(c))
+
+    for doc_id, text, f, r in zip(batch["doc_id"], batch["text"], files, rows):
+        doc_id = str(doc_id)  # pairs carry doc_id as a string (match's output)
+        h, chars = an.doc_hash(config.seed, doc_id), len(text) if text else 0
+        mine = found.get((f, int(r)), [])
+        kept_here = Counter(kept_templates[j] for j in kept_rows.get((f, int(r)), ()))
+        doc_row = len(out["kind"])
+        add(kind="document", doc_hash=h, pairs=len(mine), assembled_unmatched=0, used=False, new_doc=False, mismatch=False)
+        templates_here: set = set()
+        for j in mine:
+            tid = cols["template_id"][j]
+            mismatch = str(cols["doc_id"][j]) != doc_id  # matched against another revision of the documents
+            if mismatch:
+                used = False
+            elif config.assembled:
+                used = kept_here[tid] > 0
+                kept_here[tid] -= used
+            else:
+                used = pair_drop_reason(cols["status"][j], cols["judge_score"][j], cols["judge_status"][j], judge_filter) is None
+            k, spans = cols["chunk_index"][j], cols["excerpt_spans"][j]
+            position = excluded = None
+            if used:
+                if k is None or k < 1:
+                    excluded = "global_vector"  # chunk 0: retrieved by the whole document's vector, no position
+                elif not spans:
+                    excluded = "no_excerpt"
+                elif not chars:
+                    excluded = "empty_document"
+                else:
+                    position = an.relative_position(int(spans[0][0]), chars)
+            add(kind="pair", template_id=tid, doc_hash=h, pairs=0, assembled_unmatched=0, used=used,
+                new_doc=used and tid not in templates_here, mismatch=mismatch, chunk_index=k, position=position,
+                excluded=excluded, excerpt_ratio=cols["excerpt_ratio"][j], judge_score=cols["judge_score"][j],
+                status=cols["status"][j], judge_status=cols["judge_status"][j])
+            if used:
+                templates_here.add(tid)
+        out["assembled_unmatched"][doc_row] = sum(kept_here.values())
+    return out
+
+
+# ---------------------------------------------------------------- per shard
+
+
+def _counts(array) -> dict[str, int]:
+    import pyarrow.compute as pc
+
+    return {("null" if v["values"] is None else str(v["values"])): int(v["counts"]) for v in pc.value_counts(array).to_pylist()}
+
+
+def _sum_templates(tables: list):
+    """Per-template rows (template_id, uses, documents, min_hash) summed: uses and documents add, min_hash is the min."""
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables)
+    grouped = table.group_by("template_id").aggregate([("uses", "sum"), ("documents", "sum"), ("min_hash", "min")])
+    grouped = grouped.rename_columns({"uses_sum": "uses", "documents_sum": "documents", "min_hash_min": "min_hash"})
+    return grouped.select(list(TEMPLATE_COLUMNS)).sort_by("template_id")
+
+
+def shard_figures(ds, ctx: StageContext):
+    """This shard's additive figures, and its per-template rows for the reduce (streamed, a batch at a time)."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.stage import merge_stats
+
+    config: AnalyzeConfig = ctx.config
+    thresholds = an.growth_thresholds(config.power_law_points_per_decade)
+    stats: dict[str, Any] = {
+        "shards": 1, "documents": 0, "documents_with_pairs": 0, "pairs_read": 0, "pairs_analysed": 0,
+        "pairs_with_mismatched_document": 0, "assembled_rows_not_in_input": 0,
+        "growth": {"documents": [0] * len(thresholds)},
+    }
+    partial: list = []
+    for table in ds.with_format("arrow").iter(batch_size=FINALIZE_BATCH):
+        is_doc = pc.equal(table["kind"], "document")
+        docs, pairs = table.filter(is_doc), table.filter(pc.invert(is_doc))
+        used = pairs.filter(pairs["used"])
+        placed = used.filter(pc.is_valid(used["position"]))
+        ok = pairs.filter(pc.equal(pairs["status"], "ok"))
+        ratios = pairs["excerpt_ratio"].drop_null().to_numpy()
+        batch_stats = {
+            "documents": docs.num_rows,
+            "documents_with_pairs": int(pc.sum(pc.greater(docs["pairs"], 0)).as_py() or 0),
+            "assembled_rows_not_in_input": int(pc.sum(docs["assembled_unmatched"]).as_py() or 0),
+            "pairs_read": pairs.num_rows,
+            "pairs_analysed": used.num_rows,
+            "pairs_with_mismatched_document": int(pc.sum(pairs["mismatch"].cast(pa.int64())).as_py() or 0),
+            "growth": {"documents": an.count_below(docs["doc_hash"].to_numpy(), thresholds)},
+            "status": {"instantiate": _counts(pairs["status"]), "judge": _counts(ok["judge_status"])},
+            "judge_score": _counts(ok["judge_score"]),
+            "excerpt_ratio": {
+                "count": int(ratios.size), "nulls": pairs.num_rows - int(ratios.size), "sum": float(ratios.sum()),
+                "at_or_above": int((ratios >= config.excerpt_ratio_threshold).sum()), "histogram": an.bin_counts(ratios, BINS),
+            },
+            "chunk_position": {
+                **an.chunk_sums(placed["chunk_index"].to_numpy(zero_copy_only=False), placed["position"].to_numpy(zero_copy_only=False), BINS),
+                "excluded": _counts(used["excluded"].drop_null()),
+            },
+        }
+        stats = merge_stats(stats, batch_stats)
+        if used.num_rows:
+            partial.append(pa.table({
+                "template_id": used["template_id"], "uses": pa.array(np.ones(used.num_rows, dtype=np.int64)),
+                "documents": used["new_doc"].cast(pa.int64()), "min_hash": used["doc_hash"],
+            }))
+            if sum(t.num_rows for t in partial) > COMBINE_ROWS:
+                partial = [_sum_templates(partial)]
+    for key in ("status", "judge_score", "excerpt_ratio", "chunk_position"):
+        stats.setdefault(key, {})
+    if ctx.shard == 0 and config.assembled:
+        stats["assemble_drops"] = _assemble_drops(ctx)  # recorded once, by the first shard
+    features = features_from_spec(TEMPLATE_COLUMNS)
+    if partial:
+        out = datasets.Dataset(datasets.table.InMemoryTable(_sum_templates(partial).cast(features.arrow_schema)))
+    else:
+        out = datasets.Dataset.from_dict({c: [] for c in TEMPLATE_COLUMNS}, features=features)
+    return out, {}, stats
+
+
+def _assemble_drops(ctx: StageContext) -> dict[str, int]:
     """The drop counts recorded in the assemble output's card, when it has one."""
     from huggingface_hub import DatasetCard
 
     try:
         card = DatasetCard.load(ctx.download(ctx.config.assembled, "README.md"))
     except PipelineError:
-        return None
+        return {}
     counts = card.data.to_dict().get("hf_pipeline", {}).get("counts", {})
-    return dict(counts.get("drops", {})) or None
+    return {k: int(v) for k, v in counts.get("drops", {}).items()}
 
 
-def analyze(ds, ctx: StageContext):
+# ---------------------------------------------------------------- per partition of the templates
+
+
+def sum_templates(ds, ctx: StageContext):
+    """One partition's templates: their rows from every shard summed; y(t) counts, the uses histogram, top k."""
+    import datasets
+
+    from hf_pipeline.features import features_from_spec
+
     config: AnalyzeConfig = ctx.config
-    col = {c: ds[c][:] for c in ds.column_names}
-    n_rows = len(ds)
-    doc_ids, doc_chars = _documents(ctx)
-    chars_by_doc = dict(zip(doc_ids, doc_chars))
+    features = features_from_spec(OUTPUT_COLUMNS)
+    thresholds = an.growth_thresholds(config.power_law_points_per_decade)
+    if not len(ds) or "min_hash" not in ds.column_names:  # no shard had a template of this partition
+        empty = datasets.Dataset.from_dict({c: [] for c in OUTPUT_COLUMNS}, features=features)
+        return empty, {}, {"templates": {"unique": 0, "under_1000": 0, "max_uses": 0, "histogram": {}, "top": {}},
+                           "growth": {"templates": [0] * len(thresholds)}}
+    table = _sum_templates([ds.with_format("arrow")[:]])
+    uses = table["uses"].to_numpy()
+    total = max(int(ctx.run_stats.get("pairs_analysed", 0)), 1)
+    import numpy as np
+    import pyarrow as pa
 
-    # which pairs are "the final data"
-    if config.assembled:
-        final = ctx.load(config.assembled)
-        kept_keys = set(zip(final["doc_id"][:], final["template_id"][:]))
-        used = [(d, t) in kept_keys for d, t in zip(col["doc_id"], col["template_id"])]
-        matched = set(k for k, u in zip(zip(col["doc_id"], col["template_id"]), used) if u)
-        basis = f"pairs kept by assemble ({config.assembled})"
-        not_found = len(kept_keys - matched)
-    else:
-        used = col["used"]
-        not_found = 0
-        basis = "pairs with status ok" + (f" and judge_score >= {config.min_judge_score}" if config.min_judge_score is not None else "")
-    rows = [i for i in range(n_rows) if used[i]]
-
-    # template usage and the per-template table
-    usage = an.template_usage((col["template_id"][i] for i in rows), top=config.top_templates)
-    docs_per_template: dict[str, set] = defaultdict(set)
-    templates_by_doc: dict[str, set] = defaultdict(set)
-    for i in rows:
-        docs_per_template[col["template_id"][i]].add(col["doc_id"][i])
-        templates_by_doc[col["doc_id"][i]].add(col["template_id"][i])
-    uses = Counter(col["template_id"][i] for i in rows)
-    ranked = sorted(uses.items(), key=lambda kv: (-kv[1], kv[0]))
-    table = {
-        "template_id": [t for t, _ in ranked],
-        "uses": [n for _, n in ranked],
-        "documents": [len(docs_per_template[t]) for t, _ in ranked],
-        "share": [n / len(rows) for _, n in ranked],
-        "rank": list(range(1, len(ranked) + 1)),
-    }
-
-    # diversity growth: unique templates among the first x documents, documents in a seeded random order
-    known = set(doc_ids)
-    order = an.document_order(len(doc_ids), config.seed)
-    points = an.log_spaced_points(len(doc_ids), config.power_law_points)
-    growth_y = an.unique_growth([templates_by_doc.get(doc_ids[i], ()) for i in order], points)
-    fit = an.fit_power_law(points, growth_y)
-    power = {
-        "documents": len(doc_ids),
-        "fit": fit.to_dict() if fit else None,
-        "curve": [{"x": x, "y": y} for x, y in zip(points, growth_y)],
-        "paper": an.PAPER_POWER_LAW,
-    }
-
-    # chunk index vs. where the first excerpt starts
-    excluded: Counter = Counter()
-    chunks, positions = [], []
-    for i in rows:
-        k, start, doc = col["chunk_index"][i], col["first_excerpt_start"][i], col["doc_id"][i]
-        if k is None or k < 1:
-            excluded["global_vector"] += 1
-        elif start is None:
-            excluded["no_excerpt"] += 1
-        elif not chars_by_doc.get(doc):
-            excluded["unknown_or_empty_document"] += 1
-        else:
-            chunks.append(int(k))
-            positions.append(an.relative_position(start, chars_by_doc[doc]))
-    chunk = {**an.chunk_position(chunks, positions), "excluded": dict(excluded), "paper_r": an.PAPER_CHUNK_PEARSON}
-
-    # distributions and status counts over all input rows
-    ratios = [r for r in col["excerpt_ratio"] if r is not None]
-    instantiated = [i for i in range(n_rows) if col["status"][i] == "ok"]
-    has_judge = any(s is not None for s in col["judge_score"]) or any(s is not None for s in col["judge_status"])
-    docs_with_pairs = len(set(col["doc_id"]) & known)
-    status = {
-        "instantiate": an.value_counts(col["status"]),
-        "judge": an.value_counts(col["judge_status"][i] for i in instantiated) if has_judge else None,
-        "documents": {
-            "documents": len(doc_ids), "with_pairs": docs_with_pairs, "without_pairs": len(doc_ids) - docs_with_pairs,
-            "pair_rows_of_unknown_documents": sum(1 for d in col["doc_id"] if d not in known),
+    order = np.lexsort((np.arange(len(uses)), -uses))  # most used first; ties in template_id order (table is sorted)
+    table = table.take(pa.array(order))
+    uses = uses[order]
+    out_table = pa.table({
+        "template_id": table["template_id"], "uses": table["uses"], "documents": table["documents"],
+        "share": pa.array(uses / total, pa.float64()),
+    })
+    top = {t: int(n) for t, n in zip(table["template_id"].slice(0, config.top_templates).to_pylist(), uses[: config.top_templates])}
+    stats = {
+        "templates": {
+            "unique": len(uses), "under_1000": int((uses < 1000).sum()), "max_uses": int(uses.max()),
+            "histogram": an.usage_bins(uses.tolist()), "top": top,
         },
-        "assemble": _assemble_counts(ctx) if config.assembled else None,
+        "growth": {"templates": an.count_below(table["min_hash"].to_numpy(), thresholds)},
     }
-    result: dict[str, Any] = {
-        "pairs_in": n_rows,
-        "pairs_analysed": len(rows),
+    return datasets.Dataset(datasets.table.InMemoryTable(out_table.cast(features.arrow_schema))), {}, stats
+
+
+# ---------------------------------------------------------------- once, at the end
+
+
+def summarize(stats: dict, config: AnalyzeConfig) -> dict:
+    """The analysis from the summed figures: the card's `stats`, analysis.json and the metrics table."""
+    thresholds = an.growth_thresholds(config.power_law_points_per_decade)
+    growth = stats.get("growth", {})
+    curve = an.growth_curve(thresholds, growth.get("documents", [0] * len(thresholds)), growth.get("templates", [0] * len(thresholds)))
+    fit = an.fit_power_law([p["x"] for p in curve], [p["y"] for p in curve])
+    t = stats.get("templates", {})
+    used = stats.get("pairs_analysed", 0)
+    histogram = an.histogram_from_bins(t.get("histogram", {}))
+    top = an.top_templates(t.get("top", {}), config.top_templates)
+    unique = t.get("unique", 0)
+    templates = {
+        "pairs": used,
+        "unique_templates": unique,
+        "top_template_share": an._r(top[0][1] / used) if used and top else None,
+        "max_uses": t.get("max_uses", 0),
+        "mean_uses": an._r(used / unique) if unique else None,
+        "median_uses_bin": an.median_bin(histogram),
+        "share_used_under_1000": an._r(t.get("under_1000", 0) / unique) if unique else None,
+        "top": [{"template_id": tid, "uses": n, "share": an._r(n / used)} for tid, n in top],
+        "histogram": histogram,
+    }
+    ch = stats.get("chunk_position", {})
+    chunk = {**an.chunk_position(ch.get("sums", {}), ch.get("by_chunk", {})), "excluded": ch.get("excluded", {}),
+             "paper_r": an.PAPER_CHUNK_PEARSON}
+    er = stats.get("excerpt_ratio", {})
+    counts = er.get("histogram") or [0] * BINS
+    excerpt = {
+        "count": er.get("count", 0), "nulls": er.get("nulls", 0),
+        "mean": an._r(er["sum"] / er["count"]) if er.get("count") else None,
+        "p25": an._r(an.histogram_quantile(counts, 0.25)), "median": an._r(an.histogram_quantile(counts, 0.5)),
+        "p75": an._r(an.histogram_quantile(counts, 0.75)),
+        "share_at_or_above": an._r(er["at_or_above"] / er["count"]) if er.get("count") else None,
+        "threshold": config.excerpt_ratio_threshold,
+        "histogram": an.ratio_histogram(counts),
+    }
+    status = stats.get("status", {})
+    judge = _sorted_counts(status.get("judge", {}))
+    has_judge = bool(judge) and set(judge) != {"null"}
+    documents = stats.get("documents", 0)
+    basis = (f"pairs kept by assemble ({config.assembled})" if config.assembled else
+             "pairs with status ok" + (f" and judge_score >= {config.min_judge_score}" if config.min_judge_score is not None else ""))
+    return {
+        "pairs_in": stats.get("pairs_read", 0),
+        "pairs_analysed": used,
         "basis": basis,
-        "assembled_rows_not_in_input": not_found,
-        "templates": usage,
-        "power_law": power,
+        "assembled_rows_not_in_input": stats.get("assembled_rows_not_in_input", 0),
+        "shards": stats.get("shards", 0),
+        "templates": templates,
+        "power_law": {"documents": documents, "fit": fit.to_dict() if fit else None, "curve": curve, "paper": an.PAPER_POWER_LAW},
         "chunk_position": chunk,
-        "excerpt_ratio": {
-            **an.distribution(col["excerpt_ratio"], config.excerpt_ratio_threshold),
-            "threshold": config.excerpt_ratio_threshold,
-            "histogram": an.ratio_histogram(ratios),
+        "excerpt_ratio": excerpt,
+        "judge_score": _sorted_counts(stats.get("judge_score", {})) if has_judge else None,
+        "status": {
+            "instantiate": _sorted_counts(status.get("instantiate", {})),
+            "judge": judge if has_judge else None,
+            "documents": {
+                "documents": documents, "with_pairs": stats.get("documents_with_pairs", 0),
+                "without_pairs": documents - stats.get("documents_with_pairs", 0),
+                "pairs_with_mismatched_document": stats.get("pairs_with_mismatched_document", 0),
+            },
+            "assemble": stats.get("assemble_drops") or None,
         },
-        "judge_score": an.value_counts(col["judge_score"][i] for i in instantiated) if has_judge else None,
-        "status": status,
     }
-    ctx.scratch.update(analysis=result, chunks=chunks, positions=positions)
 
+
+def _sorted_counts(counts: dict) -> dict[str, int]:
+    return dict(sorted(((str(k), int(v)) for k, v in counts.items()), key=lambda kv: (-kv[1], kv[0])))
+
+
+def write_report(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
+    """analysis.json, the metrics table (config `metrics`) and the plots, from the summed figures only."""
     import datasets
 
     from hf_pipeline.features import features_from_spec
 
-    out = datasets.Dataset.from_dict(table, features=features_from_spec(OUTPUT_COLUMNS))
-    return out, {}, result
-
-
-def write_report(ds, ctx: StageContext, out_dir: Path) -> dict[str, Path]:
-    """analysis.json, the metrics table (config `metrics`) and the plots, all in the data's commit."""
-    import datasets
-
-    from hf_pipeline.features import features_from_spec
-
-    result = ctx.scratch["analysis"]
+    result = actx.stats
     files: dict[str, Path] = {}
     (out_dir / "analysis.json").write_text(json.dumps(result, indent=2))
     files["analysis.json"] = out_dir / "analysis.json"
@@ -272,7 +434,7 @@ def write_report(ds, ctx: StageContext, out_dir: Path) -> dict[str, Path]:
     )
     table.to_parquet(str(out_dir / "metrics.parquet"))
     files["data/metrics-00000-of-00001.parquet"] = out_dir / "metrics.parquet"
-    if ctx.config.plots:
+    if actx.config.plots:
         from hf_pipeline import plots
 
         t, pw, ch = result["templates"], result["power_law"], result["chunk_position"]
@@ -281,13 +443,11 @@ def write_report(ds, ctx: StageContext, out_dir: Path) -> dict[str, Path]:
         if any(p["y"] > 0 for p in pw["curve"]):
             xs, ys = zip(*[(p["x"], p["y"]) for p in pw["curve"] if p["y"] > 0])
             files[PLOTS["power_law"]] = plots.power_law(xs, ys, pw["fit"], out_dir / PLOTS["power_law"])
-        if ctx.scratch["chunks"]:
-            files[PLOTS["chunk_position"]] = plots.chunk_position(
-                ctx.scratch["chunks"], ctx.scratch["positions"], ch, out_dir / PLOTS["chunk_position"]
-            )
+        if ch["pairs"]:
+            files[PLOTS["chunk_position"]] = plots.chunk_position(ch["by_chunk"], ch, out_dir / PLOTS["chunk_position"])
         if result["excerpt_ratio"]["count"]:
             files[PLOTS["excerpt_ratio"]] = plots.ratio_histogram(
-                result["excerpt_ratio"]["histogram"], ctx.config.excerpt_ratio_threshold, out_dir / PLOTS["excerpt_ratio"]
+                result["excerpt_ratio"]["histogram"], actx.config.excerpt_ratio_threshold, out_dir / PLOTS["excerpt_ratio"]
             )
         if result["judge_score"]:
             files[PLOTS["judge_scores"]] = plots.judge_scores(result["judge_score"], out_dir / PLOTS["judge_scores"])
@@ -300,11 +460,16 @@ STAGE = Stage(
     config_class=AnalyzeConfig,
     output_columns=OUTPUT_COLUMNS,
     map_columns=MAP_COLUMNS,
-    input_columns=("doc_id", "template_id", "chunk_index", "status"),
-    map_batch=pair_batch,
+    map_batch=map_documents,
+    inputs=documents_part,
+    aligned=aligned_inputs,
     setup=setup,
-    finalize=analyze,
-    input_refs=input_refs,
+    finalize=shard_figures,
+    reduce=sum_templates,
+    partitions=lambda config: config.partitions,
+    partition_key="template_id",
+    summarize=summarize,
     artifacts=write_report,
     extra_configs=lambda config: {"metrics": "data/metrics-*"},
+    version=2,
 )

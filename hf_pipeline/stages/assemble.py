@@ -6,39 +6,57 @@ documents] ... We format these instruction and answer pairs with a simple chat t
 {{instruction}}\\n\\nAnswer: {{answer}}' (included in the token count). This allows us to produce a
 dataset-controlled, token-for-token, equivalent set of FineInstructions pre-training data."
 
-The map (parallel, checkpointed) formats every candidate pair and counts its tokens; a pair is a candidate
-when instantiation succeeded and the judge scored it at least `min_judge_score` (every other row is counted
-by reason). The global step then counts the source documents' tokens, packs each document's candidates into
-its budget with rollover (`hf_pipeline.text.budget`: document order = the documents dataset's row order,
-shuffle seeded by (seed, doc_id), greedy skip-and-continue), and draws the token-matched baseline: the same
-documents, whole, in the same order, the last one cut so that both arms hold exactly the same token total.
+The stage maps over the **documents** (config `documents`: every document's tokens make the budget) with the
+judged pairs (`--input`) as an aligned input: each pair carries its document's position (`doc_file`, `doc_row`,
+written by match), so a shard reads only the pairs pointing into its own documents, a chunk at a time
+(`ctx.aligned_rows`). The map writes, per document, one row with its text and token count, followed by one row
+per pair pointing at it: a candidate (instantiated, judged at least `min_judge_score`) formatted
+`Instruction: …\\n\\nAnswer: …` with its token count, or the reason it is not one.
 
-Published in one commit: the FineInstructions arm as the `default` config (`text, doc_id, template_id,
-token_count`) and the baseline as the `baseline` config (`text, doc_id, token_count`).
+The per-shard `finalize` streams those rows in document order (one document's pairs in memory at a time), packs
+each document's candidates into its budget with rollover (`hf_pipeline.text.budget.pack_stream`: shuffle seeded
+by (seed, doc_id), greedy skip-and-continue; the carry starts at 0 at the shard's first document), and draws the
+shard's token-matched baseline: the same documents, whole, in the same order, the last one cut so that both arms
+of the shard hold exactly the same tokens. Budgets and rollover are therefore per shard: the output depends on
+the number of shards (`sharding_changes_output`), and is deterministic for a given one.
+
+Published: the FineInstructions arm as the `default` config (`text, doc_id, template_id, token_count, doc_file,
+doc_row`) and the baseline as the `baseline` config (`text, doc_id, token_count, doc_file, doc_row`), one file of
+each per shard. `doc_file`/`doc_row` are the document's position in the documents input (as on the pairs), so
+`analyze` can read the assembled rows aligned to the documents.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.text.budget import Candidate, baseline_take, format_pair, iter_packing, pair_drop_reason
+from hf_pipeline.stage import AlignedInput, Stage, StageContext
+from hf_pipeline.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
 
 PRODUCTION_TOKENIZER = "meta-llama/Meta-Llama-3-8B"
-OUTPUT_COLUMNS = {"text": "string", "doc_id": "string", "template_id": "string", "token_count": "int64"}
-BASELINE_COLUMNS = {"text": "string", "doc_id": "string", "token_count": "int64"}
+OUTPUT_COLUMNS = {
+    "text": "string", "doc_id": "string", "template_id": "string", "token_count": "int64", "doc_file": "string",
+    "doc_row": "int64",
+}
+BASELINE_COLUMNS = {"text": "string", "doc_id": "string", "token_count": "int64", "doc_file": "string", "doc_row": "int64"}
+# the map's rows: a document ("document" in `status`) followed by its pairs ("ok": a candidate, else why not)
+MAP_COLUMNS = {**OUTPUT_COLUMNS, "status": "string"}
+DOCUMENT = "document"
 BASELINE_FILES = "data/baseline-*"
+PAIR_COLUMNS = ("doc_id", "template_id", "instruction", "answer", "status", "judge_score", "judge_status")
+FINALIZE_BATCH = 10_000  # rows of the mapped shard streamed at once by finalize (a few small columns)
 
 
 @dataclass
 class AssembleConfig:
     documents: str | None = field(
         default=None,
-        metadata={"help": "the source documents the pairs were made from (org/name@revision or a path; columns doc_id, text); required"},
+        metadata={"help": "the source documents the pairs were matched to, at the revision match read (org/name@revision or a path; columns doc_id, text); the stage maps over them; required"},
     )
     documents_split: str = field(default="train", metadata={"help": "split of the documents dataset"})
     tokenizer: str = field(
@@ -54,8 +72,6 @@ class AssembleConfig:
         metadata={"help": "documents whose tokens make the budget: 'all' of the documents dataset, or 'matched' (those with a row in --input)"},
     )
     baseline: bool = field(default=True, metadata={"help": "also publish the token-matched baseline (the documents' text) as config 'baseline'"})
-    baseline_rows_per_file: int = field(default=500_000, metadata={"help": "rows per published baseline parquet file"})
-    count_batch_size: int = field(default=1000, metadata={"help": "documents per tokenizer call when counting document tokens"})
 
 
 def check_config(config: AssembleConfig) -> None:
@@ -63,13 +79,19 @@ def check_config(config: AssembleConfig) -> None:
         raise PipelineError("assemble needs config key 'documents': the source documents (org/name@revision or a path).")
     if config.budget_documents not in ("all", "matched"):
         raise PipelineError(f"config key 'budget_documents' must be 'all' or 'matched', got {config.budget_documents!r}.")
-    if config.baseline_rows_per_file < 1 or config.count_batch_size < 1:
-        raise PipelineError("config keys 'baseline_rows_per_file' and 'count_batch_size' must be at least 1.")
 
 
-def input_refs(config: AssembleConfig) -> list[str]:
+def documents_part(config: AssembleConfig, options: Any) -> list[InputPart]:
+    """The mapped input: the documents (every document's tokens make the budget)."""
     check_config(config)
-    return [config.documents]
+    return [InputPart(config.documents, config.documents_split)]
+
+
+def pairs_input(config: AssembleConfig, options: Any) -> AlignedInput:
+    """--input (the judged pairs), read per shard by the document positions they carry."""
+    if not getattr(options, "input", None):
+        raise PipelineError("assemble needs --input: the judged pairs (org/name[@revision] or a local path), the judge stage's output.")
+    return AlignedInput(options.input, file_column="doc_file", row_column="doc_row", columns=PAIR_COLUMNS)
 
 
 def setup(ctx: StageContext) -> dict[str, Any]:
@@ -78,178 +100,232 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     return {"tokenizer": load_tokenizer(ctx.config.tokenizer)}
 
 
-def format_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
-    """Each pair's candidacy (`status`: "ok" or why not), its formatted text and its token count."""
-    from hf_pipeline.tokens import count_tokens
+def check_documents(batch: dict[str, list], config: AssembleConfig) -> None:
+    missing = [c for c in ("doc_id", "text") if c not in batch]
+    if missing:
+        have = ", ".join(c for c in batch if c not in (FILE_COLUMN, ROW_COLUMN))
+        raise PipelineError(f"documents {config.documents} lack column '{missing[0]}' (they have: {have}).")
 
-    config: AssembleConfig = ctx.config
-    n = len(batch["doc_id"])
-    if config.min_judge_score is not None and "judge_score" not in batch:
+
+def check_pairs(pairs, config: AssembleConfig) -> None:
+    names = pairs.column_names
+    if config.min_judge_score is not None and "judge_score" not in names:
         raise PipelineError(
             "assemble's input lacks column 'judge_score' (the judge stage's output); set min_judge_score=null to "
             "assemble pairs without a judge filter."
         )
-    scores = batch.get("judge_score", [None] * n)
-    judge_statuses = batch.get("judge_status", [None] * n)
-    reasons, texts = [], []
-    for instruction, answer, status, score, judge_status in zip(
-        batch["instruction"], batch["answer"], batch["status"], scores, judge_statuses
-    ):
-        reason = pair_drop_reason(status, score, judge_status, config.min_judge_score)
-        if reason is None and not (instruction and answer):
-            reason = "empty_pair"
-        reasons.append(reason or "ok")
-        texts.append(format_pair(instruction, answer) if reason is None else "")
-    return {
-        "text": texts,
-        "doc_id": batch["doc_id"],
-        "template_id": batch["template_id"],
-        "token_count": count_tokens(ctx.resources["tokenizer"], texts),
-        "status": reasons,
-    }
-
-
-def load_documents(ctx: StageContext):
-    config: AssembleConfig = ctx.config
-    docs = ctx.load(config.documents, split=config.documents_split)
-    missing = [c for c in ("doc_id", "text") if c not in docs.column_names]
+    missing = [c for c in ("doc_id", "template_id", "instruction", "answer", "status") if c not in names]
     if missing:
-        raise PipelineError(
-            f"documents {config.documents} lack column '{missing[0]}' (they have: {', '.join(docs.column_names)})."
-        )
-    return docs
+        raise PipelineError(f"assemble's input lacks column '{missing[0]}' (it has: {', '.join(names)}).")
 
 
-def document_token_counts(docs, tokenizer, batch_size: int) -> list[int]:
+def pairs_by_position(pairs) -> dict[tuple[str, int], list[int]]:
+    """(doc_file, doc_row) -> rows of `pairs` pointing there, in the pairs' order."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for j, (f, r) in enumerate(zip(pairs["doc_file"].to_pylist(), pairs["doc_row"].to_pylist())):
+        out.setdefault((f, int(r)), []).append(j)
+    return out
+
+
+def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
+    """A batch of documents -> per document: its row (text, tokens), then its pairs (formatted, or why not)."""
     from hf_pipeline.tokens import count_tokens
 
-    counts: list[int] = []
-    for batch in docs.select_columns(["text"]).iter(batch_size=batch_size):
-        counts += count_tokens(tokenizer, batch["text"])
-    return counts
+    config: AssembleConfig = ctx.config
+    tokenizer = ctx.resources["tokenizer"]
+    check_documents(batch, config)
+    files, rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
+    pairs = ctx.aligned_rows(files, rows)
+    found: dict[tuple[str, int], list[int]] = {}
+    if pairs is not None:
+        check_pairs(pairs, config)
+        found = pairs_by_position(pairs)
+        n = pairs.num_rows
+        cols = {c: pairs[c].to_pylist() if c in pairs.column_names else [None] * n for c in PAIR_COLUMNS}
+    doc_tokens = count_tokens(tokenizer, batch["text"])
+    out: dict[str, list] = {c: [] for c in MAP_COLUMNS}
+    pair_rows: list[int] = []  # positions in `out` of candidates, whose tokens are counted below in one call
+
+    def add(text, doc_id, template_id, tokens, f, r, status):
+        for c, v in zip(MAP_COLUMNS, (text, doc_id, template_id, tokens, f, r, status)):
+            out[c].append(v)
+
+    for doc_id, text, tokens, f, r in zip(batch["doc_id"], batch["text"], doc_tokens, files, rows):
+        doc_id = str(doc_id)  # pairs carry doc_id as a string (match's output)
+        add(text or "", doc_id, None, tokens, f, r, DOCUMENT)
+        for j in found.get((f, int(r)), ()):
+            reason = pair_drop_reason(cols["status"][j], cols["judge_score"][j], cols["judge_status"][j], config.min_judge_score)
+            instruction, answer = cols["instruction"][j], cols["answer"][j]
+            if reason is None and str(cols["doc_id"][j]) != doc_id:
+                reason = "document_mismatch"  # the pair was matched against another revision of the documents
+            if reason is None and not (instruction and answer):
+                reason = "empty_pair"
+            if reason is None:
+                pair_rows.append(len(out["text"]))
+            add(format_pair(instruction, answer) if reason is None else "", str(cols["doc_id"][j]),
+                cols["template_id"][j], 0, f, r, reason or "ok")
+    for i, n in zip(pair_rows, count_tokens(tokenizer, [out["text"][i] for i in pair_rows])):
+        out["token_count"][i] = n
+    return out
+
+
+def stream_documents(ds, stats: Counter, drops: Counter, matched_only: bool):
+    """The mapped shard, in order, as (doc_id, doc_tokens, candidates) per budget document; candidates' keys are
+    (template_id, position among the document's pairs, row in `ds`). Reads four small columns in batches."""
+    current = None  # [doc_id, tokens, candidates, pair rows seen]
+
+    def flush():
+        if current is None:
+            return None
+        doc_id, tokens, candidates, seen = current
+        if matched_only and not seen:
+            return None
+        return doc_id, tokens, candidates
+
+    row = 0
+    for table in ds.select_columns(["status", "doc_id", "template_id", "token_count"]).with_format("arrow").iter(batch_size=FINALIZE_BATCH):
+        for status, doc_id, template_id, tokens in zip(*(table[c].to_pylist() for c in ("status", "doc_id", "template_id", "token_count"))):
+            if status == DOCUMENT:
+                item = flush()
+                if item is not None:
+                    yield item
+                current = [doc_id, tokens, [], 0]
+            else:
+                stats["pairs_read"] += 1
+                current[3] += 1
+                if status == "ok":
+                    current[2].append(Candidate((template_id or "", len(current[2]), row), tokens))
+                else:
+                    drops[status] += 1
+            row += 1
+    item = flush()
+    if item is not None:
+        yield item
 
 
 def pack(ds, ctx: StageContext):
-    """Pack candidates into per-document budgets with rollover; draw the token-matched baseline."""
-    from hf_pipeline.tokens import load_tokenizer
-
+    """This shard: pack candidates into per-document budgets with rollover, in document order; its baseline."""
     config: AssembleConfig = ctx.config
-    tokenizer = load_tokenizer(config.tokenizer)
-    statuses, row_docs, row_tokens = ds["status"][:], ds["doc_id"][:], ds["token_count"][:]
-    drops: Counter = Counter(s for s in statuses if s != "ok")
-
-    docs = load_documents(ctx)
-    doc_ids = [str(d) for d in docs["doc_id"][:]]  # pairs carry doc_id as a string (match's output)
-    doc_tokens = document_token_counts(docs, tokenizer, config.count_batch_size)
-    known = set(doc_ids)
-    if len(known) != len(doc_ids):
-        dup = next(d for d, c in Counter(doc_ids).items() if c > 1)
-        raise PipelineError(f"documents {config.documents} hold doc_id {dup!r} more than once; doc_ids must be unique.")
-
-    candidates: dict[str, list[Candidate]] = defaultdict(list)
-    n_candidates = 0
-    for row, (doc_id, template_id, tokens, status) in enumerate(
-        zip(row_docs, ds["template_id"][:], row_tokens, statuses)
-    ):
-        if status != "ok":
-            continue
-        if doc_id not in known:
-            drops["unknown_document"] += 1
-            continue
-        candidates[doc_id].append(Candidate((template_id or "", row), tokens))
-        n_candidates += 1
-
-    order = list(range(len(doc_ids)))
-    if config.budget_documents == "matched":
-        matched = set(row_docs)
-        order = [i for i in order if doc_ids[i] in matched]
-
-    kept_rows: list[int] = []
+    stats: Counter = Counter()
+    drops: Counter = Counter()
     per_doc: Counter = Counter()
+    kept = array("q")  # rows of `ds` kept: a few small ints per document
     carry = max_carry = 0
-    for packing in iter_packing(((doc_ids[i], doc_tokens[i]) for i in order), candidates, config.seed):
-        kept_rows += [row for _, row in packing.kept]
+    for packing in pack_stream(stream_documents(ds, stats, drops, config.budget_documents == "matched"), config.seed):
+        stats["documents"] += 1
+        stats["document_tokens"] += packing.doc_tokens
+        stats["candidates"] += len(packing.kept) + len(packing.skipped)
+        stats["fineinstructions_tokens"] += packing.kept_tokens
+        kept.extend(sorted(key[2] for key in packing.kept))  # the document's pairs in input order
         per_doc[len(packing.kept)] += 1
         carry = packing.carry_out
         max_carry = max(max_carry, carry)
-    if n_candidates > len(kept_rows):
-        drops["over_budget"] = n_candidates - len(kept_rows)
-    out = ds.select(kept_rows)
-    total = sum(row_tokens[r] for r in kept_rows)
-    budget_tokens = sum(doc_tokens[i] for i in order)
-
-    stats: dict[str, Any] = {
-        "documents": len(order),
-        "document_tokens": budget_tokens,
-        "candidates": n_candidates,
-        "pairs_kept": len(kept_rows),
-        "fineinstructions_tokens": total,
+    stats["pairs_kept"] = len(kept)
+    if stats["candidates"] > len(kept):
+        drops["over_budget"] = stats["candidates"] - len(kept)
+    out = ds.select(_indices(kept))
+    shard_stats: dict[str, Any] = {
+        "shards": 1,
+        **{k: int(stats[k]) for k in ("documents", "document_tokens", "pairs_read", "candidates", "pairs_kept", "fineinstructions_tokens")},
         "rollover_left": carry,
         "max_rollover": max_carry,
-        "documents_with_pairs": len(order) - per_doc.get(0, 0),
-        "pairs_per_document": round(len(kept_rows) / len(order), 4) if order else 0.0,
+        "documents_with_pairs": stats["documents"] - per_doc.get(0, 0),
         "pairs_per_document_histogram": {str(k): per_doc[k] for k in sorted(per_doc)},
     }
     if config.baseline:
-        baseline, cut = baseline_arm(docs, [doc_tokens[i] for i in order], order, total, tokenizer)
+        baseline, cut = baseline_arm(ds, stats["fineinstructions_tokens"], config.budget_documents == "matched", ctx)
         ctx.scratch["baseline"] = baseline
-        stats.update(
-            baseline_tokens=sum(baseline["token_count"][:]),
-            baseline_documents=len(baseline),
-            baseline_cut_document=cut,
-        )
-    return out, dict(drops), stats
+        shard_stats.update(baseline_tokens=stats["fineinstructions_tokens"], baseline_documents=len(baseline), baseline_cut_documents=int(cut))
+    return out, dict(drops), shard_stats
 
 
-def baseline_arm(docs, tokens_in_order: list[int], order: list[int], total: int, tokenizer):
-    """(dataset, doc_id of the cut document or None): documents in budget order, whole, the last cut, `total` tokens."""
+def budget_document_rows(ds, matched_only: bool):
+    """(row in `ds`, tokens) of each budget document of the shard, in order (streamed)."""
+    previous = None  # (row, tokens, has pairs)
+    row = 0
+    for table in ds.select_columns(["status", "token_count"]).with_format("arrow").iter(batch_size=FINALIZE_BATCH):
+        for status, tokens in zip(table["status"].to_pylist(), table["token_count"].to_pylist()):
+            if status == DOCUMENT:
+                if previous is not None and (previous[2] or not matched_only):
+                    yield previous[0], previous[1]
+                previous = [row, tokens, False]
+            elif previous is not None:
+                previous[2] = True
+            row += 1
+    if previous is not None and (previous[2] or not matched_only):
+        yield previous[0], previous[1]
+
+
+def baseline_arm(ds, total: int, matched_only: bool, ctx: StageContext):
+    """(dataset, whether its last document was cut): the shard's budget documents in order, whole, the last one
+    cut, `total` tokens in all (`iter_baseline`: documents are read only until the total is reached)."""
     import datasets
 
     from hf_pipeline.features import features_from_spec
     from hf_pipeline.tokens import truncate_to_tokens
 
     features = features_from_spec(BASELINE_COLUMNS)
-    take = baseline_take(tokens_in_order, total)
-    rows = [order[i] for i, _ in take]
-    base = docs.select(rows).select_columns(["text", "doc_id"]).add_column("token_count", [n for _, n in take])
-    base = base.select_columns(list(BASELINE_COLUMNS)).cast(features)
-    cut = None
-    if take and take[-1][1] < tokens_in_order[take[-1][0]]:
-        last = base[len(base) - 1]
-        cut = last["doc_id"]
-        short = {"text": [truncate_to_tokens(tokenizer, last["text"], take[-1][1])], "doc_id": [cut], "token_count": [take[-1][1]]}
-        base = datasets.concatenate_datasets([base.select(range(len(base) - 1)), datasets.Dataset.from_dict(short, features=features)])
-    return base, cut
+    current = [-1]
+
+    def tokens():
+        for row, n in budget_document_rows(ds, matched_only):
+            current[0] = row
+            yield n
+
+    rows, last_take = array("q"), 0
+    for _, take in iter_baseline(tokens(), total):  # yields right after reading the document it takes from
+        rows.append(current[0])
+        last_take = take
+    if not len(rows):
+        return datasets.Dataset.from_dict({c: [] for c in BASELINE_COLUMNS}, features=features), False
+    base = ds.select(_indices(rows)).select_columns(list(BASELINE_COLUMNS)).cast(features)
+    last = base[len(base) - 1]
+    if last_take == last["token_count"]:
+        return base, False
+    text = truncate_to_tokens(ctx.resources["tokenizer"], last["text"], last_take)
+    short = datasets.Dataset.from_dict({**{c: [last[c]] for c in BASELINE_COLUMNS}, "text": [text], "token_count": [last_take]},
+                                       features=features)
+    return datasets.concatenate_datasets([base.select(range(len(base) - 1)), short]), True
 
 
-def write_baseline(ds, ctx: StageContext, out_dir: Path) -> dict[str, Path]:
-    """The baseline arm as data/baseline-NNNNN-of-NNNNN.parquet (config `baseline`)."""
-    import math
+def _indices(rows: array):
+    import numpy as np
 
+    return np.frombuffer(rows, dtype=np.int64) if len(rows) else []
+
+
+def baseline_output(ctx: StageContext) -> dict[str, Any]:
+    """The shard's baseline arm, published as data/baseline-NNNNN-of-NNNNN.parquet (config `baseline`)."""
     baseline = ctx.scratch.get("baseline")
-    if baseline is None:
-        return {}
-    n_files = max(1, math.ceil(len(baseline) / ctx.config.baseline_rows_per_file))
-    files = {}
-    for i in range(n_files):
-        name = f"baseline-{i:05d}-of-{n_files:05d}.parquet"
-        baseline.shard(n_files, i, contiguous=True).to_parquet(str(out_dir / name))
-        files[f"data/{name}"] = out_dir / name
-    return files
+    return {"baseline": baseline} if baseline is not None else {}
+
+
+def summarize(stats: dict, config: AssembleConfig) -> dict:
+    """Pairs per document from the sums; the histogram in numeric order (shards merge their keys in shard order)."""
+    documents = stats.get("documents", 0)
+    histogram = stats.get("pairs_per_document_histogram", {})
+    return {
+        **stats,
+        "pairs_per_document": round(stats.get("pairs_kept", 0) / documents, 4) if documents else 0.0,
+        "pairs_per_document_histogram": {k: histogram[k] for k in sorted(histogram, key=int)},
+    }
 
 
 STAGE = Stage(
     name="assemble",
-    description="keep judged pairs (score >= 4), pack them token-for-token per document with rollover; publish with the token-matched baseline (§4.2)",
+    description="keep judged pairs (score >= 4), pack them token-for-token per document with rollover (per shard, in document order); publish with the token-matched baseline (§4.2)",
     config_class=AssembleConfig,
     output_columns=OUTPUT_COLUMNS,
-    map_columns={**OUTPUT_COLUMNS, "status": "string"},
-    input_columns=("doc_id", "template_id", "instruction", "answer", "status"),
-    map_batch=format_batch,
+    map_columns=MAP_COLUMNS,
+    map_batch=map_documents,
+    inputs=documents_part,
+    aligned=pairs_input,
     setup=setup,
     finalize=pack,
-    input_refs=input_refs,
-    artifacts=write_baseline,
+    shard_outputs=baseline_output,
+    summarize=summarize,
     extra_configs=lambda config: {"baseline": BASELINE_FILES} if config.baseline else {},
     models=lambda config: {"tokenizer": config.tokenizer},
+    sharding_changes_output=True,
+    version=2,
 )

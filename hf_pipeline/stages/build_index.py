@@ -207,7 +207,9 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     model = load_embedder(ctx.config.model, ctx.config.model_revision, device=device(ctx.config))
     if model.device.type == "cuda":
         model.bfloat16()
-    return {"model": model}
+    from hf_pipeline.embedder import EmbedderUsage
+
+    return {"model": model, "embedder": EmbedderUsage(model, model_ref(ctx.config.model, ctx.config.model_revision))}
 
 
 def embed_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
@@ -236,13 +238,15 @@ def embed_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     todo = [i for i in range(n) if status[i] == "ok"]
     embeddings: list[list[float] | None] = [None] * n
     if todo:
-        model = ctx.resources["model"]
-        vectors = model.encode(
-            [descriptions[i] for i in todo],
-            batch_size=ctx.config.encode_batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-        ).astype("float32")
+        import time
+
+        model, started = ctx.resources["model"], time.perf_counter()
+        texts = [descriptions[i] for i in todo]
+        vectors = model.encode(texts, batch_size=ctx.config.encode_batch_size, normalize_embeddings=True, convert_to_numpy=True).astype("float32")
+        seconds = time.perf_counter() - started
+        # descriptions are short: counting their tokens (for the card) costs little beside the forward pass
+        tokens = sum(min(len(ids), model.max_seq_length) for ids in model.tokenizer(texts, return_attention_mask=False)["input_ids"])
+        ctx.resources["embedder"].add(tokens, seconds, len(texts))
         for i, v in zip(todo, vectors):
             embeddings[i] = v
     return {

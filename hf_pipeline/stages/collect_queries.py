@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -32,6 +31,7 @@ import yaml
 from hf_pipeline.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.hub_io import split_ref
+from hf_pipeline.package_data import package_file
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.decontamination import NgramIndex
 from hf_pipeline.text.queries import (
@@ -43,7 +43,7 @@ from hf_pipeline.text.queries import (
     query_id,
 )
 
-SHIPPED_SOURCES = Path(__file__).resolve().parent.parent / "configs" / "query_sources.yaml"
+SHIPPED_SOURCES = package_file("configs", "query_sources.yaml")
 # The paper's sources that have a public dataset with a shipped mapping (Reddit QA and the prompt
 # libraries have none on the Hub). Offline runs override `sources` (see configs/quickstart.yaml).
 PAPER_SOURCES = [

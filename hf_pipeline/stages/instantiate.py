@@ -38,10 +38,11 @@ from hf_pipeline.documents import check_documents_input, doc_id_field, text_fiel
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
+from hf_pipeline.package_data import package_file
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
 
-TEACHER_PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "instantiate_teacher.txt"
+TEACHER_PROMPT = package_file("prompts", "instantiate_teacher.txt")
 TEACHER_PROMPT_DOCUMENT_FIRST = TEACHER_PROMPT.with_name("instantiate_teacher_document_first.txt")
 PromptLayout = Literal["template_first", "document_first"]
 

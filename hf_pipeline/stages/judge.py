@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
+from hf_pipeline.package_data import package_file
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
 
-PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "judge_flow.txt"
+PROMPT = package_file("prompts", "judge_flow.txt")
 _SCORE = re.compile(r"<score>(.*?)</score>", re.S)
 _VALID_SCORE = re.compile(r"\s*([1-5])\s*")
 _FEEDBACK = re.compile(r"<feedback>\s*(.*?)\s*</feedback>", re.S)

@@ -260,8 +260,11 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     if len(id_map) != index.ntotal:
         raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but its id map {len(id_map)} rows.")
     weights = ComplexityWeights.from_json(ctx.download(config.index, WEIGHTS_FILE).read_text())
+    from hf_pipeline.embedder import EmbedderUsage
+
     return {
         "model": model,
+        "embedder": EmbedderUsage(model, model_ref(config.model, config.model_revision)),
         "index": index,
         "id_map": id_map,
         "weight_by_id": weights.weights_for(id_map.numpy("num_variables")),
@@ -291,10 +294,13 @@ class Searched:
     ids: np.ndarray
 
 
-def search_documents(texts: list, model, index, config: MatchConfig) -> Searched:
+def search_documents(texts: list, model, index, config: MatchConfig, usage=None) -> Searched:
     """Embed (Gaussian pooling: K+1 vectors each) and search a batch of texts, as every shard and the plan-time
-    calibration do: one FAISS call for all vectors of the batch."""
-    from hf_pipeline.embedder import clip_to_model
+    calibration do: one FAISS call for all vectors of the batch. `usage` (an EmbedderUsage) accounts the tokens
+    embedded and the time spent, for the card."""
+    import time
+
+    from hf_pipeline.embedder import clip_and_count
     from hf_pipeline.pooling import encode_gaussian
 
     texts = list(texts)
@@ -302,9 +308,10 @@ def search_documents(texts: list, model, index, config: MatchConfig) -> Searched
     status = ["ok" if isinstance(t, str) and t.strip() else "empty_text" for t in texts]
     live = [i for i in range(n) if status[i] == "ok"]
     truncated = np.zeros(n, dtype=bool)
+    started, tokens = time.perf_counter(), 0
     if live:
         # what the model will see of each text (same vectors, far less tokenizing of long documents)
-        clipped, truncated[live] = clip_to_model(model, [texts[i] for i in live])
+        clipped, truncated[live], tokens = clip_and_count(model, [texts[i] for i in live])
         for i, text in zip(live, clipped):
             texts[i] = text
     if config.long_documents == "drop":
@@ -316,6 +323,8 @@ def search_documents(texts: list, model, index, config: MatchConfig) -> Searched
     scores, ids = np.zeros((0, 0, top), np.float32), np.zeros((0, 0, top), np.int64)
     if live:
         vectors = encode_gaussian(model, [texts[i] for i in live], batch_size=config.encode_batch_size)  # (B, K+1, d)
+        if usage is not None:
+            usage.add(tokens, time.perf_counter() - started, len(live))
         B, V, d = vectors.shape
         scores, ids = index.search(np.ascontiguousarray(vectors.reshape(B * V, d)), top)  # one call for the batch
         scores, ids = scores.reshape(B, V, top), ids.reshape(B, V, top)
@@ -363,7 +372,7 @@ def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     doc_ids = [None if d is None else str(d) for d in batch[config.doc_id_column]]
     doc_files, doc_rows = batch[FILE_COLUMN], batch[ROW_COLUMN]
     n = len(doc_ids)
-    searched = search_documents(batch[config.text_column], model, index, config)
+    searched = search_documents(batch[config.text_column], model, index, config, usage=res["embedder"])
     status, truncated = searched.status, searched.truncated
     thresholds = calibration_thresholds(config)
     saturated = min(config.candidates_per_vector, index.ntotal) < index.ntotal

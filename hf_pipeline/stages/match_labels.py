@@ -49,9 +49,10 @@ from hf_pipeline.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
+from hf_pipeline.package_data import package_file
 from hf_pipeline.stage import Stage, StageContext
 
-PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS = package_file("prompts")
 DESCRIBE_PROMPT = PROMPTS / "describe_document.txt"
 JUDGE_PROMPT = PROMPTS / "judge_compatibility.txt"
 # §3: "The LLM we use to generate silver-standard data is Llama-3.3 70B Instruct."
@@ -172,7 +173,10 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     templates = IdMap.open(ctx, config.index)
     if len(templates) != index.ntotal:
         raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but its id map {len(templates)} rows.")
-    return {"model": model, "index": index, "templates": templates, "llm": load_backend(config.llm)}
+    from hf_pipeline.embedder import EmbedderUsage
+
+    return {"model": model, "embedder": EmbedderUsage(model, model_ref(config.model, config.model_revision)),
+            "index": index, "templates": templates, "llm": load_backend(config.llm)}
 
 
 # ---------------------------------------------------------------- mapping
@@ -240,9 +244,13 @@ def describe_documents(documents: list[str | None], live: list[int], ctx: StageC
     described = [i for i in live if descriptions[i] is not None]
     vectors = np.zeros((0, 1), dtype=np.float32)
     if described:  # embedded like build_index embedded the templates' descriptions: the model's own pooling
-        vectors = model.encode(
-            [descriptions[i] for i in described], batch_size=config.encode_batch_size, normalize_embeddings=True, convert_to_numpy=True
-        )
+        import time
+
+        texts, started = [descriptions[i] for i in described], time.perf_counter()
+        vectors = model.encode(texts, batch_size=config.encode_batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        seconds = time.perf_counter() - started
+        tokens = sum(min(len(ids), model.max_seq_length) for ids in model.tokenizer(texts, return_attention_mask=False)["input_ids"])
+        ctx.resources["embedder"].add(tokens, seconds, len(texts))
     return [Query(i, 0, documents[i]) for i in described], vectors, descriptions
 
 
@@ -251,11 +259,16 @@ def chunk_documents(documents: list[str | None], live: list[int], ctx: StageCont
     of ≥ 0.5 and producing K distinct local embeddings with these attention masks". Returns (queries, vectors)."""
     from hf_pipeline.pooling import encode_masked_chunks
 
+    import time
+
     config: MatchLabelsConfig = ctx.config
+    started = time.perf_counter()
     chunks = encode_masked_chunks(
         ctx.resources["model"], [documents[i] for i in live], k=config.k, sigma=config.sigma,
         threshold=config.mask_threshold, batch_size=config.encode_batch_size,
     )
+    # each chunk is a forward pass over the tokens its mask attends
+    ctx.resources["embedder"].add(int(chunks.num_tokens.sum()), time.perf_counter() - started, len(live) * config.k)
     queries, where = [], []
     for row, i in enumerate(live):
         for j in range(config.k):

@@ -23,7 +23,11 @@ The rules, exactly (`iter_packing`):
 So the kept tokens never exceed the documents' tokens, in total and for every prefix of the document order:
 sum(kept tokens of docs 0..d) <= sum(doc tokens of docs 0..d) for every d.
 
-The token-matched baseline (`baseline_take`) is the documents themselves, in the same order, whole, until
+`pack_stream` applies the same rules to documents that arrive with their own candidates (a shard streamed in
+document order: one document's pairs in memory at a time); `assemble` packs each shard on its own, the carry
+starting at 0 at the shard's first document.
+
+The token-matched baseline (`baseline_take`, lazily `iter_baseline`) is the documents themselves, in the same order, whole, until
 the next one would pass the total; that one is cut to the tokens still missing, so both arms hold exactly
 the same number of tokens. Documents with zero tokens are skipped.
 
@@ -105,6 +109,50 @@ class DocumentPacking:
         return self.budget - self.kept_tokens
 
 
+def pack_document(doc_id: str, doc_tokens: int, candidates: Iterable[Candidate], seed: int, carry_in: int = 0) -> DocumentPacking:
+    """One document's packing (rules 2-5): its budget is its tokens plus `carry_in`; its candidates are sorted by
+    key, shuffled with `document_rng(seed, doc_id)` and kept greedily (skip and continue)."""
+    if doc_tokens < 0:
+        raise ValueError(f"document {doc_id!r} has a negative token count {doc_tokens}")
+    if carry_in < 0:
+        raise ValueError(f"the carry into document {doc_id!r} is negative ({carry_in})")
+    packing = DocumentPacking(doc_id, int(doc_tokens), int(carry_in))
+    candidates = sorted(candidates, key=lambda c: c.key)
+    if len({c.key for c in candidates}) != len(candidates):
+        raise ValueError(f"document {doc_id!r} has candidates with the same key")
+    remaining = packing.budget
+    if candidates:
+        for i in document_rng(seed, doc_id).permutation(len(candidates)):
+            c = candidates[int(i)]
+            if c.tokens < 0:
+                raise ValueError(f"pair {c.key!r} of document {doc_id!r} has a negative token count")
+            if c.tokens <= remaining:
+                packing.kept.append(c.key)
+                packing.kept_tokens += c.tokens
+                remaining -= c.tokens
+            else:
+                packing.skipped.append(c.key)
+    return packing
+
+
+def pack_stream(
+    documents: Iterable[tuple[str, int, Sequence[Candidate]]],
+    seed: int,
+    initial_carry: int = 0,
+) -> Iterator[DocumentPacking]:
+    """`iter_packing` over documents that arrive with their own candidates, (doc_id, doc_tokens, candidates), one
+    at a time: what a stage streaming a shard's rows in document order uses, holding one document's pairs at once.
+
+    Documents are told apart by position, not by id: nothing is kept per document once it is packed."""
+    carry = int(initial_carry)
+    if carry < 0:
+        raise ValueError(f"initial_carry must be >= 0, got {carry}")
+    for doc_id, doc_tokens, candidates in documents:
+        packing = pack_document(doc_id, doc_tokens, candidates, seed, carry)
+        carry = packing.carry_out
+        yield packing
+
+
 def iter_packing(
     documents: Iterable[tuple[str, int]],
     pairs: Mapping[str, Sequence[Candidate]],
@@ -117,34 +165,16 @@ def iter_packing(
     have none). Pairs of doc_ids that are not in `documents` are ignored: the caller counts them.
     Raises ValueError on a repeated doc_id, a negative token count or keys repeated within a document.
     """
-    carry = int(initial_carry)
-    if carry < 0:
-        raise ValueError(f"initial_carry must be >= 0, got {carry}")
     seen: set[str] = set()
-    for doc_id, doc_tokens in documents:
-        if doc_id in seen:
-            raise ValueError(f"document {doc_id!r} appears twice")
-        seen.add(doc_id)
-        if doc_tokens < 0:
-            raise ValueError(f"document {doc_id!r} has a negative token count {doc_tokens}")
-        packing = DocumentPacking(doc_id, int(doc_tokens), carry)
-        candidates = sorted(pairs.get(doc_id, ()), key=lambda c: c.key)
-        if len({c.key for c in candidates}) != len(candidates):
-            raise ValueError(f"document {doc_id!r} has candidates with the same key")
-        remaining = packing.budget
-        if candidates:
-            for i in document_rng(seed, doc_id).permutation(len(candidates)):
-                c = candidates[int(i)]
-                if c.tokens < 0:
-                    raise ValueError(f"pair {c.key!r} of document {doc_id!r} has a negative token count")
-                if c.tokens <= remaining:
-                    packing.kept.append(c.key)
-                    packing.kept_tokens += c.tokens
-                    remaining -= c.tokens
-                else:
-                    packing.skipped.append(c.key)
-        carry = remaining
-        yield packing
+
+    def with_candidates():
+        for doc_id, doc_tokens in documents:
+            if doc_id in seen:
+                raise ValueError(f"document {doc_id!r} appears twice")
+            seen.add(doc_id)
+            yield doc_id, doc_tokens, pairs.get(doc_id, ())
+
+    return pack_stream(with_candidates(), seed, initial_carry)
 
 
 def pack_pairs(
@@ -157,6 +187,24 @@ def pack_pairs(
     return list(iter_packing(documents, pairs, seed, initial_carry))
 
 
+def iter_baseline(doc_tokens: Iterable[int], total: int) -> Iterator[tuple[int, int]]:
+    """`baseline_take` lazily, reading token counts only until `total` is reached (a shard's documents streamed);
+    yields fewer than `total` tokens, without an error, when the documents run out."""
+    if total < 0:
+        raise ValueError(f"total must be >= 0, got {total}")
+    missing = int(total)
+    if missing == 0:
+        return
+    for i, n in enumerate(doc_tokens):
+        if n <= 0:
+            continue
+        take = min(int(n), missing)
+        yield i, take
+        missing -= take
+        if missing == 0:
+            return
+
+
 def baseline_take(doc_tokens: Sequence[int], total: int) -> list[tuple[int, int]]:
     """The baseline arm: [(document index, tokens taken)] in document order, summing to exactly `total`.
 
@@ -164,18 +212,8 @@ def baseline_take(doc_tokens: Sequence[int], total: int) -> list[tuple[int, int]
     `tokens taken` is then less than its own count) and ends the list. Zero-token documents are skipped.
     Raises ValueError when the documents hold fewer than `total` tokens.
     """
-    if total < 0:
-        raise ValueError(f"total must be >= 0, got {total}")
-    taken: list[tuple[int, int]] = []
-    missing = int(total)
-    for i, n in enumerate(doc_tokens):
-        if missing == 0:
-            break
-        if n <= 0:
-            continue
-        take = min(int(n), missing)
-        taken.append((i, take))
-        missing -= take
-    if missing:
-        raise ValueError(f"the documents hold {total - missing} tokens, fewer than the {total} asked for")
+    taken = list(iter_baseline(doc_tokens, total))
+    have = sum(n for _, n in taken)
+    if have < total:
+        raise ValueError(f"the documents hold {have} tokens, fewer than the {total} asked for")
     return taken
