@@ -163,7 +163,8 @@ class ArtifactContext:
     """What a stage's `artifacts` step gets, once, on the driver: its config, the run's summed figures, and the
     final data, read back from the run's pull request a few columns at a time (never all of it in memory).
     `stats` is the card's own dict: figures an artifacts step adds to it (counted while streaming the output, e.g.
-    build_index's templates indexed after its global dedupe) are shown in the card, which is rendered after."""
+    build_index's templates indexed after its global dedupe) are shown in the card, which is rendered after; so is
+    `counts`, where a kind of count added (build_index's `indexed` by origin) also shows in the end summaries."""
 
     config: Any
     stats: dict

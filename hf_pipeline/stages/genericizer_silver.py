@@ -67,6 +67,13 @@ class GenericizerSilverConfig:
     )
     min_variables: int = field(default=1, metadata={"help": "templates with fewer <fi> variables are dropped (no_variables)"})
     max_field_chars: int = field(default=1500, metadata={"help": "maxLength of the template and description strings in the JSON schema"})
+    # for a small offline teacher that writes no <fi> variable from the prompt alone (see genericize)
+    constrain_format: bool = field(
+        default=False,
+        metadata={"help": "decode each template as the query's words with at least one run replaced by <fi>a few words</fi>"},
+    )
+    max_description_words: int = field(default=5, metadata={"help": "constrain_format: most words of a variable's description"})
+    max_pattern_units: int = field(default=32, metadata={"help": "constrain_format: longer queries are decoded without the pattern"})
 
 
 def check_config(config: GenericizerSilverConfig) -> None:
@@ -91,7 +98,11 @@ def check_input(part: InputPart, schema: Any, config: GenericizerSilverConfig) -
 
 def teacher_config(config: GenericizerSilverConfig) -> GenericizeConfig:
     """genericize's config with the mode fixed to teacher: the silver data comes from a prompted instruct LLM."""
-    return GenericizeConfig(mode="teacher", llm=config.llm, min_variables=config.min_variables, max_field_chars=config.max_field_chars)
+    return GenericizeConfig(
+        mode="teacher", llm=config.llm, min_variables=config.min_variables, max_field_chars=config.max_field_chars,
+        constrain_format=config.constrain_format, max_description_words=config.max_description_words,
+        max_pattern_units=config.max_pattern_units,
+    )
 
 
 # ---------------------------------------------------------------- the per-source counts behind the draw
