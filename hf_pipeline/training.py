@@ -193,18 +193,12 @@ def render_model_card(stage: TrainingStage, config: Any, data: DatasetRef, base:
 
 def print_training_summary(stage: TrainingStage, data: DatasetRef, base: ModelPin, result: TrainResult,
                            outcome: TrainOutcome, seconds: float) -> None:
-    lines = [
-        "",
-        f"== {stage.name} done in {seconds:.1f}s ==",
-        f"  data      {data.pinned}",
-        f"  base      {base.pinned}",
-        f"  rows      {result.rows_in} in -> {result.rows_out} trained on",
-    ]
-    if outcome.drops:
-        lines.append("  drops     " + ", ".join(f"{k}: {v}" for k, v in outcome.drops.items()))
-    lines.append("  metrics   " + ", ".join(f"{k}: {v}" for k, v in outcome.metrics.items()))
-    lines += [
-        f"  output    model {result.repo_id}@{result.tag} (commit {result.commit[:12]})",
-        f"  use with  --set llm.model={result.repo_id}@{result.tag}  (or model={result.repo_id} model_revision={result.tag})",
-    ]
-    print("\n".join(lines))
+    contract.print_summary(stage.name, seconds, [
+        ("data", data.pinned),
+        ("base", base.pinned),
+        ("rows", f"{result.rows_in} in -> {result.rows_out} trained on"),
+        ("drops", ", ".join(f"{k}: {v}" for k, v in outcome.drops.items())),
+        ("metrics", ", ".join(f"{k}: {v}" for k, v in outcome.metrics.items())),
+        ("output", f"model {result.repo_id}@{result.tag} (commit {result.commit[:12]})"),
+        ("use with", f"--set llm.model={result.repo_id}@{result.tag}  (or model={result.repo_id} model_revision={result.tag})"),
+    ])
