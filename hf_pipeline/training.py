@@ -13,6 +13,7 @@ stages hand it to `Trainer` as `output_dir` and resume from its last checkpoint 
 
 from __future__ import annotations
 
+import random
 import shutil
 import sys
 import time
@@ -95,6 +96,30 @@ def trainer_arguments(config: Any, checkpoint_dir: Path) -> dict[str, Any]:
         data_seed=config.seed,
         use_cpu=not on_gpu,
     )
+
+
+def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval): a seeded held-out share, at least one row when the fraction asks for any and two exist."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def metrics_sample(rows: list, n: int, seed: int) -> list:
+    """At most n rows, seeded: the before/after figures of a big run cost a bounded number of forward passes."""
+    return rows if len(rows) <= n else random.Random(seed).sample(rows, n)
+
+
+def last_checkpoint(folder) -> tuple[str | None, int]:
+    """(the newest checkpoint a crashed run left in `folder`, its step), or (None, 0) for a fresh start."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return path, int(path.rsplit("-", 1)[1]) if path else 0
 
 
 # run options that mean something for a training run (the rest are about mapping rows)

@@ -60,6 +60,7 @@ def publish_rows(repo: str, rows: list[dict], folder: Path) -> str:
 @pytest.fixture
 def no_models(monkeypatch):
     """Every way a stage loads an LLM or an embedder raises: an empty input must not need one."""
+    from hf_pipeline import index_files
     from hf_pipeline.stages import build_index, genericize, instantiate, judge, match, match_labels
 
     def refuse(*args, **kwargs):
@@ -67,16 +68,17 @@ def no_models(monkeypatch):
 
     for module in (genericize, instantiate, judge, match_labels):
         monkeypatch.setattr(module, "load_backend", refuse)
-    for module in (build_index, match):
+    for module in (build_index, index_files):
         monkeypatch.setattr(module, "load_embedder", refuse)
-    monkeypatch.setattr(match, "open_index", refuse)
+    for module in (match, match_labels):
+        monkeypatch.setattr(module, "open_index", refuse)
     monkeypatch.setattr(match, "open_gaussian_index", refuse)
 
 
 @pytest.fixture(scope="module")
 def inputs(local_hub, tmp_path_factory) -> dict[str, str]:
     from hf_pipeline.stages.build_index import TEMPLATE_COLUMNS
-    from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
+    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
     from hf_pipeline.stages.judge import STAGE as JUDGE
     from hf_pipeline.stages.match import OUTPUT_COLUMNS as PAIR_COLUMNS
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.stages.instantiate import InstantiateConfig, check_pair, user_message
+from hf_pipeline.pairs import user_message
+from hf_pipeline.stages.instantiate import InstantiateConfig, check_pair
 from hf_pipeline.stages.judge import parse_judgment
 
 DOCUMENT = (
@@ -147,7 +148,7 @@ def test_instantiate_batch_is_one_call_with_a_schema_per_row_and_documents_adjac
 def test_judge_batch_keeps_documents_adjacent_and_counts_prompt_too_long():
     from types import SimpleNamespace
 
-    from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
+    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
     from hf_pipeline.stages.judge import JUDGE_STATUSES, PROMPT, JudgeConfig, judge_batch
 
     rows = [("a", "ok", "answer a1"), ("b", "ok", "answer b1"), ("a", "ok", "answer a2"), ("c", "null", None), ("b", "ok", "TOO_LONG")]
@@ -190,7 +191,7 @@ def test_every_judge_path_gives_a_status():
     from types import SimpleNamespace
 
     from hf_pipeline.llm.base import Completion
-    from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
+    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
     from hf_pipeline.stages.judge import JUDGE_STATUSES, PROMPT, JudgeConfig, judge_batch
 
     scripted = [
@@ -297,6 +298,7 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
 
     from hf_pipeline.hub_io import load_card, resolve_dataset
     from hf_pipeline.llm_config import LLMConfig
+    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
     from hf_pipeline.runner import RunOptions, run_stage
     from hf_pipeline.stages import instantiate, judge
 
@@ -307,7 +309,7 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
     )
     inst = run_stage(instantiate.STAGE, RunOptions(input=pair_inputs["pairs"], output="local/ij-instantiated"), inst_config)
     rows = load_dataset(inst.repo_id, revision=inst.tag, split="train")
-    assert rows.column_names == list(instantiate.INSTANTIATE_COLUMNS)
+    assert rows.column_names == list(INSTANTIATE_COLUMNS)
     assert rows["doc_id"] == [p["doc_id"] for p in PAIRS]
     for column in ("template", "doc_file", "doc_row"):  # the pairs' columns are kept
         assert rows[column] == [p[column] for p in PAIRS]

@@ -173,12 +173,13 @@ def test_own_corpus_and_templates_through_the_command_line(own_inputs, monkeypat
 
 def test_wrong_columns_are_said_at_plan_time(own_inputs, monkeypatch, capsys, tmp_path):
     """A column the config names but the data lacks is one sentence naming the config key, before a model loads."""
+    from hf_pipeline import index_files
     from hf_pipeline.stages import build_index, instantiate, match
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the columns were checked")
 
-    monkeypatch.setattr(match, "load_embedder", no_model)
+    monkeypatch.setattr(index_files, "load_embedder", no_model)
     monkeypatch.setattr(match, "open_index", no_model)
     monkeypatch.setattr(build_index, "load_embedder", no_model)
     monkeypatch.setattr(instantiate, "load_backend", no_model)

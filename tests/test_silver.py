@@ -168,10 +168,10 @@ class ScriptedTeacher:
 
 @pytest.fixture
 def scripted_teacher(monkeypatch):
-    from hf_pipeline.stages import genericize
+    from hf_pipeline.stages import genericizer_silver
 
     teacher = ScriptedTeacher()
-    monkeypatch.setattr(genericize, "setup", lambda ctx: teacher)
+    monkeypatch.setattr(genericizer_silver, "load_backend", lambda llm: teacher)
     return teacher
 
 
@@ -319,7 +319,7 @@ def test_genericizer_silver_end_to_end(local_hub, tmp_path):
 def test_genericizer_silver_messages_parse_as_the_student_stage_parses_them():
     from hf_pipeline.llm.base import Completion
     from hf_pipeline.llm.json_output import parse_json_completion
-    from hf_pipeline.stages.genericize import template_schema
+    from hf_pipeline.genericizing import template_schema
     from hf_pipeline.stages.genericizer_silver import student_messages
 
     messages = student_messages("Où est Paris ?", "Où est <fi>une ville</fi> ?", "Un atlas qui situe <fi>des villes</fi>.")

@@ -49,17 +49,13 @@ from typing import Any
 import numpy as np
 
 from hf_pipeline.datafiles import InputPart
-from hf_pipeline.embedder import load_embedder, model_ref
+from hf_pipeline.embedder import PRODUCTION_EMBEDDER, load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.index_files import ID_MAP_FILE, INDEX_FILE, INFO_FILE, WEIGHTS_FILE
 from hf_pipeline.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
 from hf_pipeline.stage import ArtifactContext, Stage, StageContext
 from hf_pipeline.text.templates import TemplateError, count_variables, template_id
 
-INDEX_FILE = "index/templates.faiss"
-ID_MAP_FILE = "index/id_map.parquet"
-WEIGHTS_FILE = "index/complexity_weights.json"
-INFO_FILE = "index/info.json"
-PRODUCTION_EMBEDDER = "fineinstructions/instruction_template_retrieval_embedding"
 TEMPLATE_COLUMNS = {
     "template_id": "string",
     "query_id": "string",
@@ -472,11 +468,6 @@ def write_empty_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     files[INFO_FILE].write_text(json.dumps(info, indent=2))
     actx.stats.update(templates_indexed=0, duplicates_across_shards=0, empty_index=True, **weight_stats(weights))
     return files
-
-
-def index_is_empty(info: dict) -> bool:
-    """An index build_index published without templates (see write_empty_index)."""
-    return bool(info.get("empty")) or info.get("ntotal") == 0
 
 
 def report(stats: dict, config: BuildIndexConfig) -> list[tuple[str, str]]:

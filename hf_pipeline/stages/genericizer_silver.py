@@ -12,10 +12,11 @@ synthetic data." (§3: "The LLM we use to generate silver-standard data is Llama
    query when a hash of (seed, query_id) falls under its source's rate (`text.strata.draw_rates`); the rates come
    from the per-source counts, read once per worker from the queries' card (collect_queries records them) or, for
    a dataset without them, counted from its `source` column. No process ever holds the whole query set.
-2. Teacher, per shard, on the drawn queries only: they go through genericize's own code path (`genericize_batch`)
-   in teacher mode, so the silver templates pass exactly the checks the pipeline's templates pass (schema, `<fi>`
-   grammar, ≥ 1 variable). The teacher runs in the shard's finalize, not in the map, so that it gets full
-   batches: at the paper's rate (50K of ~18M queries) a map batch of 64 queries holds ~0.2 drawn ones.
+2. Teacher, per shard, on the drawn queries only: they go through genericize's own code path
+   (`genericizing.genericize_batch`) in teacher mode, so the silver templates pass exactly the checks the
+   pipeline's templates pass (schema, `<fi>` grammar, ≥ 1 variable). The teacher runs in the shard's finalize, not
+   in the map, so that it gets full batches: at the paper's rate (50K of ~18M queries) a map batch of 64 queries
+   holds ~0.2 drawn ones.
 3. Keep what validates (status ok); every other row, and every query not drawn, is dropped and counted by reason.
 
 The trade-off of the per-row draw: an exact-size draw (round-robin over the sources, as before) needs every
@@ -44,10 +45,10 @@ from typing import Any
 from hf_pipeline.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.features import features_from_spec
+from hf_pipeline.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch, messages_for
+from hf_pipeline.llm import load_backend
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
 from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.stages import genericize
-from hf_pipeline.stages.genericize import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch, messages_for
 from hf_pipeline.text.strata import draw_rates, draw_tolerance, drawn, equal_shares
 
 TEACHER_MODEL = "meta-llama/Llama-3.3-70B-Instruct"  # §3: the LLM that generates all silver-standard data
@@ -143,7 +144,7 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     """The draw's per-source rates (first: they fail fast), then the teacher."""
     config: GenericizerSilverConfig = ctx.config
     counts = source_counts(ctx)
-    return {"rates": draw_rates(counts, config.sample_size), "llm": genericize.setup(ctx)}
+    return {"rates": draw_rates(counts, config.sample_size), "llm": load_backend(config.llm)}
 
 
 # ---------------------------------------------------------------- map: the draw; finalize: the teacher

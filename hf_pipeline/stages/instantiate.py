@@ -27,10 +27,8 @@ time, see hf_pipeline/documents.py).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from hf_pipeline.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F401  (the default document columns)
@@ -38,39 +36,28 @@ from hf_pipeline.documents import check_documents_input, doc_id_field, text_fiel
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
-from hf_pipeline.package_data import package_file
+from hf_pipeline.pairs import INSTANTIATE_COLUMNS, MAX_DOCUMENT_CHARS, PromptLayout, read_documents, teacher_prompt, user_message
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
+from hf_pipeline.text.patterns import UNSPELLABLE, escape_regex
 
-TEACHER_PROMPT = package_file("prompts", "instantiate_teacher.txt")
-TEACHER_PROMPT_DOCUMENT_FIRST = TEACHER_PROMPT.with_name("instantiate_teacher_document_first.txt")
-PromptLayout = Literal["template_first", "document_first"]
-
-
-# constrain_format: regexes for the reply's strings. xgrammar matches a pattern against the JSON string's
-# decoded text; it cannot spell quotes, backslashes or control characters there, so patterns leave them out.
+# constrain_format: regexes for the reply's strings (what a pattern cannot spell: hf_pipeline/text/patterns.py).
 _FI = re.compile(r"<fi>.*?</fi>", re.S)
 # excerpt markup belongs in answers only: an instruction holding any is not a user's question
 _EXCERPT_MARKUP = re.compile(r"</?\s*excerpt\b[^>]*>|<\.\.\.>", re.I)
-_REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\/])")
-_UNSPELLABLE = re.compile(r'["\\<>\x00-\x1f]')
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 _MAX_WORD_CHARS = 30
-
-
-def _escape(text: str) -> str:
-    return _REGEX_SPECIAL.sub(r"\\\1", text)
 
 
 def instruction_pattern(template: str, max_variable_words: int) -> str | None:
     """The template's wording with each <fi> variable replaced by a few words; None for a template the pattern
     cannot spell. A word may end in a comma but holds no other separator, so a variable cannot run on as one
     long comma-joined "word"; no brackets, so it cannot be a placeholder like "[name of a country]"."""
-    if _UNSPELLABLE.search(_FI.sub("", template)):
+    if UNSPELLABLE.search(_FI.sub("", template)):
         return None
     word = f"[^<>\\[\\] ,;?]{{1,{_MAX_WORD_CHARS}}},?"
     words = f"{word}( {word}){{0,{max_variable_words - 1}}}"
-    return "^" + words.join(_escape(part) for part in _FI.split(template)) + "$"
+    return "^" + words.join(escape_regex(part) for part in _FI.split(template)) + "$"
 
 
 def _prefixes(text: str, min_chars: int) -> str:
@@ -79,16 +66,16 @@ def _prefixes(text: str, min_chars: int) -> str:
     group inside a JSON string."""
     pattern = ""
     for char in reversed(text[min_chars:]):
-        pattern = f"({_escape(char)}{pattern}|)"
-    return _escape(text[:min_chars]) + pattern
+        pattern = f"({escape_regex(char)}{pattern}|)"
+    return escape_regex(text[:min_chars]) + pattern
 
 
 def _suffixes(text: str, min_chars: int) -> str:
     """Any suffix of text at least min_chars long: ((a|)b|)cd for "abcd" and 2."""
     pattern = ""
     for char in text[:-min_chars]:
-        pattern = f"({pattern}{_escape(char)}|)"
-    return pattern + _escape(text[-min_chars:])
+        pattern = f"({pattern}{escape_regex(char)}|)"
+    return pattern + escape_regex(text[-min_chars:])
 
 
 def excerpt_answer_pattern(document: str, min_fragment_chars: int, max_fragment_chars: int) -> str:
@@ -99,7 +86,7 @@ def excerpt_answer_pattern(document: str, min_fragment_chars: int, max_fragment_
     max_fragment_chars."""
     starts, ends = [], []
     for sentence in _SENTENCE_BREAK.split(document):
-        pieces = _UNSPELLABLE.split(" ".join(sentence.split()))
+        pieces = UNSPELLABLE.split(" ".join(sentence.split()))
         head, tail = pieces[0][:max_fragment_chars].strip(), pieces[-1][-max_fragment_chars:].strip()
         starts += [_prefixes(head, min_fragment_chars)] if head else []
         ends += [_suffixes(tail, min_fragment_chars)] if tail else []
@@ -142,7 +129,7 @@ class InstantiateConfig:
         metadata={"help": "the model and how to run it (llm.model, llm.backend, ...)"},
     )
     min_excerpt_ratio: float = field(default=0.80, metadata={"help": "answers with a smaller excerpted share get status low_excerpt_ratio"})
-    max_document_chars: int = field(default=20000, metadata={"help": "longer documents are cut to this many characters in the prompt"})
+    max_document_chars: int = field(default=MAX_DOCUMENT_CHARS, metadata={"help": "longer documents are cut to this many characters in the prompt"})
     prompt_layout: PromptLayout = field(
         default="template_first",
         metadata={"help": "template_first (the published template_instantiator contract) | document_first (prefix caching "
@@ -169,76 +156,6 @@ def resolve_config(config: InstantiateConfig, plan) -> InstantiateConfig:
     """At plan time: the documents have the id and text columns the config names (one footer read)."""
     check_documents_input(config, plan, "instantiate")
     return config
-
-
-def teacher_prompt(layout: PromptLayout = "template_first") -> Path:
-    return TEACHER_PROMPT_DOCUMENT_FIRST if layout == "document_first" else TEACHER_PROMPT
-
-
-def user_message(template: str, document: str, mode: str, layout: PromptLayout = "template_first") -> str:
-    """The user message for one pair. student: JSON {"instruction_template", "document"} (the published contract),
-    or with `document_first` {"document", "instruction_template"}; teacher: the teacher prompt for the layout."""
-    if layout not in ("template_first", "document_first"):
-        raise PipelineError(f"prompt_layout must be template_first or document_first, got {layout!r}.")
-    if mode == "student":
-        fields = {"instruction_template": template, "document": document}
-        if layout == "document_first":
-            fields = {"document": document, "instruction_template": template}
-        return json.dumps(fields, ensure_ascii=False)
-    return teacher_prompt(layout).read_text().format(template=template, document=document)
-
-
-def _read_positions(ctx: StageContext, ref: str, path: str, rows: list[int]) -> tuple[dict[int, tuple], dict[int, str]]:
-    """({row: (doc_id, text)}, {row: why it cannot be read}) for rows of one data file of `ref`, from the config's
-    `doc_id_column` and `text_column`."""
-    id_column, text_column = ctx.config.doc_id_column, ctx.config.text_column
-    try:
-        tables = [(rows, ctx.read_rows(ref, path, rows))]
-        failed: dict[int, str] = {}
-    except PipelineError:  # a row past the file's end, or no such file: read row by row to say which
-        tables, failed = [], {}
-        for r in rows:
-            try:
-                tables.append(([r], ctx.read_rows(ref, path, [r])))
-            except PipelineError as e:
-                failed[r] = str(e)
-    found = {}
-    for asked, table in tables:
-        missing = [c for c in (id_column, text_column) if c not in table.column_names]
-        if missing:
-            raise PipelineError(f"documents {ref} lack column '{missing[0]}' (they have: {', '.join(table.column_names)}); "
-                                "set config keys 'doc_id_column' and 'text_column'.")
-        found.update(zip(asked, zip(table[id_column].to_pylist(), table[text_column].to_pylist())))
-    return found, failed
-
-
-def read_documents(batch: dict[str, list], ctx: StageContext) -> tuple[list[str | None], dict[int, tuple[str, str]]]:
-    """The text of each row's document, read by its position in `documents` (grouped by file: only the files and
-    row groups the batch points at), checked against the pair's doc_id. Returns (texts, {row: (status, detail)}) for
-    rows whose document cannot be used. Shared with instantiator_silver, which rebuilds the same prompts."""
-    ref = ctx.config.documents
-    texts: list[str | None] = [None] * len(batch["doc_id"])
-    problems: dict[int, tuple[str, str]] = {}
-    by_file: dict[str, list[int]] = {}
-    for i, (path, row) in enumerate(zip(batch["doc_file"], batch["doc_row"])):
-        if path is None or row is None:
-            problems[i] = ("unknown_document", "the pair carries no document position (doc_file, doc_row)")
-        else:
-            by_file.setdefault(path, []).append(i)
-    for path, members in by_file.items():
-        found, failed = _read_positions(ctx, ref, path, sorted({int(batch["doc_row"][i]) for i in members}))
-        for i in members:
-            row, doc_id = int(batch["doc_row"][i]), batch["doc_id"][i]
-            if row not in found:
-                problems[i] = ("unknown_document", failed.get(row) or f"{ref} has no row {row} in {path}")
-            elif str(found[row][0]) != str(doc_id):
-                problems[i] = ("document_mismatch", f"row {row} of {path} in {ref} is document {found[row][0]!r}, not "
-                               f"{doc_id!r}: the documents are not the revision the pairs were matched on")
-            elif found[row][1] is None:
-                problems[i] = ("unknown_document", f"document {doc_id!r} ({path} row {row}) has no text")
-            else:
-                texts[i] = found[row][1]
-    return texts, problems
 
 
 def setup(ctx: StageContext) -> dict:
@@ -330,24 +247,6 @@ STATUSES = (
     "document_mismatch",
     "unknown_template",
 )
-
-INSTANTIATE_COLUMNS = {
-    "doc_id": "string",
-    "template_id": "string",
-    "template": "string",  # the template's text (from match)
-    "doc_file": "string",  # the document's position in the documents input (from match)
-    "doc_row": "int64",
-    "chunk_index": "int32",
-    "score": "float32",
-    "instruction": "string",
-    "answer": "string",  # excerpts expanded to the document's exact text
-    "excerpt_ratio": "float32",  # share of the answer's non-whitespace characters copied from the document
-    "excerpt_spans": "list<list<int64>>",  # [doc_start, doc_end) of each excerpt, in answer order
-    "raw_answer": "string",  # what the model wrote, excerpt tags and all (or its raw text when unparseable)
-    "generated_tokens": "int32",
-    "status": "string",
-    "status_detail": "string",
-}
 
 STAGE = Stage(
     name="instantiate",

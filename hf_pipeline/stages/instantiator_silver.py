@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 from hf_pipeline.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.pairs import MAX_DOCUMENT_CHARS, PromptLayout, read_documents, user_message
 from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.stages.instantiate import InstantiateConfig, PromptLayout, read_documents, user_message
 from hf_pipeline.text.strata import bucket_of, quantile_edges, round_robin_sample
 from hf_pipeline.text.templates import TemplateError, count_variables
 from hf_pipeline.text.topics import topic_of
@@ -53,7 +53,7 @@ class InstantiatorSilverConfig:
     doc_id_column: str = doc_id_field()
     text_column: str = text_field()
     max_document_chars: int = field(
-        default=InstantiateConfig.max_document_chars,
+        default=MAX_DOCUMENT_CHARS,
         metadata={"help": "documents are cut to this many characters in the user message: set it as instantiate had it"},
     )
     prompt_layout: PromptLayout = field(

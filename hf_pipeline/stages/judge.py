@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
 from hf_pipeline.package_data import package_file
+from hf_pipeline.pairs import INSTANTIATE_COLUMNS
 from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.stages.instantiate import INSTANTIATE_COLUMNS
 
 PROMPT = package_file("prompts", "judge_flow.txt")
 _SCORE = re.compile(r"<score>(.*?)</score>", re.S)

@@ -47,6 +47,7 @@ import numpy as np
 from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.index_files import IdMap, index_info, index_is_empty, open_index
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
 from hf_pipeline.package_data import package_file
@@ -164,9 +165,6 @@ def judge_message(passage: str, template: str, kind: str) -> list[dict]:
 def setup(ctx: StageContext) -> dict[str, Any]:
     """The embedder that built the index (its own pooling: round 1 embeds descriptions like build_index embedded
     templates' descriptions), the FAISS index, the templates by FAISS id, and the teacher."""
-    from hf_pipeline.stages.build_index import index_is_empty
-    from hf_pipeline.stages.match import IdMap, index_info, open_index
-
     config: MatchLabelsConfig = ctx.config
     check_config(config)
     if index_is_empty(index_info(ctx, "match_labels")):

@@ -26,7 +26,15 @@ from typing import Any, Literal
 import numpy as np
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.training import TrainContext, TrainingStage, TrainOutcome, trainer_arguments
+from hf_pipeline.training import (
+    TrainContext,
+    TrainingStage,
+    TrainOutcome,
+    last_checkpoint,
+    metrics_sample,
+    split_eval,
+    trainer_arguments,
+)
 
 DOCUMENT, DESCRIPTION, LABEL = "document", "compatible_document_description", "label"
 
@@ -145,7 +153,6 @@ def train_embedder(ds, ctx: TrainContext) -> TrainOutcome:
 
     from hf_pipeline.embedder import load_embedder
     from hf_pipeline.pooling import with_gaussian_pooling
-    from hf_pipeline.stages.train_llm import last_checkpoint, metrics_sample, split_eval
 
     config: TrainEmbedderConfig = ctx.config
     if config.round not in (1, 2):

@@ -17,7 +17,6 @@ template (from the packaged GGUF), so the whole path runs on a CPU in seconds.
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,9 @@ from hf_pipeline.training import (
     TrainContext,
     TrainingStage,
     TrainOutcome,
+    last_checkpoint,
+    metrics_sample,
+    split_eval,
     trainer_arguments,
 )
 
@@ -125,30 +127,6 @@ def tokenize_examples(ds, tokenizer, column: str, max_length: int) -> tuple[list
             continue
         rows.append({"input_ids": t.input_ids, "labels": t.labels})
     return rows, dict(drops)
-
-
-def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(train, eval): a seeded held-out share, at least one row when the fraction asks for any and two exist."""
-    if fraction <= 0 or len(rows) < 2:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(len(rows) - 1, max(1, round(fraction * len(rows))))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
-
-
-def metrics_sample(rows: list, n: int, seed: int) -> list:
-    """At most n rows, seeded: the before/after figures of a big run cost a bounded number of forward passes."""
-    return rows if len(rows) <= n else random.Random(seed).sample(rows, n)
-
-
-def last_checkpoint(folder) -> tuple[str | None, int]:
-    """(the newest checkpoint a crashed run left in `folder`, its step), or (None, 0) for a fresh start."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    path = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return path, int(path.rsplit("-", 1)[1]) if path else 0
 
 
 def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
