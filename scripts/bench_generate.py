@@ -154,7 +154,7 @@ def constrained_rows(n: int, max_tokens: int):
     documents = [json.loads(line)["text"] for line in (samples / "documents" / "wikipedia.jsonl").open()]
     templates = [json.loads(line)["template"] for line in (samples / "templates" / "handmade.jsonl").open()]
     config = InstantiateConfig(
-        documents="d", templates="t", mode="teacher", max_document_chars=600, constrain_format=True,
+        documents="d", mode="teacher", max_document_chars=600, constrain_format=True,
         max_variable_words=4, llm=LLMConfig(model="packaged:smollm2", backend="transformers", max_tokens=max_tokens),
     )
     messages, schemas = [], []
