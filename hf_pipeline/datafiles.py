@@ -60,41 +60,53 @@ def _hub_data_files(ref: DatasetRef, split: str, name: str | None) -> list[str]:
     return sorted(paths)
 
 
-def _parquet_meta(source) -> tuple[int, tuple[int, ...], object]:
+def data_file_paths(ref: DatasetRef, split: str = "train", name: str | None = None) -> list[str]:
+    """The data files of one input at its pinned revision, in read order: paths in the Hub repo, or relative to a
+    local folder (a single local file: its own name)."""
+    return _hub_data_files(ref, split, name) if ref.repo_id is not None else _local_files(Path(ref.path))
+
+
+def _local_path(ref: DatasetRef, path: str) -> Path:
+    """Where a local input's data file lies (a single-file input has only its own name)."""
+    root = Path(ref.path)
+    if not root.is_dir() and path != root.name:
+        raise FileNotFoundError(path)
+    return root / path if root.is_dir() else root
+
+
+def file_metadata(ref: DatasetRef, path: str):
+    """(parquet footer, file size in bytes) of one data file: a range read on the Hub, never the data."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_metadata(source)
-    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return meta.num_rows, groups, meta.schema.to_arrow_schema()
+    if ref.repo_id is None:
+        full = _local_path(ref, path)
+        return pq.read_metadata(str(full)), full.stat().st_size
+    from huggingface_hub import HfFileSystem
+
+    with HfFileSystem().open(hub_url(ref, path), "rb", block_size=1 << 16) as fh:
+        return pq.read_metadata(fh), fh.size
+
+
+def describe_file(ref: DatasetRef, path: str, part: int = 0):
+    """(DataFile, arrow schema) of one data file: rows and row groups from its parquet footer; a local file of another
+    format is counted by reading it (local inputs only)."""
+    try:
+        if path.endswith(".parquet"):
+            meta, size = file_metadata(ref, path)
+            groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+            return DataFile(path, meta.num_rows, groups, part, size), meta.schema.to_arrow_schema()
+        full = _local_path(ref, path)
+        table = _read_local_table(full)
+        return DataFile(path, table.num_rows, (), part, full.stat().st_size), table.schema
+    except (FileNotFoundError, KeyError, OSError) as e:
+        raise PipelineError(f"{ref.ref} has no data file {path!r} (at {(ref.sha or '')[:12]}): {type(e).__name__}") from None
 
 
 def list_files(ref: DatasetRef, split: str = "train", name: str | None = None, part: int = 0):
-    """(files in read order, arrow schema or None) of one input at its pinned revision. Parquet: row counts and
-    schema from the footers; other local formats are counted by reading them (local files only)."""
-    schema = None
-    files: list[DataFile] = []
-    if ref.repo_id is not None:
-        from huggingface_hub import HfFileSystem
-
-        fs = HfFileSystem()
-        for path in _hub_data_files(ref, split, name):
-            with fs.open(hub_url(ref, path), "rb", block_size=1 << 16) as fh:
-                rows, groups, file_schema = _parquet_meta(fh)
-                size = fh.size
-            schema = schema or file_schema
-            files.append(DataFile(path, rows, groups, part, size))
-        return files, schema
-    root = Path(ref.path)
-    for path in _local_files(root):
-        full = root / path if root.is_dir() else root
-        if full.suffix == ".parquet":
-            rows, groups, file_schema = _parquet_meta(str(full))
-        else:
-            table = _read_local_table(full)
-            rows, groups, file_schema = table.num_rows, (), table.schema
-        schema = schema or file_schema
-        files.append(DataFile(path, rows, groups, part, full.stat().st_size))
-    return files, schema
+    """(files in read order, arrow schema or None) of one input at its pinned revision, from footers (see
+    describe_file)."""
+    described = [describe_file(ref, path, part) for path in data_file_paths(ref, split, name)]
+    return [f for f, _ in described], (described[0][1] if described else None)
 
 
 def _local_files(root: Path) -> list[str]:
@@ -145,8 +157,7 @@ class FileReader:
         by the Hub client), else a range-reading HfFileSystem handle."""
         path = self.files[file].path
         if self.ref.repo_id is None:
-            root = Path(self.ref.path)
-            return str(root / path if root.is_dir() else root)
+            return str(_local_path(self.ref, path))
         if file in self._local:
             return self._local[file]
         if whole:
@@ -183,8 +194,7 @@ class FileReader:
 
         info = self.files[s.file]
         if not info.path.endswith(".parquet"):
-            root = Path(self.ref.path)
-            table = _read_local_table(root / info.path if root.is_dir() else root).slice(s.start, s.rows)
+            table = _read_local_table(_local_path(self.ref, info.path)).slice(s.start, s.rows)
             if self.columns:
                 table = table.select([c for c in self.columns if c in table.column_names])
         else:
@@ -268,8 +278,7 @@ class FileReader:
         index = self._index_of(path)
         info = self.files[index]
         if not info.path.endswith(".parquet"):
-            root = Path(self.ref.path)
-            table = _read_local_table(root / info.path if root.is_dir() else root)
+            table = _read_local_table(_local_path(self.ref, info.path))
             table = table.select(self.columns) if self.columns else table
             return table.take(pa.array(rows, pa.int64()))
         bounds, start = [], 0
@@ -284,46 +293,29 @@ class FileReader:
             g = next(i for i, (lo, hi) in enumerate(bounds) if lo <= r < hi)
             by_group.setdefault(g, []).append(r)
         for g, wanted in by_group.items():
-            key = (index, g)
-            if key not in self._groups:
-                if len(self._groups) >= 4:
-                    self._groups.pop(next(iter(self._groups)))
-                self._groups[key] = self._read_group(index, g, self.columns)
-            pieces.append(self._groups[key].take(pa.array([r - bounds[g][0] for r in wanted], pa.int64())))
+            pieces.append(self.row_group(index, g).take(pa.array([r - bounds[g][0] for r in wanted], pa.int64())))
             order += wanted
         table = pa.concat_tables(pieces) if pieces else self._empty(index)
         position = {r: i for i, r in enumerate(order)}
         return table.take(pa.array([position[r] for r in rows], pa.int64()))
 
+    def row_group(self, file: int, group: int):
+        """One row group of a file (this reader's columns), the last few kept: consecutive batches of a shard ask for
+        the same ones."""
+        key = (file, group)
+        if key not in self._groups:
+            if len(self._groups) >= 4:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[key] = self._read_group(file, group, self._columns)
+        return self._groups[key]
+
     def _index_of(self, path: str) -> int:
         if path not in self._by_path and self.describe_missing:
-            self.files.append(describe_file(self.ref, path))
+            self.files.append(describe_file(self.ref, path)[0])
             self._by_path[path] = len(self.files) - 1
         if path not in self._by_path:
             raise PipelineError(f"{self.ref.ref} has no data file {path!r} (at {self.ref.sha[:12]}).")
         return self._by_path[path]
-
-
-def describe_file(ref: DatasetRef, path: str) -> DataFile:
-    """One data file of an input (its footer only, for parquet), e.g. a file a side input's positions point at."""
-    try:
-        if ref.repo_id is not None:
-            from huggingface_hub import HfFileSystem
-
-            with HfFileSystem().open(hub_url(ref, path), "rb", block_size=1 << 16) as fh:
-                rows, groups, _ = _parquet_meta(fh)
-                return DataFile(path, rows, groups, 0, fh.size)
-        root = Path(ref.path)
-        full = root / path if root.is_dir() else root
-        if not root.is_dir() and path != root.name:
-            raise FileNotFoundError(path)
-        if full.suffix == ".parquet":
-            rows, groups, _ = _parquet_meta(str(full))
-        else:
-            rows, groups = _read_local_table(full).num_rows, ()
-        return DataFile(path, rows, groups, 0, full.stat().st_size)
-    except (FileNotFoundError, KeyError, OSError) as e:
-        raise PipelineError(f"{ref.ref} has no data file {path!r} (at {(ref.sha or '')[:12]}): {type(e).__name__}") from None
 
 
 def _close(source) -> None:
@@ -334,20 +326,11 @@ def _close(source) -> None:
 
 def group_ranges(ref: DatasetRef, files: list[DataFile], file_column: str, row_column: str):
     """The positions each row group of an aligned input points at (see sharding.GroupRange), from footers only."""
-    import pyarrow.parquet as pq
-
     from hf_pipeline.sharding import GroupRange
 
     ranges = []
     for i, f in enumerate(files):
-        if ref.repo_id is not None:
-            from huggingface_hub import HfFileSystem
-
-            with HfFileSystem().open(hub_url(ref, f.path), "rb", block_size=1 << 16) as fh:
-                meta = pq.read_metadata(fh)
-        else:
-            root = Path(ref.path)
-            meta = pq.read_metadata(str(root / f.path if root.is_dir() else root))
+        meta, _ = file_metadata(ref, f.path)
         names = meta.schema.to_arrow_schema().names
         if file_column not in names or row_column not in names:
             raise PipelineError(
@@ -376,7 +359,6 @@ class AlignedReader:
                  columns: list[str] | None = None):
         self.reader = FileReader(ref, files, columns=None if columns is None else list(dict.fromkeys([*columns, file_column, row_column])))
         self.groups, self.file_column, self.row_column = groups, file_column, row_column
-        self._cache: dict[tuple[int, int], object] = {}
 
     def rows_for(self, doc_files: list[str], doc_rows: list[int]):
         """Rows pointing at any of the (file, row) positions, in the aligned input's order."""
@@ -393,7 +375,7 @@ class AlignedReader:
                       for f, (lo, hi) in bounds.items())
             if not hit:
                 continue
-            table = self._group(g)
+            table = self.reader.row_group(g.file, g.group)
             mask = None
             for f, rows in wanted.items():
                 m = pc.and_(pc.equal(table[self.file_column], f), pc.is_in(table[self.row_column], pa.array(sorted(rows), pa.int64())))
@@ -402,11 +384,3 @@ class AlignedReader:
         if not pieces:
             return self.reader._empty(0) if self.reader.files else None
         return pa.concat_tables(pieces)
-
-    def _group(self, g):
-        key = (g.file, g.group)
-        if key not in self._cache:
-            if len(self._cache) >= 4:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = self.reader._read_group(g.file, g.group, self.reader._columns)
-        return self._cache[key]

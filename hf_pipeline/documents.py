@@ -56,18 +56,11 @@ def check_mapped_documents(stage: str):
 
 def side_input_schema(pinned, split: str = "train"):
     """The arrow schema of a pinned side input, from one data file only: a Hub input's first data file's parquet
-    footer (a range read), a local input's listing."""
+    footer (a range read), or a local input's first file."""
     from hf_pipeline import datafiles
 
-    if pinned.repo_id is None:
-        return datafiles.list_files(pinned, split)[1]
-    from huggingface_hub import HfFileSystem
-
-    paths = datafiles._hub_data_files(pinned, split, None)
-    if not paths:
-        return None
-    with HfFileSystem().open(datafiles.hub_url(pinned, paths[0]), "rb", block_size=1 << 16) as fh:
-        return datafiles._parquet_meta(fh)[2]
+    paths = datafiles.data_file_paths(pinned, split)
+    return datafiles.describe_file(pinned, paths[0])[1] if paths else None
 
 
 def check_documents_input(config: Any, plan: Any, stage: str) -> None:
