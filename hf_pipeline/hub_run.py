@@ -131,6 +131,21 @@ def shard_records(run: RunPR) -> list[dict[str, Any]]:
     return records
 
 
+def read_row_groups(run: RunPR, wanted: list[tuple[str, list[int] | None]], columns: list[str] | None = None):
+    """Row groups of files in the run's PR, in the order asked (None: every row group of that file), read by range
+    at the PR's head commit, resolved once (files never change once committed)."""
+    import pyarrow.parquet as pq
+    from huggingface_hub import HfFileSystem
+
+    head = hf_api().dataset_info(run.repo_id, revision=run.ref).sha
+    fs = HfFileSystem()
+    for path, groups in wanted:
+        with fs.open(f"hf://datasets/{run.repo_id}@{head}/{path}", "rb", block_size=8 << 20) as fh:
+            pf = pq.ParquetFile(fh)
+            for g in range(pf.num_row_groups) if groups is None else groups:
+                yield pf.read_row_group(g, columns=columns)
+
+
 def progress_title(stage: str, what: str, done: int, total: int, rows_in: int, started: float) -> str:
     """A shard commit's title: what arrived, and how far the run is (done / total, rows, elapsed, ETA)."""
     elapsed = max(0.0, time.time() - started)

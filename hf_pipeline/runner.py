@@ -297,13 +297,14 @@ def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
                             "rerun the same command to finish them.")
     records = list(done.values())
     maps = [r for r in records if r["phase"] == "map"]
-    data = [r for r in records if r["phase"] == ("reduce" if stage.reduce else "map")]
+    data_phase = "reduce" if stage.reduce else "map"  # whose outputs are the published rows
+    data = [r for r in records if r["phase"] == data_phase]
     rows_in, rows_out = sum(r["rows_in"] for r in maps), sum(r["rows_out"] for r in data)
     counts: dict[str, Any] = {"drops": {}}
     stats: dict[str, Any] = {}
     for r in records:
         # statuses are counted on the published rows (a reduce stage's partitions); drops come from every step
-        counts = merge_stats(counts, {k: v for k, v in r["counts"].items() if k == "drops" or r["phase"] == data[0]["phase"]})
+        counts = merge_stats(counts, {k: v for k, v in r["counts"].items() if k == "drops" or r["phase"] == data_phase})
         stats = merge_stats(stats, r["stats"])
     if stage.summarize is not None:
         stats = stage.summarize(stats, plan.config)
@@ -340,7 +341,7 @@ def run_usage(records: list[dict], rows_in: int) -> dict[str, Any]:
     if not engines:
         return {}
     seconds = tokens.get("seconds", 0.0)
-    usage: dict[str, Any] = {k: int(v) if k != "seconds" else round(v, 2) for k, v in tokens.items()}
+    usage: dict[str, Any] = {k: int(v) for k, v in tokens.items() if k != "seconds"}
     usage["seconds"] = round(seconds, 2)
     usage["worker_seconds"] = round(sum(r.get("seconds", 0.0) for r in records if r["phase"] == "map"), 2)
     if seconds:
@@ -357,20 +358,10 @@ def output_reader(plan: RunPlan, files: list[str]):
     """read_output(columns, config_name="train"): the final data files, a row group at a time, from the run's PR."""
 
     def read_output(columns: list[str] | None = None, config_name: str = "train"):
-        import pyarrow.parquet as pq
-        from huggingface_hub import HfFileSystem
+        from hf_pipeline.hub_run import read_row_groups
 
-        from hf_pipeline.hub_io import hf_api
-
-        head = hf_api().dataset_info(plan.run.repo_id, revision=plan.run.ref).sha
-        fs = HfFileSystem()
-        for path in files:
-            if not path.startswith(f"data/{config_name}-"):
-                continue
-            with fs.open(f"hf://datasets/{plan.run.repo_id}@{head}/{path}", "rb", block_size=8 << 20) as fh:
-                pf = pq.ParquetFile(fh)
-                for g in range(pf.num_row_groups):
-                    yield pf.read_row_group(g, columns=columns)
+        wanted = [(path, None) for path in files if path.startswith(f"data/{config_name}-")]
+        yield from read_row_groups(plan.run, wanted, columns)
 
     return read_output
 

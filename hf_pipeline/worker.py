@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.features import features_from_spec
 from hf_pipeline.stage import StageContext
 
 ROW_GROUP_ROWS = 10_000  # rows per parquet row group: what readers of a slice or of a few rows fetch at once
@@ -41,12 +42,6 @@ class Task:
     def name(self) -> str:
         kind = "shard" if self.phase == "map" else "partition"
         return f"{kind}-{self.index:05d}-of-{self.of:05d}"
-
-
-def features_of(columns):
-    from hf_pipeline.features import features_from_spec
-
-    return features_from_spec(columns)
 
 
 def engines(resources: Any) -> dict[str, Any]:
@@ -172,7 +167,7 @@ class Worker:
         readers = [FileReader(ref, plan.files, whole=owned) for ref in plan.part_refs]
         ctx = self.context(task)
         ctx.aligned_rows = self.aligned_reader(task)
-        features = features_of(stage.map_columns or stage.output_columns)
+        features = features_from_spec(stage.map_columns or stage.output_columns)
         files = [shard_dir / f"chunk-{c.index:05d}.arrow" for c in chunks]
         done_rows = sum(c.rows for c, f in zip(chunks, files) if f.exists())
         bar = tqdm(total=shard.rows, initial=done_rows, unit="row", desc=f"{stage.name} {task.name}")
@@ -251,19 +246,12 @@ class Worker:
         """The rows of one partition from every shard's scratch file (its row group only), then the stage's reduce."""
         import datasets
         import pyarrow as pa
-        import pyarrow.parquet as pq
-        from huggingface_hub import HfFileSystem
 
-        from hf_pipeline.hub_io import hf_api
+        from hf_pipeline.hub_run import read_row_groups
 
         plan, stage = self.plan, self.plan.stage
-        head = hf_api().dataset_info(plan.run.repo_id, revision=plan.run.ref).sha  # files never change once in
-        fs = HfFileSystem()
-        tables = []
-        for path, group in inputs:
-            with fs.open(f"hf://datasets/{plan.run.repo_id}@{head}/{path}", "rb", block_size=8 << 20) as fh:
-                tables.append(pq.ParquetFile(fh).read_row_group(group))
-        features = features_of(stage.map_columns or stage.output_columns)
+        tables = list(read_row_groups(plan.run, [(path, [group]) for path, group in inputs]))
+        features = features_from_spec(stage.map_columns or stage.output_columns)
         if tables:
             table = pa.concat_tables(tables, promote_options="default").drop_columns([PARTITION_COLUMN])
             ds = datasets.Dataset(datasets.table.InMemoryTable(table))
