@@ -228,6 +228,8 @@ class FileReader:
         closed (see `_read_group`)."""
         import pyarrow.parquet as pq
 
+        if self._cursor is not None:  # its generator holds the file's decoded pages: freed now, not at the next GC
+            self._cursor[2].close()
         _close(self._handle)
         self._handle = self._source(s.file, whole)
         pf = pq.ParquetFile(self._handle)
@@ -236,11 +238,11 @@ class FileReader:
         while first < len(groups) and offset + groups[first] <= s.start:
             offset += groups[first]
             first += 1
-        skip = s.start - offset
+        skip, columns = s.start - offset, self._columns(pf)
 
-        def batches():
+        def batches():  # refers to no attribute of the reader: a generator kept on `self` must not form a cycle
             to_skip = skip
-            for batch in pf.iter_batches(batch_size=8192, row_groups=range(first, len(groups)), columns=self._columns(pf)):
+            for batch in pf.iter_batches(batch_size=8192, row_groups=range(first, len(groups)), columns=columns):
                 if to_skip >= batch.num_rows:
                     to_skip -= batch.num_rows
                     continue
