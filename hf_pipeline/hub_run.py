@@ -18,7 +18,7 @@ and ETA), and `main` and the tags do not move until the driver merges.
                     names are deleted by the seal
     rebase_run      main moved since the run opened (another run merged, the card was edited): the run's files are
                     copied server-side (LFS pointers, no upload) into a PR opened on the current main
-    seal            the card and artifacts, the scratch folder deleted, the PR merged (main moves once), the merge
+    seal            the card and artifacts, the run's folder deleted, the PR merged (main moves once), the merge
                     commit checked and tagged; every step can be repeated by a rerun or another driver
 
 Trust: a run is adopted only from a PR this account opened, and records are read only from commits this account
@@ -178,22 +178,30 @@ def find_runs(repo_id: str, stage: str, key: str) -> list[RunFound]:
 
 
 def read_manifest(repo_id: str, num: int) -> dict[str, Any]:
-    """The manifest of the run in PR `num` (at its head: only the run's author commits to it)."""
+    """The manifest of the run in PR `num`: at its head while the run is open (only the run's author commits to it);
+    once sealed (the seal deletes the run's folder), at the PR's opening commit, made by this account."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
 
     ref = f"refs/pr/{num}"
-    files = retrying(lambda: hf_api().list_repo_files(repo_id, repo_type="dataset", revision=ref), f"listing {repo_id} {ref}")
-    found = [f for f in files if f.startswith(f"{RUN_DIR}/") and f.endswith("/manifest.json.gz")]
+    url = f"{endpoint()}/datasets/{repo_id}/discussions/{num}"
+    revision, found = ref, _manifests_at(repo_id, ref)
+    if not found:
+        me = account()
+        commits = retrying(lambda: hf_api().list_repo_commits(repo_id, repo_type="dataset", revision=ref), f"listing {url}")
+        opening = [c for c in commits if c.title.startswith("[hf_pipeline] ") and me in (c.authors or [])]
+        if opening:
+            revision = opening[-1].commit_id
+            found = _manifests_at(repo_id, revision)
     if len(found) != 1:
-        raise PipelineError(f"the run's pull request {endpoint()}/datasets/{repo_id}/discussions/{num} holds {len(found)} "
-                            "run manifests (expected one): close it to start the run over.")
-    try:
-        path = retrying(lambda: hf_hub_download(repo_id, found[0], repo_type="dataset", revision=ref),
-                        f"reading the manifest of {repo_id} {ref}")
-    except EntryNotFoundError:
-        raise PipelineError(f"the manifest of {repo_id} {ref} disappeared while it was read; rerun.") from None
+        raise PipelineError(f"the run's pull request {url} holds {len(found)} run manifests (expected one): close it to "
+                            "start the run over.")
+    path = retrying(lambda: hf_hub_download(repo_id, found[0], repo_type="dataset", revision=revision),
+                    f"reading the manifest of {url}")
     return json.loads(gzip.decompress(Path(path).read_bytes()))
+
+
+def _manifests_at(repo_id: str, revision: str) -> list[str]:
+    return [p for p in listed_files(repo_id, revision, RUN_DIR) if p.endswith("/manifest.json.gz")]
 
 
 def main_head(repo_id: str) -> str:
@@ -518,23 +526,22 @@ def seal(run: RunPR, card: str, artifacts: dict[str, Path], fp: str, tag: str, m
         ops: list[Any] = [CommitOperationAdd(p, str(f)) for p, f in sorted(artifacts.items())]
         ops.append(CommitOperationAdd("README.md", card.encode()))
         ops += [CommitOperationDelete(p) for p in strays]
-        if listed_files(run.repo_id, run.ref, scratch_dir(fp)):
-            ops.append(CommitOperationDelete(f"{scratch_dir(fp)}/", is_folder=True))
+        if listed_files(run.repo_id, run.ref, run_dir(fp)):  # the manifest and the scratch files
+            ops.append(CommitOperationDelete(f"{run_dir(fp)}/", is_folder=True))
         if strays:
             print(f"deleting {len(strays)} file(s) in {run.url} that no record names (e.g. {strays[0]})", flush=True)
-        retrying(lambda: api.create_commit(run.repo_id, ops, commit_message=f"{message}: card", repo_type="dataset",
-                                           revision=run.ref), f"committing the card to {run.url}")
-        if details.status == "draft":
-            retrying(lambda: api.change_discussion_status(run.repo_id, run.num, "open", repo_type="dataset"),
-                     f"publishing the draft {run.url}")
         try:
+            retrying(lambda: api.create_commit(run.repo_id, ops, commit_message=f"{message}: card", repo_type="dataset",
+                                               revision=run.ref), f"committing the card to {run.url}")
+            if details.status == "draft":
+                retrying(lambda: api.change_discussion_status(run.repo_id, run.num, "open", repo_type="dataset"),
+                         f"publishing the draft {run.url}")
             retrying(lambda: api.merge_pull_request(run.repo_id, run.num, comment=message, repo_type="dataset"),
                      f"merging {run.url}", on=(429, 500, 502, 503, 504))
         except PipelineError as e:
-            details = retrying(lambda: api.get_discussion_details(run.repo_id, run.num, repo_type="dataset"), f"reading {run.url}")
-            if details.status != "merged":  # a retried merge whose first attempt went through is fine
-                why = "" if not isinstance(e.__cause__, HfHubHTTPError) else f" ({_status(e.__cause__)})"
-                raise PipelineError(f"could not merge the run's pull request {run.url}{why}: {e}") from e
+            # a retried merge whose first attempt went through, or another driver sealing the same run meanwhile
+            if pr_status(run) != "merged":
+                raise PipelineError(f"could not merge the run's pull request {run.url}: {e}") from e
         details = retrying(lambda: api.get_discussion_details(run.repo_id, run.num, repo_type="dataset"), f"reading {run.url}")
     sha = merged_as(run, details)
     tag_commit(run.repo_id, tag, sha, message)

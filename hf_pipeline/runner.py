@@ -218,7 +218,6 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     aligned = aligned_inputs(stage, config, options)
     refs = [p.ref for p in parts] + list(stage.input_refs(config)) + [a.ref for a in aligned]
     inputs = contract.pin_datasets(refs)
-    config, models = contract.pin_models(config)  # every worker loads exactly these commits
     files: list[DataFile] = []
     for k, part in enumerate(parts):
         part_files, schemas = list_files(inputs[part.ref], part.split, part.name, part=k)
@@ -229,6 +228,7 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
             elif stage.inputs is None:
                 check_columns(stage, part, schema, path if len(part_files) > 1 else None)
         files += part_files
+    config, models = contract.pin_models(config)  # after the columns are checked: every worker loads these commits
     shards = plan_shards(files, options.num_shards, options.max_rows)
     aligned_files, aligned_groups = [], []
     for spec in aligned:
@@ -363,6 +363,7 @@ def find_or_open_run(stage: Stage, options: RunOptions, config: Any, argv: list[
     now). The run's open PR, found by
     the command's key, gives the plan (its manifest); else a merged PR whose tag is missing is tagged; else the run
     is planned here, checked against what is published, and opened."""
+    from hf_pipeline.hub_io import output_tags
     from hf_pipeline.hub_run import find_runs, open_run, read_manifest, run_of
 
     key = command_key(stage, options, config)
@@ -378,8 +379,10 @@ def find_or_open_run(stage: Stage, options: RunOptions, config: Any, argv: list[
             return None, None, False
         return plan, None, False
     merged = [r for r in runs if r.status == "merged"]
-    if merged and not dry_run:
-        result = finish_merged_run(options.output, merged[-1].num)
+    if merged and not dry_run:  # the latest merged run of this command: tagged, unless its seal died before the tag
+        manifest = read_manifest(options.output, merged[-1].num)
+        result = None if manifest["tag"] in output_tags(options.output) else \
+            merged_run_result(options.output, merged[-1].num, manifest)
         if result is not None:
             return None, result, False
     plan = plan_run(stage, options, config, argv)
@@ -402,16 +405,13 @@ def find_or_open_run(stage: Stage, options: RunOptions, config: Any, argv: list[
     return plan, None, mine
 
 
-def finish_merged_run(repo_id: str, num: int) -> RunResult | None:
-    """A merged run of this command whose tag is missing (the seal died between merge and tag): its merge commit,
-    checked to hold exactly the run's files, is tagged. None when its tag is there (the run is done: a new plan
-    decides whether there is more to do) or when its merge cannot be trusted (the run starts over)."""
-    from hf_pipeline.hub_io import output_tags, read_card_metadata
-    from hf_pipeline.hub_run import MergeNotTheRun, RunPR, merged_as, read_manifest, tag_commit
+def merged_run_result(repo_id: str, num: int, manifest: dict[str, Any]) -> RunResult | None:
+    """The result of a run whose PR is merged (by this driver's earlier seal that died before tagging, or by another
+    driver of the same command): its merge commit, checked to hold exactly the run's files, tagged if it is not yet.
+    None when the merge cannot be trusted (the run starts over)."""
+    from hf_pipeline.hub_io import read_card_metadata
+    from hf_pipeline.hub_run import MergeNotTheRun, RunPR, merged_as, tag_commit
 
-    manifest = read_manifest(repo_id, num)
-    if manifest["tag"] in output_tags(repo_id):
-        return None
     run = RunPR(repo_id, num, 0.0, manifest.get("base", ""))
     try:
         sha = merged_as(run)
@@ -420,14 +420,13 @@ def finish_merged_run(repo_id: str, num: int) -> RunResult | None:
         return None
     tag_commit(repo_id, manifest["tag"], sha, f"{manifest['stage']} ({manifest['tag']})")
     meta = read_card_metadata(repo_id, sha).get("hf_pipeline", {})
-    print(f"the run {run.url} was merged as {sha[:12]} but not tagged: tagged it {manifest['tag']}.")
+    print(f"the run {run.url} is merged as {sha[:12]}, tagged {manifest['tag']}.")
     return RunResult(repo_id, manifest["tag"], sha, meta.get("rows_in", 0), meta.get("rows_out", 0),
                      meta.get("counts", {}), pull_request=run.url, usage=meta.get("usage", {}))
 
 
 def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None,
               dry_run: bool = False) -> RunResult | None:
-    from hf_pipeline.executors import get_executor
     from hf_pipeline.hub_run import check_write_access
 
     started = time.time()
@@ -437,27 +436,45 @@ def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | 
     plan, result, opened = find_or_open_run(stage, options, config, argv, dry_run)
     if plan is None:
         return result
-    executor = get_executor(plan.options.executor, plan.options)
+    try:
+        result = execute_run(plan, options.shard_index, opened, started)
+    except PipelineError:
+        from hf_pipeline.hub_run import pr_status
+
+        if plan.run is None or pr_status(plan.run) != "merged":
+            raise
+        print(f"another driver sealed the run {plan.run.url} meanwhile.", flush=True)
+        result = merged_run_result(plan.run.repo_id, plan.run.num, manifest_of(plan))
+        if result is None:
+            raise
+        return result
+    if options.shard_index is None:
+        print_run_summary(plan, result, time.time() - started)
+    return result
+
+
+def execute_run(plan: RunPlan, shard_index: int | None, opened: bool, started: float) -> RunResult:
+    """The tasks not yet in (one shard with `shard_index`), then the reduce and the seal."""
+    from hf_pipeline.executors import get_executor
+
+    opts = plan.options
+    executor = get_executor(opts.executor, opts)
     done = run_records(plan)
-    shards = [options.shard_index] if options.shard_index is not None else range(plan.options.num_shards)
-    tasks = [plan.map_task(i) for i in shards]
+    tasks = [plan.map_task(i) for i in ([shard_index] if shard_index is not None else range(opts.num_shards))]
     pending = [t for t in tasks if t.name not in done]
     print(f"run {'opened' if opened else 'resumed'}: {plan.run.url} ({len(tasks) - len(pending)} of {len(tasks)} shard(s) "
           "already in)", flush=True)
     plan.progress = progress(done)
     executor.run(plan, pending)
-    if options.shard_index is not None:
-        print(f"shard {options.shard_index} of {plan.options.num_shards} is in {plan.run.url}; the run is sealed by the "
-              "same command without --shard-index once every shard is in.")
-        return RunResult(plan.options.output, plan.tag, "", plan.shards[options.shard_index].rows, 0, {},
-                         pull_request=plan.run.url)
+    if shard_index is not None:
+        print(f"shard {shard_index} of {opts.num_shards} is in {plan.run.url}; the run is sealed by the same command "
+              "without --shard-index once every shard is in.")
+        return RunResult(opts.output, plan.tag, "", plan.shards[shard_index].rows, 0, {}, pull_request=plan.run.url)
     done = run_records(plan)
-    if stage.reduce is not None:
+    if plan.stage.reduce is not None:
         run_reduce(plan, executor, done)
         done = run_records(plan)
-    result = seal_run(plan, done, started)
-    print_run_summary(plan, result, time.time() - started)
-    return result
+    return seal_run(plan, done, started)
 
 
 def run_reduce(plan: RunPlan, executor, done: dict[str, dict]) -> None:
