@@ -54,7 +54,7 @@ def status(root: Path) -> dict | None:
 
 def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
           access_log: Path | None = None, token: str | None = None, allowed_hosts: tuple[str, ...] = (),
-          max_commit_bytes: int | None = None, max_lfs_bytes: int | None = None,
+          max_commit_bytes: int | None = None, max_lfs_bytes: int | None = None, max_json_bytes: int | None = None,
           listing_page_size: int | None = None) -> str:
     """Start a detached server for ``root`` (or reuse the running one) and return its URL once it is healthy.
 
@@ -63,8 +63,8 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout:
     request to (method, path, Range, status, bytes; never another header). A running server is only reused if it
     logs to that same file. ``host``: the address to listen on (not a loopback one: reachable from the network, and
     a warning says so on stderr); ``allowed_hosts``: other names clients reach it by. ``max_commit_bytes``,
-    ``max_lfs_bytes``, ``listing_page_size``: the server's caps and page size (its defaults otherwise); like
-    ``host``, they apply when a server starts, not to a running one.
+    ``max_lfs_bytes``, ``max_json_bytes``, ``listing_page_size``: the server's caps and page size (its defaults
+    otherwise). Like ``host``, they apply when a server starts, not to a running one.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,8 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_PARENT),
                                                                           os.environ.get("PYTHONPATH")]))}
         options = {"--access-log": access_log, "--max-commit-bytes": max_commit_bytes,
-                   "--max-lfs-bytes": max_lfs_bytes, "--listing-page-size": listing_page_size}
+                   "--max-lfs-bytes": max_lfs_bytes, "--max-json-bytes": max_json_bytes,
+                   "--listing-page-size": listing_page_size}
         flags = [arg for flag, value in options.items() if value is not None for arg in (flag, str(value))]
         flags += [arg for name in allowed_hosts for arg in ("--allowed-host", name)]
         with open(root / LOG_FILE, "ab") as log:
