@@ -135,7 +135,8 @@ def test_public_repos_read_without_token_private_ones_only_by_their_owner(tmp_pa
                                 cache_dir=tmp_path)).read_bytes() == b"public notes\n"
     assert owner.dataset_info(private_repo).private is True and owner.dataset_info(repo_id).private is False
     for api in (anonymous, alice):
-        for read in (lambda: api.dataset_info(private_repo), lambda: api.list_repo_files(private_repo, repo_type="dataset"),
+        for read in (lambda: api.dataset_info(private_repo),
+                     lambda: api.list_repo_files(private_repo, repo_type="dataset"),
                      lambda: api.list_repo_refs(private_repo, repo_type="dataset"),
                      lambda: hf_hub_download(private_repo, "secret.txt", repo_type="dataset", token=api.token,
                                              cache_dir=tmp_path / "other")):
@@ -227,7 +228,8 @@ def test_cross_origin_and_form_type_commits_are_refused(local_hub, owner, public
     url = f"{local_hub}/api/datasets/{repo_id}/commit/main"
     body = _ndjson_commit("csrf", {"pwned.txt": b"pwned"})
     auth = {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"}  # even with the token: the checks come first
-    status, headers, _ = _raw("POST", url, body, {**auth, "Content-Type": "text/plain", "Origin": "http://evil.example"})
+    cross_site = {**auth, "Content-Type": "text/plain", "Origin": "http://evil.example"}  # what a web page can send
+    status, headers, _ = _raw("POST", url, body, cross_site)
     assert status == 403 and "Cross-origin" in headers["x-error-message"]
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         status, _, _ = _raw("POST", url, body, {**auth, "Content-Type": content_type})

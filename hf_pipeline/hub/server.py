@@ -1,6 +1,27 @@
 """A local, Hugging Face Hub-compatible endpoint for offline runs and tests.
 
-Point the real clients at it with ``HF_ENDPOINT=http://127.0.0.1:PORT`` and ``HF_HUB_DISABLE_XET=1``.
+Point the real clients at it with ``HF_ENDPOINT=http://127.0.0.1:PORT``, ``HF_HUB_DISABLE_XET=1`` and
+``HF_TOKEN`` set to a token of this Hub (``hub env`` prints all three).
+
+Accounts and permissions, as far as the pipeline relies on the Hub's: tokens map to accounts in
+``ROOT/tokens.json`` (``accounts.py``; re-read when it changes). Reads of public repos need no token; an unknown
+token is a 401 on any request; every write needs a valid one (401 without). A namespace belongs to the account of
+that name (the default account ``local`` owns ``local``, and administers every namespace that is no account's, as
+its organizations): its owner may do everything. Any other signed-in account may, on a repo it can see, open
+discussions and pull requests, comment, edit and hide its own comments, rename, publish or close its own
+discussions and commit to its own pull requests, and nothing else (403): no commit to a branch, no branch or tag,
+no merge, no deletion. A private repo (``visibility``/``private`` at creation) is visible to its owner only: to
+anyone else it does not exist (the Hub's 401/404 ``RepoNotFound``) and listings leave it out. Commits are authored
+in git by the account that made them (``list_repo_commits``' ``authors``), and discussions and their events name
+theirs (``author``).
+
+Requests pass ``guard.RequestGuard`` first: a ``Host`` that does not name this server (DNS rebinding) or a write
+from another ``Origin`` (a web page) is a 403, and bodies are capped as they arrive (413): commits at 64 MiB
+(``--max-commit-bytes``), LFS objects at 50 GiB (``--max-lfs-bytes``; also refused past the size their batch call
+announced), anything else at 8 MiB (``--max-json-bytes``). A commit's body must be ``application/x-ndjson`` or
+JSON (415 otherwise: a web form cannot send one) and an inline file at most the Hub's 10 MB (413). LFS uploads
+carry no token (the client sends none to an upload URL): the batch call hands a signed URL for one object of one
+size. Listening on a non-loopback ``--host`` logs one warning line.
 
 Repositories are plain git repositories in olah's "mirror" layout,
 ``ROOT/mirrors/{models,datasets,spaces}/ORG/NAME/.git``, with LFS content stored as pointer files in git and
@@ -16,7 +37,8 @@ mounted last, offline, for anything else. We serve these reads ourselves, where 
 ``X-Repo-Commit`` on GET, and fails with a 500 on a missing file), commit history (olah's lacks the
 ``authors[].user`` the client parses), paths-info (olah's lookup is quadratic in the folder size) and the
 ``lastCommit`` of expanded listings (olah takes it from HEAD, not from the requested revision).
-Writes (repos, preupload, LFS batch/upload, NDJSON commits, branches, tags, discussions) are all ours.
+Writes (repos, preupload, LFS batch/upload, NDJSON commits, branches, tags, discussions) and the repo listings
+(``/api/models|datasets|spaces``, paged by a ``Link`` header as the Hub's) are all ours.
 
 Discussions and pull requests behave like the Hub's, as far as its client and docs tell: one numbering for both;
 a pull request is the git ref ``refs/pr/N``, opened at the head of ``main`` and in status "draft" when made with
@@ -289,7 +311,8 @@ class Store:
 
     def namespaces(self) -> set[str]:
         """Every namespace holding a repository (of any type)."""
-        return {p.parent.name for kind in URL_PREFIX for p in (self.mirrors / kind).glob("*/*") if (p / ".git").is_dir()}
+        return {p.parent.name for kind in URL_PREFIX for p in (self.mirrors / kind).glob("*/*")
+                if (p / ".git").is_dir()}
 
     @staticmethod
     def resolve(path: Path, revision: str) -> str:
@@ -552,7 +575,7 @@ def _last_commit(path: Path, sha: str, path_in_repo: str) -> dict | None:
     if not out:
         return None
     oid, title, timestamp = out.split("\0")
-    return {"id": oid, "title": title, "date": _hub_date(datetime.fromtimestamp(int(timestamp), timezone.utc))}
+    return {"id": oid, "title": title, "date": _date_of(timestamp)}
 
 
 def _lfs_patterns(path: Path, sha: str | None) -> list[str]:
@@ -778,7 +801,7 @@ def _commit_events(path: Path, record: dict) -> list[dict]:
     events = []
     for item in filter(None, out.split("\0")):
         oid, timestamp, author, subject = item.split("\x1f", 3)
-        when = _hub_date(datetime.fromtimestamp(int(timestamp), timezone.utc))
+        when = _date_of(timestamp)
         events.append({"id": oid, "type": "commit", "createdAt": when, "author": _author(author),
                        "data": {"subject": subject, "oid": oid}})
     return events
@@ -1041,7 +1064,7 @@ def create_app(root: Path, host: str = "127.0.0.1", allowed_hosts: tuple[str, ..
         for record in filter(None, out.split("\0")):
             oid, author, timestamp, title, body = record.split("\x1f", 4)
             commits.append({"id": oid, "title": title, "message": body.strip(), "authors": [{"user": author}],
-                            "date": _hub_date(datetime.fromtimestamp(int(timestamp), timezone.utc))})
+                            "date": _date_of(timestamp)})
         return commits
 
     def resolve_file(request: Request, repo_type: str, org: str, name: str, marker_at: int) -> Response:
