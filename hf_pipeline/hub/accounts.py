@@ -103,7 +103,7 @@ def allowed_host_names(host: str, extra: list[str] | tuple[str, ...] = ()) -> se
     """The names a request's ``Host`` may give (with the server's port): loopback names, the address the server was
     started on and any ``extra`` names (how clients on the network reach it). IPv6 addresses in brackets."""
     names = {*LOOPBACK_NAMES, host, *extra}
-    return {f"[{n}]" if ":" in n and not n.startswith("[") else n.lower() for n in names}
+    return {f"[{n.lower()}]" if ":" in n and not n.startswith("[") else n.lower() for n in names}
 
 
 def network_warning(host: str, port: int) -> str | None:

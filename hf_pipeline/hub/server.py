@@ -686,7 +686,7 @@ def _valid_title(title: Any) -> str:
 
 def _author(account: str) -> dict:
     """An author as the Hub gives it in discussions and their events (the client reads its ``name``)."""
-    return {"name": account, "fullname": account, "type": "user", "avatarUrl": "", "isOwner": False}
+    return {"name": account, "fullname": account, "type": "user", "avatarUrl": ""}
 
 
 def _author_of(record_or_event: dict) -> str:
