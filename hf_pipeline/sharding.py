@@ -197,17 +197,18 @@ def align_groups(shards: list[ShardSpec], files: list[DataFile], groups: list[Gr
 
     entries = sorted((files[s.file].path, s.start, s.stop, shard.index) for shard in shards for s in shard.slices)
     paths = [e[0] for e in entries]
+    ends = [(e[0], e[2]) for e in entries]  # a file's slices do not overlap: sorted by start, they are by stop too
     out: list[list[GroupRange]] = [[] for _ in shards]
     for g in groups:
-        lo, hi = bisect_left(paths, g.first_file), bisect_right(paths, g.last_file)
+        if g.first_file == g.last_file:  # the slices of that file ending after min_row and starting by max_row
+            lo, hi = bisect_right(ends, (g.first_file, g.min_row)), bisect_right(paths, g.first_file)
+        else:
+            lo, hi = bisect_left(paths, g.first_file), bisect_right(paths, g.last_file)
         hit: dict[int, None] = {}  # shards in read order, each once
         for i in range(lo, hi):
             path, start, stop, shard = entries[i]
-            if g.first_file == g.last_file:
-                if start > g.max_row:
-                    break  # the file's later slices start further on
-                if stop <= g.min_row:
-                    continue
+            if g.first_file == g.last_file and start > g.max_row:
+                break  # the file's later slices start further on
             hit[shard] = None
         for shard in hit:
             out[shard].append(g)

@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def hub_env(tmp: Path) -> None:
     """Point the HF clients at a local Hub in `tmp` (before they are imported)."""
+    from hf_pipeline.hub.accounts import new_token
     from hf_pipeline.hub.local import free_port
 
     os.environ.update(
         HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
         HF_HUB_DISABLE_XET="1",
-        HF_TOKEN="hf_local_bench",
+        HF_TOKEN=new_token(),
         HF_HOME=str(tmp / "hf_home"),
         HF_DATASETS_CACHE=str(tmp / "datasets_cache"),
         HF_PIPELINE_CACHE=str(tmp / "cache"),
@@ -78,7 +79,7 @@ def main() -> int:
     hub_env(tmp)
     from hf_pipeline.hub import local as local_hub
 
-    local_hub.start(tmp / "hub", port=int(os.environ["HF_ENDPOINT"].rsplit(":", 1)[1]))
+    local_hub.start(tmp / "hub", port=int(os.environ["HF_ENDPOINT"].rsplit(":", 1)[1]), token=os.environ["HF_TOKEN"])
     try:
         return bench(args, tmp)
     finally:

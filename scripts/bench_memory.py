@@ -224,16 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
     from hf_pipeline.hub import local
+    from hf_pipeline.hub.accounts import new_token
 
     port = local.free_port()
     os.environ.update(
-        HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_local_bench", HF_HOME=str(work / "hf_home"),
+        HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_DISABLE_XET="1", HF_TOKEN=new_token(), HF_HOME=str(work / "hf_home"),
         HF_DATASETS_CACHE=str(work / "datasets_cache"), HF_PIPELINE_CACHE=str(work / "hf_pipeline_cache"),
         HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
     )
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.pop(var, None)
-    local.start(work / "hub", port=port)
+    local.start(work / "hub", port=port, token=os.environ["HF_TOKEN"])
     try:
         print(f"corpora of {', '.join(f'{n:,}' for n in args.sizes)} documents (~2 KB each) in files of {args.rows_per_file:,} "
               f"rows, row groups of {args.row_group:,}; one judged pair; one shard; tokenizer {TOKENIZER}", flush=True)

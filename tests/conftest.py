@@ -48,8 +48,46 @@ def local_hub():
     url = local.start(root, port=HUB_PORT, access_log=_TMP / "hub-access.log",  # tests count downloads from it
                       token=os.environ["HF_TOKEN"])
     assert url == os.environ["HF_ENDPOINT"]
+    _publish_default_models()
     yield url
     local.stop(root)
+
+
+def _default_hub_models() -> set[str]:
+    """The Hub models the stages' configs name by default (the published fineinstructions/* models, the judge, the
+    silver stages' teacher), found by walking every registered stage's default config."""
+    import dataclasses
+
+    from hf_pipeline.stages import all_stages
+
+    found: set[str] = set()
+
+    def walk(config) -> None:
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value)
+            elif f.name == "model" and isinstance(value, str) and value.count("/") == 1 and ":" not in value:
+                found.add(value.split("@")[0])
+
+    for stage in all_stages().values():
+        config_class = getattr(stage, "config_class", None)
+        if config_class is not None:
+            walk(config_class())
+    return found
+
+
+def _publish_default_models() -> None:
+    """On huggingface.co those models exist, and a run pins each one it names to its commit at plan time. Here each is a
+    model repo holding only a card: tests whose LLM is an in-process stand-in keep the stages' default names and
+    plan as in production (nothing loads them: a test that needs a real model uses a packaged one)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    for repo in sorted(_default_hub_models()):
+        api.create_repo(repo, exist_ok=True)
+        api.upload_file(path_or_fileobj=f"Stand-in for {repo} in the offline tests: a card, no weights.\n".encode(),
+                        path_in_repo="README.md", repo_id=repo, commit_message="stand-in for the offline tests")
 
 
 @pytest.fixture(scope="session")
