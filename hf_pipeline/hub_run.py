@@ -220,7 +220,7 @@ def _opening_ops(repo_id: str, head: str, manifest: dict[str, Any]) -> list:
     return ops
 
 
-def _open_pr(repo_id: str, title: str, description: str, manifest: dict[str, Any]) -> int:
+def _open_pr(repo_id: str, title: str, description: str, manifest: dict[str, Any]) -> tuple[int, str]:
     """Open a PR on main's head with the run's opening commit, in one step. Main moving in between (412) starts over
     from the new head, so the PR's base is always the commit whose files it cleared."""
     from huggingface_hub.errors import HfHubHTTPError
@@ -236,7 +236,7 @@ def _open_pr(repo_id: str, title: str, description: str, manifest: dict[str, Any
             if isinstance(e.__cause__, HfHubHTTPError) and _status(e.__cause__) in (409, 412):
                 continue  # main moved while we listed it
             raise
-        return int(info.pr_num)
+        return int(info.pr_num), head
     raise PipelineError(f"main of {repo_id} kept moving while the run's pull request was opened; rerun.")
 
 
@@ -252,14 +252,16 @@ def open_run(repo_id: str, stage: str, key: str, manifest: dict[str, Any], descr
     retrying(lambda: api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private),
              f"creating {repo_id}", on=(429, 500, 502, 503, 504))
     title = run_title(stage, manifest["fingerprint"], key)
-    num = _open_pr(repo_id, title, description, manifest)
+    num, base = _open_pr(repo_id, title, description, manifest)
     runs = [r for r in find_runs(repo_id, stage, key) if r.status in ("open", "draft")]
     first = min(runs, key=lambda r: r.num) if runs else RunFound(num, "open", time.time())
-    if first.num != num:
-        retrying(lambda: api.change_discussion_status(repo_id, num, "closed", comment=f"duplicate of #{first.num}",
-                                                      repo_type="dataset"), f"closing the duplicate pull request #{num}")
+    if first.num == num:  # ours: its manifest is the one just written
+        manifest = {**manifest, "base": base}
+        return run_of(repo_id, num, manifest, first.created_at), manifest, True
+    retrying(lambda: api.change_discussion_status(repo_id, num, "closed", comment=f"duplicate of #{first.num}",
+                                                  repo_type="dataset"), f"closing the duplicate pull request #{num}")
     adopted = read_manifest(repo_id, first.num)
-    return run_of(repo_id, first.num, adopted, first.created_at), adopted, first.num == num
+    return run_of(repo_id, first.num, adopted, first.created_at), adopted, False
 
 
 # ---------------------------------------------------------------- records
@@ -407,6 +409,8 @@ def count_rows(run: RunPR, records: list[dict[str, Any]], threads: int = 16) -> 
             return pq.read_metadata(fh).num_rows
 
     wanted = [(r["task"], path, meta["rows"]) for r in records for path, meta in sorted(r["files"].items())]
+    for folder in sorted({path.rsplit("/", 1)[0] for _, path, _ in wanted}):  # listed once, before the threads ask
+        fs.ls(f"datasets/{run.repo_id}@{head}/{folder}", detail=True)
     with ThreadPoolExecutor(threads) as pool:
         found = list(pool.map(lambda w: rows(w[1]), wanted))
     problems: dict[str, str] = {}
@@ -467,7 +471,7 @@ def rebase_run(run: RunPR, stage: str, key: str, manifest: dict[str, Any], recor
                 target, moved = run_of(run.repo_id, found.num, other, found.created_at), other
     if target is None:
         title = run_title(stage, manifest["fingerprint"], key)
-        num = _open_pr(run.repo_id, title, f"{description}\n\nRebased from #{run.num}: main moved meanwhile.", moved)
+        num, _ = _open_pr(run.repo_id, title, f"{description}\n\nRebased from #{run.num}: main moved meanwhile.", moved)
         moved = read_manifest(run.repo_id, num)
         target = run_of(run.repo_id, num, moved, time.time())
     print(f"main of {run.repo_id} moved since the run opened: moving its files to {target.url} (server-side copies)",

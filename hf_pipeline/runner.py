@@ -459,7 +459,7 @@ def execute_run(plan: RunPlan, shard_index: int | None, opened: bool, started: f
 
     opts = plan.options
     executor = get_executor(opts.executor, opts)
-    done = run_records(plan)
+    done = {} if opened else run_records(plan)  # a PR opened just now holds no record yet
     tasks = [plan.map_task(i) for i in ([shard_index] if shard_index is not None else range(opts.num_shards))]
     pending = [t for t in tasks if t.name not in done]
     print(f"run {'opened' if opened else 'resumed'}: {plan.run.url} ({len(tasks) - len(pending)} of {len(tasks)} shard(s) "

@@ -407,6 +407,32 @@ def test_hole8_a_shard_is_partitioned_for_its_reduce_without_holding_it_in_memor
     assert pf.metadata.num_rows == n
 
 
+def test_hole8_hub_requests_per_shard_stay_constant_from_16_to_256_shards(local_hub, local_hub_root, tmp_path):
+    """The local Hub's access log for a cheap stage at 16, 64 and 256 shards: requests per shard stay within 1.5x of
+    each other. Tasks no longer list the PR's history (a page per 50 commits, O(shards^2) requests per run): the
+    driver reads it a few times per run."""
+    from hf_pipeline.hub.local import read_access_log
+    from hf_pipeline.runner import run_stage
+    from slow_stage import SLOW
+
+    per_shard, total, history_pages = {}, {}, {}
+    for n in (16, 64, 256):
+        src, out = names(tmp_path, f"h8r{n}-in", f"h8r{n}")
+        source = publish_rows(src, tmp_path / str(n), [{"id": i, "text": f"row {i}"} for i in range(2 * n)])
+        before = len(read_access_log(local_hub_root))
+        run_stage(SLOW, options(source, out, num_shards=n), fast())
+        log = read_access_log(local_hub_root)[before:]
+        total[n], per_shard[n] = len(log), len(log) / n
+        history_pages[n] = sum(1 for r in log if "/commits/" in r["path"])
+    # a run's fixed requests (plan, open, seal: ~60) spread over its shards; each added shard costs the same
+    added = {"16->64": (total[64] - total[16]) / 48, "64->256": (total[256] - total[64]) / 192}
+    print("Hub requests per shard:", {n: round(v, 1) for n, v in per_shard.items()}, "per added shard:",
+          {k: round(v, 1) for k, v in added.items()}, "history pages:", history_pages)
+    assert max(per_shard.values()) <= 1.5 * min(per_shard.values()), per_shard
+    assert max(added.values()) <= 1.5 * min(added.values()) and per_shard[256] <= per_shard[16], (per_shard, added)
+    assert history_pages[256] <= 4 * (256 // 50 + 1), history_pages  # a few listings per run, not one per task
+
+
 # ---------------------------------------------------------------- hole 9
 
 

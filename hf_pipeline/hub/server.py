@@ -123,6 +123,7 @@ TYPE_FILTERS = {"all": None, "discussion": False, "pull_request": True}  # ``typ
 
 REPO_SETTINGS = "hf_repo.json"  # in a repo's .git: {"private": bool, "createdAt": date}
 LISTING_PAGE_SIZE = 1000  # repos per page of /api/models|datasets|spaces, as on the Hub
+COMMITS_PER_PAGE = 50  # commits per page of a history (the Hub pages it too; the client follows the Link header)
 # What the listings take. ``full``, ``config``, ``cardData`` and ``expand`` ask for more data per repo: the summary
 # is all there is here, and the client reads what is missing as None.
 LISTING_PARAMS = {"author", "search", "sort", "direction", "limit", "cursor", "full", "config", "cardData", "expand"}
@@ -1056,16 +1057,24 @@ def create_app(root: Path, host: str = "127.0.0.1", allowed_hosts: tuple[str, ..
         return await run_in_threadpool(read)
 
     @app.get("/api/{repo_type}/{org}/{name}/commits/{revision:path}")
-    def list_commits(request: Request, repo_type: str, org: str, name: str, revision: str) -> list:
+    def list_commits(request: Request, repo_type: str, org: str, name: str, revision: str) -> JSONResponse:
+        """A page of the history (newest first), as the Hub pages it: ``p`` is the page, the ``Link: <...>;
+        rel="next"`` header names the next one, which the client follows. A client that lists the history often
+        pays one request per page: what a run's request count shows."""
         path = readable(request, repo_type, org, name)
         sha = store.resolve(path, revision)
-        out = _git(path, "log", "-z", "--format=%H%x1f%an%x1f%ct%x1f%s%x1f%b", sha).decode()
+        page = int(request.query_params.get("p", "0")) if request.query_params.get("p", "0").isdigit() else 0
+        out = _git(path, "log", "-z", f"--skip={page * COMMITS_PER_PAGE}", f"--max-count={COMMITS_PER_PAGE + 1}",
+                   "--format=%H%x1f%an%x1f%ct%x1f%s%x1f%b", sha).decode()
         commits = []
         for record in filter(None, out.split("\0")):
             oid, author, timestamp, title, body = record.split("\x1f", 4)
             commits.append({"id": oid, "title": title, "message": body.strip(), "authors": [{"user": author}],
                             "date": _date_of(timestamp)})
-        return commits
+        headers = {}
+        if len(commits) > COMMITS_PER_PAGE:
+            headers["Link"] = f'<{request.url.include_query_params(p=page + 1)}>; rel="next"'
+        return JSONResponse(commits[:COMMITS_PER_PAGE], headers=headers)
 
     def resolve_file(request: Request, repo_type: str, org: str, name: str, marker_at: int) -> Response:
         revision, path_in_repo = _raw_rev_and_path(request, "resolve", marker_at)
