@@ -127,5 +127,179 @@ def test_match_then_instantiate_publish_the_same_rows_through_faults(corpus, cle
     print(f"{executor}: {len(proxy.log)} requests, faults injected: {dict(proxy.faults)}")
     assert result.returncode == 0, result.stderr[-4000:]
     assert set(proxy.faults) == set(FAULT_KINDS)
+    # the workers' commits went through the proxy too (4 shards of each stage, then each seal)
+    commits = [r for r in proxy.log if r.method == "POST" and "/commit/refs%2Fpr%2F" in r.path and r.outcome == "200"]
+    assert len(commits) >= 10
     same_rows(rows(f"local/f-pairs-faulty-{executor}"), clean["pairs"])
     same_rows(rows(f"local/f-inst-faulty-{executor}"), clean["instantiated"])
+
+
+# ---------------------------------------------------------------- only missing data is a status
+
+
+def test_only_missing_documents_become_a_status_and_a_busy_hub_fails_the_task(corpus, tmp_path):
+    """instantiate's documents read by position through the proxy. Pairs point at two real documents, at a row past
+    their file's end and, four of them, at a file the documents do not hold: the last two are `unknown_document`,
+    the missing file costing one request however many pairs point at it. The footer read of the documents' file is
+    answered 429 three times first: retried, the rows are right. Against a copy of the documents whose file answers
+    429 every time, the task fails after its retries and nothing is published (before the fix every document of that
+    file became `unknown_document`, silently)."""
+    from hf_pipeline.hub_io import output_tags, push_local_dataset
+
+    middle = "data/train-00001-of-00004.parquet"
+    busy = publish_documents("local/f-docs-busy", DOC_FILES, "v1", tmp_path / "busy")
+    pairs = [{"doc_id": d["doc_id"], "doc_file": middle, "doc_row": k} for k, d in enumerate(DOC_FILES[1])]
+    pairs.append({"doc_id": "past-the-end", "doc_file": middle, "doc_row": 7})
+    pairs += [{"doc_id": f"gone-{k}", "doc_file": "other/missing.parquet", "doc_row": k} for k in range(4)]
+    template = "Tell me about <fi>a topic</fi>."
+    pairs = [{**p, "template_id": "t1", "template": template, "chunk_index": 0, "score": 0.5} for p in pairs]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    push_local_dataset(str(tmp_path / "pairs.jsonl"), "local/f-hole-pairs", tag="v1")
+
+    footer_faults = 3  # the documents' file: its first three range reads (its footer) answered 429
+
+    def decide(request):
+        nonlocal footer_faults
+        if request.method != "GET" or not request.range or not request.path.endswith(middle):
+            return None
+        if "/local/f-docs-busy/" in request.path:
+            return "429"
+        if footer_faults:
+            footer_faults -= 1
+            return "429"
+        return None
+
+    runs = [{"stage": "instantiate", "input": "local/f-hole-pairs@v1", "output": f"local/f-hole-{name}", "tag": "t",
+             "config": {**INSTANTIATE, "documents": documents}, "options": {"batch_size": 2}}
+            for name, documents in (("ok", corpus["documents"]), ("busy", busy))]
+    proxy = FaultProxy(os.environ["HF_ENDPOINT"], rate=0.0, retry_after=0, decide=decide)
+    with proxy as url:
+        result = run_child(runs, url, tmp_path, HF_PIPELINE_HUB_RETRIES="1")
+
+    got = rows("local/f-hole-ok")
+    assert [r["status"] for r in got] == ["ok", "ok"] + ["unknown_document"] * 5
+    assert [r["answer"][:40] for r in got[:2]] == [d["text"][:40] for d in DOC_FILES[1]]
+    assert "has 2 rows; row 7 does not exist" in got[2]["status_detail"]
+    assert all("has no data file 'other/missing.parquet'" in r["status_detail"] for r in got[3:])
+    missing_file_requests = [r for r in proxy.log if "/other" in r.path]
+    print("requests about the missing file:", missing_file_requests)
+    assert len(missing_file_requests) == 1  # one, for the five rows in three batches
+    assert footer_faults == 0  # the three 429s were answered, and retried
+    # the busy copy: the task failed on the 429, after its retries; no revision was published
+    assert result.returncode == 1 and "429" in result.stderr
+    assert proxy.faults["429"] > 3 and "t" not in output_tags("local/f-hole-busy")
+
+
+# ---------------------------------------------------------------- the documents are those match read
+
+
+def test_instantiate_refuses_documents_other_than_those_match_read(corpus, clean, tmp_path):
+    """The pairs' card records the documents match read (repo and commit): instantiate given another revision of
+    them, or another repo, stops at plan time with one line naming both, before its output repo is touched."""
+    from fault_runs import run
+    from hf_pipeline.hub_io import resolve_dataset
+    from hf_pipeline.pairs import documents_in_lineage
+
+    matched = resolve_dataset(corpus["documents"])
+    for documents in (publish_documents("local/f-docs", [list(reversed(f)) for f in DOC_FILES], "v2", tmp_path / "v2"),
+                      publish_documents("local/f-docs-copy", DOC_FILES, "v1", tmp_path / "copy")):
+        pinned = resolve_dataset(documents)
+        with pytest.raises(PipelineError) as error:
+            run({"stage": "instantiate", "input": "local/f-pairs-clean@t", "output": "local/f-inst-other", "tag": "t",
+                 "config": {**INSTANTIATE, "documents": documents}})
+        message = str(error.value)
+        assert "\n" not in message and pinned.pinned in message and f"point into {matched.pinned}" in message
+    from huggingface_hub import HfApi
+
+    assert not HfApi().repo_exists("local/f-inst-other", repo_type="dataset")
+    # the lineage read back: from the pairs (match's mapped input) and from the instantiated rows (their documents)
+    for published in ("local/f-pairs-clean@t", "local/f-inst-clean@t"):
+        found = documents_in_lineage(resolve_dataset(published))
+        assert (found["repo_id"], found["sha"]) == (matched.repo_id, matched.sha)
+
+
+# ---------------------------------------------------------------- the client itself
+
+
+def test_hub_io_installs_the_retrying_client():
+    from huggingface_hub.utils import get_session
+
+    import hf_pipeline.hub_io  # noqa: F401  (what every process of a run imports before its first Hub call)
+
+    assert isinstance(get_session(), RetryingClient)
+
+
+@pytest.fixture
+def short_waits(monkeypatch):
+    """This process's Hub client made anew with waits of 0.05 s (the policy is read when the client is made)."""
+    from huggingface_hub import close_session
+
+    import hf_pipeline.hub_io  # noqa: F401  (installs the retrying client)
+
+    monkeypatch.setenv("HF_PIPELINE_HUB_RETRY_WAIT", "0.05")
+    close_session()
+    yield
+    monkeypatch.undo()
+    close_session()  # the next call makes it with the session's settings again
+
+
+def test_an_lfs_upload_survives_faults_on_its_put(local_hub, tmp_path, short_waits):
+    """The LFS PUT streams the file: answered with a dropped connection, a 503, a 429 and a reset, it is sent again
+    from the file's start each time, and the Hub holds the file byte for byte."""
+    from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+
+    faults = ["drop", "503", "429", "reset"]
+
+    def decide(request):
+        return faults.pop(0) if request.method == "PUT" and faults else None
+
+    data = tmp_path / "blob.parquet"  # *.parquet is stored with LFS
+    data.write_bytes(os.urandom(300_000))
+    proxy = FaultProxy(local_hub, rate=0.0, retry_after=0, decide=decide)
+    with proxy as url:
+        api = HfApi(endpoint=url)
+        api.create_repo("local/f-upload", repo_type="dataset", exist_ok=True)
+        commit = api.create_commit("local/f-upload", [CommitOperationAdd("data/blob.parquet", str(data))],
+                                   commit_message="upload through faults", repo_type="dataset")
+    assert [r.outcome for r in proxy.log if r.method == "PUT"] == ["drop", "503", "429", "reset", "200"]
+    stored = hf_hub_download("local/f-upload", "data/blob.parquet", repo_type="dataset", revision=commit.oid)
+    assert Path(stored).read_bytes() == data.read_bytes()
+
+
+def test_retries_are_bounded_logged_without_the_token_then_the_original_error(local_hub, caplog):
+    import httpx2
+
+    policy = RetryPolicy(retries=2, base_wait=0.0)
+    token = {"authorization": "Bearer hf_secretsecretsecretsecretsecret"}
+    with caplog.at_level(logging.WARNING, logger="hf_pipeline.hub_retry"):
+        proxy = FaultProxy(local_hub, rate=1.0, kinds=("503",))
+        with proxy as url, RetryingClient(policy) as client:
+            response = client.get(f"{url}/api/datasets/local/f-docs/revision/main?expand=x", headers=token)
+        assert response.status_code == 503 and len(proxy.log) == 3  # the first try and two retries
+        assert len(caplog.records) == 2 and "hf_secret" not in caplog.text and "expand" not in caplog.text
+        assert "HTTP 503; retry 2/2" in caplog.records[-1].getMessage()
+
+        proxy = FaultProxy(local_hub, rate=1.0, kinds=("drop",))
+        with proxy as url, RetryingClient(policy) as client, pytest.raises(httpx2.RemoteProtocolError):
+            client.get(f"{url}/api/datasets/local/f-docs/revision/main")
+        assert len(proxy.log) == 3
+
+        # once only: a body that cannot be sent again (a generator), and a host that is not the Hub's
+        proxy = FaultProxy(local_hub, rate=1.0, kinds=("500",))
+        with proxy as url, RetryingClient(policy) as client:
+            assert client.post(f"{url}/api/x", content=(b for b in [b"{}"])).status_code == 500
+            assert client.get(url.replace("127.0.0.1", "localhost") + "/api/x").status_code == 500
+        assert len(proxy.log) == 2
+
+
+def test_wait_honours_retry_after_capped_and_backs_off_with_jitter(monkeypatch):
+    policy = RetryPolicy(retries=5, base_wait=0.5, max_wait=4.0)
+    assert 1.0 <= policy.wait(0, {"Retry-After": "1"}) <= 1.1
+    assert policy.wait(0, {"Retry-After": "3600"}) == 4.0
+    assert 2.0 <= policy.wait(0, {"RateLimit": '"api";r=0;t=2'}) <= 2.2
+    for attempt in range(6):
+        ceiling = min(4.0, 0.5 * 2**attempt)
+        assert ceiling / 2 <= policy.wait(attempt) <= ceiling
+    monkeypatch.setenv("HF_PIPELINE_HUB_RETRIES", "9")
+    monkeypatch.setenv("HF_PIPELINE_HUB_MAX_WAIT", "30")
+    assert RetryPolicy.from_env() == RetryPolicy(retries=9, base_wait=0.5, max_wait=30.0)
