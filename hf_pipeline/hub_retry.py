@@ -7,11 +7,12 @@ and `load_dataset` resolving `hf://` files): `HfApi` calls, downloads, range rea
 `install()` makes it `huggingface_hub`'s client (`set_client_factory`).
 
 What is retried, on requests to the Hub (the `HF_ENDPOINT` host, and huggingface.co / hf.co and their subdomains:
-its CDN and storage bridges): 429 (after its `Retry-After`, else its `RateLimit` reset, capped), 500/502/503/504, and a connection
-that fails (refused, reset, dropped without a response, a read or connect timeout), with exponential backoff and
-jitter, at most `HF_PIPELINE_HUB_RETRIES` times (default 5); then the last response is handed back as it came (the
-caller's `hf_raise_for_status` raises its error) or the last connection error is raised. One log line per retry
-(method, host and path: never a header, so never the token; no query string, which can hold a signed URL).
+its CDN and storage bridges): 429 and 500/502/503/504, after the `Retry-After` they give (or a 429's exhausted
+`RateLimit` window's reset), capped, else after an exponential backoff with jitter; and a connection that fails
+(refused, reset, dropped without a response, a connect or read timeout). At most `HF_PIPELINE_HUB_RETRIES` retries
+(default 5); then the last response is handed back as it came (the caller's `hf_raise_for_status` raises its error)
+or the last connection error is raised. One log line per retry (method, host and path: never a header, so never
+the token; no query string, which can hold a signed URL).
 Requests to other hosts go once, as before: `datasets` pings a download counter on S3 that an offline cluster never
 reaches, and an LFS upload to a storage bucket's signed URL is retried by `huggingface_hub`'s `http_backoff` itself.
 
@@ -28,8 +29,8 @@ uses `huggingface_hub`'s async client (only its inference clients do), `requests
 the Hub. Xet transfers (off against the local Hub) go through `hf_xet`, which retries on its own.
 
 Retrying a request the Hub may have applied before failing (a commit, a tag, a merge answered by a 502 or a dropped
-connection) can meet the effect of the first attempt (a second commit, "tag exists"): the run protocol
-(`hub_run.py`) makes those steps idempotent.
+connection) can meet the effect of the first attempt (a second commit, "tag exists"): making those steps idempotent
+is the run protocol's part (`hub_run.py`).
 
 Why a subclass of `httpx2.Client` overriding `send`, and not a transport: `send` is the one public method every
 request goes through (`request`, `stream`, redirects included), and a client given its own transport ignores the
@@ -84,8 +85,8 @@ class RetryPolicy:
             raise ValueError(f"HF_PIPELINE_HUB_RETRIES / _RETRY_WAIT / _MAX_WAIT must be numbers: {e}") from None
 
     def wait(self, attempt: int, headers: Mapping[str, str] | None = None) -> float:
-        """Seconds before retry number `attempt + 1`: what a 429's headers ask for (plus up to 10%, so many workers
-        limited at once do not all come back in the same instant), else exponential backoff with jitter."""
+        """Seconds before retry number `attempt + 1`: what the answer's headers ask for (plus up to 10%, so many
+        workers limited at once do not all come back in the same instant), else exponential backoff with jitter."""
         asked = _asked_wait(headers) if headers is not None else None
         if asked is not None:
             return min(self.max_wait, asked * random.uniform(1.0, 1.1))
@@ -93,7 +94,7 @@ class RetryPolicy:
 
 
 def _asked_wait(headers: Mapping[str, str]) -> float | None:
-    """The wait a 429 asks for: `Retry-After` in seconds, else the reset of an exhausted `RateLimit` window."""
+    """The wait an answer asks for: `Retry-After` in seconds, else the reset of an exhausted `RateLimit` window."""
     from huggingface_hub.utils import parse_ratelimit_headers
 
     retry_after = (headers.get("Retry-After") or "").strip()
@@ -160,7 +161,7 @@ class RetryingClient(httpx2.Client):
                 if response.status_code not in RETRY_STATUSES or rewind is None or attempt >= self.policy.retries:
                     return response
                 reason = f"HTTP {response.status_code}"
-                wait = self.policy.wait(attempt, response.headers if response.status_code == 429 else None)
+                wait = self.policy.wait(attempt, response.headers)
                 response.close()
             attempt += 1
             logger.warning("Hub %s: %s; retry %d/%d in %.1fs", _where(request), reason, attempt, self.policy.retries, wait)
