@@ -12,7 +12,9 @@ A seeded share `rate` of the requests gets a fault instead of an answer, of a ki
 - "reset": the connection reset (RST) without a response.
 
 The request's body is read in full before a fault, so the fault never lands in the middle of the client's upload
-and the Hub never sees the request. Every other request is forwarded faithfully on a connection of its own: method,
+and the Hub never sees the request. With `lost` > 0, that share of the other requests is forwarded and handled by
+the Hub, and its answer lost on the way back (the connection closed, kind "lost"): the client cannot tell whether
+a commit, a tag or a merge happened, and retries it. Every other request is forwarded faithfully on a connection of its own: method,
 path and query, all headers (`Host` included, so the Hub builds its URLs, e.g. LFS upload links, for the proxy),
 bodies streamed both ways (chunked ones re-chunked), `Range` passed through, and a `Location` naming the Hub
 rewritten to name the proxy.
@@ -66,7 +68,7 @@ class LoggedRequest:
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.1, seed: int = 0, kinds: tuple[str, ...] = FAULT_KINDS,
-                 retry_after: int = 1, decide: Callable[[ProxyRequest], str | None] | None = None):
+                 retry_after: int = 1, decide: Callable[[ProxyRequest], str | None] | None = None, lost: float = 0.0):
         unknown = set(kinds) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)} (known: {', '.join(FAULT_KINDS)})")
@@ -74,6 +76,7 @@ class FaultProxy:
         parts = urlsplit(self.upstream)
         self._upstream_host, self._upstream_port = parts.hostname, parts.port or 80
         self.rate, self.seed, self.kinds, self.retry_after, self.decide = rate, seed, tuple(kinds), retry_after, decide
+        self.lost = lost
         self.faults: Counter[str] = Counter()
         self.log: list[LoggedRequest] = []
         self._seen: Counter[str] = Counter()
@@ -97,7 +100,7 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ decisions
     def fault_for(self, request: ProxyRequest) -> str | None:
-        """The fault this request gets (None: forwarded)."""
+        """The fault this request gets (None: forwarded and answered; "lost": forwarded, its answer lost)."""
         if self.decide is not None:
             kind = self.decide(request)
             if kind is not None:
@@ -107,7 +110,9 @@ class FaultProxy:
             seen = self._seen[key]
             self._seen[key] += 1
         draw = random.Random(f"{self.seed}|{key}|{seen}")
-        return draw.choice(self.kinds) if draw.random() < self.rate else None
+        if draw.random() < self.rate:
+            return draw.choice(self.kinds)
+        return "lost" if draw.random() < self.lost else None
 
     def record(self, request: ProxyRequest, outcome: str, fault: bool) -> None:
         with self._lock:
@@ -127,9 +132,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             request = ProxyRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
             body = self._request_body()
             kind = proxy.fault_for(request)
-            if kind is None:
-                status = self._forward(request, body)
-                proxy.record(request, str(status), fault=False)
+            if kind in (None, "lost"):
+                status = self._forward(request, body, deliver=kind is None)
+                proxy.record(request, str(status) if kind is None else kind, fault=kind is not None)
                 return
             b"".join(body)  # the whole upload is read first: the client is not cut off mid-send
             proxy.record(request, kind, fault=True)
@@ -179,8 +184,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 yield self.rfile.read(size)
                 self.rfile.readline()  # the chunk's CRLF
 
-        def _forward(self, request: ProxyRequest, body) -> int:
-            """Send the request to the Hub and stream its answer back; returns the Hub's status."""
+        def _forward(self, request: ProxyRequest, body, deliver: bool = True) -> int:
+            """Send the request to the Hub and stream its answer back (or, not `deliver`ed, read it and close the
+            connection without a word); returns the Hub's status."""
             upstream = HTTPConnection(proxy._upstream_host, proxy._upstream_port, timeout=600)
             try:
                 upstream.putrequest(request.method, request.path, skip_host=True, skip_accept_encoding=True)
@@ -198,6 +204,10 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 if chunked:
                     upstream.send(b"0\r\n\r\n")
                 response = upstream.getresponse()
+                if not deliver:
+                    response.read()
+                    self.close_connection = True
+                    return response.status
                 self.send_response_only(response.status, response.reason)
                 length = response.getheader("Content-Length")
                 for name, value in response.getheaders():

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fault_proxy import FAULT_KINDS, FaultProxy  # noqa: E402  (tests/ is on sys.path)
+from fault_proxy import FAULT_KINDS, FaultProxy  # tests/ is on sys.path
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.hub_retry import RetryingClient, RetryPolicy
 
@@ -131,7 +132,9 @@ def test_match_then_instantiate_publish_the_same_rows_through_faults(corpus, cle
     commits = [r for r in proxy.log if r.method == "POST" and "/commit/refs%2Fpr%2F" in r.path and r.outcome == "200"]
     assert len(commits) >= 10
     same_rows(rows(f"local/f-pairs-faulty-{executor}"), clean["pairs"])
-    same_rows(rows(f"local/f-inst-faulty-{executor}"), clean["instantiated"])
+    instantiated = rows(f"local/f-inst-faulty-{executor}")
+    assert not [r for r in instantiated if r["status"] == "unknown_document"]
+    same_rows(instantiated, clean["instantiated"])
 
 
 # ---------------------------------------------------------------- only missing data is a status
@@ -303,3 +306,29 @@ def test_wait_honours_retry_after_capped_and_backs_off_with_jitter(monkeypatch):
     monkeypatch.setenv("HF_PIPELINE_HUB_RETRIES", "9")
     monkeypatch.setenv("HF_PIPELINE_HUB_MAX_WAIT", "30")
     assert RetryPolicy.from_env() == RetryPolicy(retries=9, base_wait=0.5, max_wait=30.0)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "hub_run.seal (being rewritten) is not idempotent yet: a merge, tag or draft->open status change that the Hub "
+    "applied but whose answer was lost is sent again by the retrying client and answered 400 'already open' / "
+    "400 on the merge of a merged PR / 409 'tag exists', which seal raises as a failure"))
+def test_a_seal_whose_answers_are_lost_after_the_hub_applied_them_completes(corpus, clean, tmp_path):
+    """The answers to the seal's status change, merge and tag are lost on the way back (the Hub did each): the client
+    sends each again, and the run must still end published, with the rows of the run without faults."""
+    seal_steps = {"status": r"/discussions/\d+/status$", "merge": r"/discussions/\d+/merge$", "tag": r"/tag/[^/]+$"}
+    lost: set[str] = set()
+
+    def decide(request):
+        for step, pattern in seal_steps.items():
+            if request.method == "POST" and step not in lost and re.search(pattern, request.path.split("?")[0]):
+                lost.add(step)
+                return "lost"
+        return None
+
+    run = {**pipeline(corpus, "clean")[1], "output": "local/f-inst-lost"}
+    proxy = FaultProxy(os.environ["HF_ENDPOINT"], rate=0.0, decide=decide)
+    with proxy as url:
+        result = run_child([run], url, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert lost == set(seal_steps)
+    same_rows(rows("local/f-inst-lost"), clean["instantiated"])
