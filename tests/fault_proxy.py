@@ -86,8 +86,7 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> str:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True).start()
         return self.url
@@ -119,6 +118,11 @@ class FaultProxy:
             self.log.append(LoggedRequest(request.method, request.path, request.range, outcome))
             if fault:
                 self.faults[outcome] += 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many workers connecting at once are queued, not refused
 
 
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
