@@ -112,13 +112,13 @@ def describe_file(ref: DatasetRef, path: str, part: int = 0):
         full = _local_path(ref, path)
         table = _read_local_table(full)
         return DataFile(path, table.num_rows, (), part, full.stat().st_size), table.schema
-    except Exception as e:
+    except (OSError, KeyError) as e:  # HfHubHTTPError is an OSError: only a 404 among those means missing
         if not _is_missing(ref, e):
             raise  # a transient Hub error, past the client's retries: the task fails, the run retries or resumes
         raise MissingData(f"{ref.ref} has no data file {path!r} (at {(ref.sha or '')[:12]}): {type(e).__name__}") from None
 
 
-def _is_missing(ref: DatasetRef, error: Exception) -> bool:
+def _is_missing(ref: DatasetRef, error: OSError | KeyError) -> bool:
     """Whether reading a file failed because it is not there: any OSError of a local file (or a format we cannot read,
     KeyError); on the Hub, a file not found (what HfFileSystem raises for a 404) or a 404 answer, never a 429, a 5xx
     or a connection error."""

@@ -2,9 +2,9 @@
 
 `INSTANTIATE_COLUMNS`: a pair's row as instantiate writes it (judge carries it on). `read_documents`: a batch's
 documents read back by their position in the `documents` input (instantiate; instantiator_silver for its examples).
-`check_documents_lineage`: at plan time, the `documents` given are the ones the pairs' positions point into, as the
-pairs' card records them. `user_message`: a pair's user message, in the student's contract or the teacher's prompt, laid out by
-`PromptLayout`; `MAX_DOCUMENT_CHARS`: where both stages cut a document in it by default.
+`check_documents_lineage`: at plan time, the `documents` given are those the pairs' positions point into, as the
+pairs' card lineage records them. `user_message`: a pair's user message, in the student's contract or the teacher's
+prompt, laid out by `PromptLayout`; `MAX_DOCUMENT_CHARS`: where both stages cut a document in it by default.
 """
 
 from __future__ import annotations
@@ -162,5 +162,5 @@ def check_documents_lineage(config: Any, plan: Any, stage: str) -> None:
         matched = f"{recorded['repo_id']}@{recorded.get('sha')}"
         raise PipelineError(
             f"{stage} reads documents {documents.pinned} ('{config.documents}'), but the positions in {rows.ref} point into "
-            f"{matched} (the documents match read, says the lineage in its card): set documents to {matched}."
+            f"{matched} (the documents match read, says the lineage in their card): set documents to {matched}."
         )
