@@ -196,7 +196,13 @@ def test_only_missing_documents_become_a_status_and_a_busy_hub_fails_the_task(co
 # ---------------------------------------------------------------- the documents are those match read
 
 
-def test_instantiate_refuses_documents_other_than_those_match_read(corpus, clean, tmp_path):
+@pytest.fixture(scope="module")
+def reordered(corpus, tmp_path_factory) -> str:
+    """Another revision of the documents: each file's rows in reverse order."""
+    return publish_documents("local/f-docs", [list(reversed(f)) for f in DOC_FILES], "v2", tmp_path_factory.mktemp("v2"))
+
+
+def test_instantiate_refuses_documents_other_than_those_match_read(corpus, clean, reordered, tmp_path):
     """The pairs' card records the documents match read (repo and commit): instantiate given another revision of
     them, or another repo, stops at plan time with one line naming both, before its output repo is touched."""
     from fault_runs import run
@@ -204,8 +210,7 @@ def test_instantiate_refuses_documents_other_than_those_match_read(corpus, clean
     from hf_pipeline.pairs import documents_in_lineage
 
     matched = resolve_dataset(corpus["documents"])
-    for documents in (publish_documents("local/f-docs", [list(reversed(f)) for f in DOC_FILES], "v2", tmp_path / "v2"),
-                      publish_documents("local/f-docs-copy", DOC_FILES, "v1", tmp_path / "copy")):
+    for documents in (reordered, publish_documents("local/f-docs-copy", DOC_FILES, "v1", tmp_path / "copy")):
         pinned = resolve_dataset(documents)
         with pytest.raises(PipelineError) as error:
             run({"stage": "instantiate", "input": "local/f-pairs-clean@t", "output": "local/f-inst-other", "tag": "t",
@@ -219,6 +224,33 @@ def test_instantiate_refuses_documents_other_than_those_match_read(corpus, clean
     for published in ("local/f-pairs-clean@t", "local/f-inst-clean@t"):
         found = documents_in_lineage(resolve_dataset(published))
         assert (found["repo_id"], found["sha"]) == (matched.repo_id, matched.sha)
+
+
+def test_instantiator_silver_follows_the_lineage_back_through_judged_rows(corpus, clean, reordered, tmp_path):
+    """Judged rows' card names only their input, the instantiated rows, whose card names the documents: two cards
+    back, instantiator_silver finds them, and refuses another revision at plan time. (The judged rows are the clean
+    instantiated rows with judge columns, published with a judge card's lineage: no judge model runs here.)"""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from hf_pipeline.hub_io import publish, resolve_dataset
+    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.stages.instantiator_silver import STAGE, InstantiatorSilverConfig
+
+    instantiated = resolve_dataset("local/f-inst-clean@t")
+    judged = pa.Table.from_pylist([{**r, "judge_score": 5, "judge_status": "ok"} for r in clean["instantiated"]])
+    pq.write_table(judged, tmp_path / "train-00000-of-00001.parquet")
+    lineage = {"stage": "judge", "inputs": [instantiated.card_dict()], "run": {"input": instantiated.ref}, "config": {}}
+    card = "---\n" + yaml.safe_dump({"hf_pipeline": lineage}) + "---\nJudged rows.\n"
+    publish("local/f-judged", [tmp_path / "train-00000-of-00001.parquet"], card, "t", "judged rows")
+    matched = resolve_dataset(corpus["documents"])
+    with pytest.raises(PipelineError, match=f"point into {matched.pinned}"):
+        run_stage(STAGE, RunOptions(input="local/f-judged@t", output="local/f-silver"),
+                  InstantiatorSilverConfig(documents=reordered))
+    plan = run_stage(STAGE, RunOptions(input="local/f-judged@t", output="local/f-silver"),
+                     InstantiatorSilverConfig(documents=corpus["documents"]), dry_run=True)
+    assert plan is None  # the plan (its checks) passes with the documents match read
 
 
 # ---------------------------------------------------------------- the client itself
