@@ -14,10 +14,10 @@ A seeded share `rate` of the requests gets a fault instead of an answer, of a ki
 The request's body is read in full before a fault, so the fault never lands in the middle of the client's upload
 and the Hub never sees the request. With `lost` > 0, that share of the other requests is forwarded and handled by
 the Hub, and its answer lost on the way back (the connection closed, kind "lost"): the client cannot tell whether
-a commit, a tag or a merge happened, and retries it. Every other request is forwarded faithfully on a connection of its own: method,
-path and query, all headers (`Host` included, so the Hub builds its URLs, e.g. LFS upload links, for the proxy),
-bodies streamed both ways (chunked ones re-chunked), `Range` passed through, and a `Location` naming the Hub
-rewritten to name the proxy.
+a commit, a tag or a merge happened, and retries it. Every other request is forwarded faithfully on a connection of
+its own: method, path and query, all headers (`Host` included, so the Hub builds its URLs, e.g. LFS upload links,
+for the proxy), bodies streamed both ways (chunked ones re-chunked), `Range` passed through, and a `Location`
+naming the Hub rewritten to name the proxy.
 
 Decisions are seeded per request, not per arrival: fault or not, and which, follow from (seed, method, path with
 commit shas masked, how many times that request was seen before), so concurrent workers do not change each other's
