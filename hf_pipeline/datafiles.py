@@ -5,6 +5,11 @@ is bounded by what is asked: a slice that covers a whole Hub file downloads that
 Hub cache, at the pinned commit); a slice of part of a file, or a few rows (`read_rows`), reads only the row
 groups that hold them, by range requests. Local inputs (a parquet/jsonl/json/csv file or folder, a
 `save_to_disk` folder) are read in place.
+
+Only data that is truly not there is `MissingData` (a file the revision does not hold, a row past a file's end): a
+stage may turn that into a row status. Anything else, a 429, a 5xx or a lost connection that the Hub client's
+retries (`hub_retry`) did not get past, is raised as it came and fails the task; the run's retry or resume takes
+over, and no row is ever written as missing because the Hub was busy.
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ from hf_pipeline.sharding import DataFile, FileSlice
 
 # Position columns the runner adds to every chunk it reads: where each row lives in its input
 FILE_COLUMN, ROW_COLUMN = "_input_file", "_input_row"
+
+
+class MissingData(PipelineError):
+    """The data asked for is not in the input at its pinned revision: the file (`rows` None), or some rows of a file
+    (`rows`: {row: why}, the others exist)."""
+
+    def __init__(self, message: str, rows: dict[int, str] | None = None):
+        super().__init__(message)
+        self.rows = rows
 
 
 @dataclass(frozen=True)
@@ -98,8 +112,23 @@ def describe_file(ref: DatasetRef, path: str, part: int = 0):
         full = _local_path(ref, path)
         table = _read_local_table(full)
         return DataFile(path, table.num_rows, (), part, full.stat().st_size), table.schema
-    except (FileNotFoundError, KeyError, OSError) as e:
-        raise PipelineError(f"{ref.ref} has no data file {path!r} (at {(ref.sha or '')[:12]}): {type(e).__name__}") from None
+    except (OSError, KeyError) as e:  # HfHubHTTPError is an OSError: only a 404 among those means missing
+        if not _is_missing(ref, e):
+            raise  # a transient Hub error, past the client's retries: the task fails, the run retries or resumes
+        raise MissingData(f"{ref.ref} has no data file {path!r} (at {(ref.sha or '')[:12]}): {type(e).__name__}") from None
+
+
+def _is_missing(ref: DatasetRef, error: OSError | KeyError) -> bool:
+    """Whether reading a file failed because it is not there: any OSError of a local file (or a format we cannot read,
+    KeyError); on the Hub, a file not found (what HfFileSystem raises for a 404) or a 404 answer, never a 429, a 5xx
+    or a connection error."""
+    if isinstance(error, (FileNotFoundError, KeyError)):
+        return True
+    if ref.repo_id is None:
+        return isinstance(error, OSError)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return isinstance(error, HfHubHTTPError) and getattr(error.response, "status_code", None) == 404
 
 
 def list_files(ref: DatasetRef, split: str = "train", name: str | None = None, part: int = 0):
@@ -149,6 +178,7 @@ class FileReader:
         self._pending = None  # rows read past the last slice's end (a table), handed to the next slice
         self._groups: dict[tuple[int, int], object] = {}  # (file, row group) -> table, the last few read
         self._by_path = {f.path: i for i, f in enumerate(files)}
+        self._missing: dict[str, str] = {}  # path -> why it is missing: asked once, however many rows point at it
         self._handle = None  # the open file handle of the cursor, closed when the cursor moves to another file
 
     # ------------------------------------------------------------------ opening files
@@ -279,6 +309,11 @@ class FileReader:
 
         index = self._index_of(path)
         info = self.files[index]
+        past_end = {r: f"{self.ref.ref} file {path} has {info.rows} rows; row {r} does not exist." for r in rows
+                    if not 0 <= r < info.rows}
+        if past_end:  # said before anything is read: the caller reads the rows that exist in one call
+            raise MissingData(next(iter(past_end.values())) if len(past_end) == 1 else
+                              f"{self.ref.ref} file {path} has {info.rows} rows; rows {sorted(past_end)} do not exist.", past_end)
         if not info.path.endswith(".parquet"):
             table = _read_local_table(_local_path(self.ref, info.path))
             table = table.select(self.columns) if self.columns else table
@@ -290,8 +325,6 @@ class FileReader:
         pieces, order = [], []
         by_group: dict[int, list[int]] = {}
         for r in rows:
-            if not 0 <= r < info.rows:
-                raise PipelineError(f"{self.ref.ref} file {path} has {info.rows} rows; row {r} does not exist.")
             g = next(i for i, (lo, hi) in enumerate(bounds) if lo <= r < hi)
             by_group.setdefault(g, []).append(r)
         for g, wanted in by_group.items():
@@ -312,11 +345,17 @@ class FileReader:
         return self._groups[key]
 
     def _index_of(self, path: str) -> int:
+        if path in self._missing:
+            raise MissingData(self._missing[path])
         if path not in self._by_path and self.describe_missing:
-            self.files.append(describe_file(self.ref, path)[0])
+            try:
+                self.files.append(describe_file(self.ref, path)[0])
+            except MissingData as e:
+                self._missing[path] = str(e)
+                raise
             self._by_path[path] = len(self.files) - 1
         if path not in self._by_path:
-            raise PipelineError(f"{self.ref.ref} has no data file {path!r} (at {self.ref.sha[:12]}).")
+            raise MissingData(f"{self.ref.ref} has no data file {path!r} (at {self.ref.sha[:12]}).")
         return self._by_path[path]
 
 

@@ -1,7 +1,8 @@
 """Everything that touches the Hub or the disk for datasets: resolving refs, loading, publishing.
 
 One code path for huggingface.co and the local Hub alike: the real `huggingface_hub`/`datasets`
-clients, pointed wherever `HF_ENDPOINT` says.
+clients, pointed wherever `HF_ENDPOINT` says. Importing this module makes their every request retry transient
+failures (`hub_retry`: every process that reaches the Hub through the pipeline imports it first).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_pipeline import hub_retry
 from hf_pipeline.errors import PipelineError
+
+hub_retry.install()  # before any Hub call of this process (see hub_retry's docstring)
 
 LOCAL_DATA_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")

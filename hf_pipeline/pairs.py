@@ -2,17 +2,20 @@
 
 `INSTANTIATE_COLUMNS`: a pair's row as instantiate writes it (judge carries it on). `read_documents`: a batch's
 documents read back by their position in the `documents` input (instantiate; instantiator_silver for its examples).
-`user_message`: a pair's user message, in the student's contract or the teacher's prompt, laid out by
-`PromptLayout`; `MAX_DOCUMENT_CHARS`: where both stages cut a document in it by default.
+`check_documents_lineage`: at plan time, the `documents` given are those the pairs' positions point into, as the
+pairs' card lineage records them. `user_message`: a pair's user message, in the student's contract or the teacher's
+prompt, laid out by `PromptLayout`; `MAX_DOCUMENT_CHARS`: where both stages cut a document in it by default.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from hf_pipeline.datafiles import MissingData
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.hub_io import DatasetRef, read_card_metadata
 from hf_pipeline.package_data import package_file
 from hf_pipeline.stage import StageContext
 
@@ -59,26 +62,25 @@ def user_message(template: str, document: str, mode: str, layout: PromptLayout =
 
 def _read_positions(ctx: StageContext, ref: str, path: str, rows: list[int]) -> tuple[dict[int, tuple], dict[int, str]]:
     """({row: (doc_id, text)}, {row: why it cannot be read}) for rows of one data file of `ref`, from the config's
-    `doc_id_column` and `text_column`."""
+    `doc_id_column` and `text_column`. Only data that is not there (no such file, a row past its end: `MissingData`)
+    becomes a reason; any other error (the Hub busy past the client's retries) is raised and fails the task."""
     id_column, text_column = ctx.config.doc_id_column, ctx.config.text_column
+    failed: dict[int, str] = {}
     try:
-        tables = [(rows, ctx.read_rows(ref, path, rows))]
-        failed: dict[int, str] = {}
-    except PipelineError:  # a row past the file's end, or no such file: read row by row to say which
-        tables, failed = [], {}
-        for r in rows:
-            try:
-                tables.append(([r], ctx.read_rows(ref, path, [r])))
-            except PipelineError as e:
-                failed[r] = str(e)
-    found = {}
-    for asked, table in tables:
-        missing = [c for c in (id_column, text_column) if c not in table.column_names]
-        if missing:
-            raise PipelineError(f"documents {ref} lack column '{missing[0]}' (they have: {', '.join(table.column_names)}); "
-                                "set config keys 'doc_id_column' and 'text_column'.")
-        found.update(zip(asked, zip(table[id_column].to_pylist(), table[text_column].to_pylist())))
-    return found, failed
+        table = ctx.read_rows(ref, path, rows)
+    except MissingData as e:
+        if e.rows is None:  # no such file: every row (the reader asks the Hub once per file, whatever the rows)
+            return {}, {r: str(e) for r in rows}
+        failed = {r: e.rows[r] for r in rows if r in e.rows}
+        rows = [r for r in rows if r not in failed]  # the rows that exist, in one more read
+        table = ctx.read_rows(ref, path, rows) if rows else None
+    if table is None:
+        return {}, failed
+    missing = [c for c in (id_column, text_column) if c not in table.column_names]
+    if missing:
+        raise PipelineError(f"documents {ref} lack column '{missing[0]}' (they have: {', '.join(table.column_names)}); "
+                            "set config keys 'doc_id_column' and 'text_column'.")
+    return dict(zip(rows, zip(table[id_column].to_pylist(), table[text_column].to_pylist()))), failed
 
 
 def read_documents(batch: dict[str, list], ctx: StageContext) -> tuple[list[str | None], dict[int, tuple[str, str]]]:
@@ -108,3 +110,57 @@ def read_documents(batch: dict[str, list], ctx: StageContext) -> tuple[list[str 
             else:
                 texts[i] = found[row][1]
     return texts, problems
+
+
+LINEAGE_HOPS = 4  # cards followed back from the pairs (judged rows -> instantiated -> pairs: two) before giving up
+
+
+def _card_lineage(ref: DatasetRef) -> dict[str, Any] | None:
+    """The `hf_pipeline:` metadata in the card of a Hub input at its pinned commit; None without a card."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return read_card_metadata(ref.repo_id, ref.sha).get("hf_pipeline") or None
+    except EntryNotFoundError:
+        return None
+
+
+def documents_in_lineage(pinned: DatasetRef) -> dict[str, Any] | None:
+    """The documents (an input entry of a card: ref, repo_id, sha, path) that the positions in `pinned`'s rows point
+    into, as the lineage in the cards records them: the `documents` a stage read by position (instantiate's config),
+    or the input `match` mapped over; each other card is followed back through its mapped input (judged rows to
+    instantiated rows to pairs). None when the lineage does not say: a local input, a card without lineage (data
+    pushed as it is), or a chain longer than LINEAGE_HOPS."""
+    ref = pinned
+    for _ in range(LINEAGE_HOPS):
+        meta = _card_lineage(ref) if ref.repo_id else None
+        if meta is None:
+            return None
+        inputs = {i.get("ref"): i for i in meta.get("inputs") or []}
+        documents = (meta.get("config") or {}).get("documents")
+        if isinstance(documents, str) and documents in inputs:
+            return inputs[documents]
+        mapped = inputs.get((meta.get("run") or {}).get("input"))
+        if meta.get("stage") == "match" or mapped is None:
+            return mapped
+        ref = DatasetRef(mapped["ref"], mapped.get("repo_id"), mapped.get("revision"), mapped["sha"], mapped.get("path"))
+    return None
+
+
+def check_documents_lineage(config: Any, plan: Any, stage: str) -> None:
+    """At plan time, for a stage that reads `config.documents` by the positions its input's rows carry: those are the
+    documents the positions point into (same repo, same commit), when the input's card lineage says which; else the
+    run would read other documents at those positions (every row `document_mismatch`, or worse, the right ids at a
+    revision whose texts changed). Skipped for local inputs and inputs without lineage (nothing recorded to check)."""
+    documents, rows = plan.pinned(config.documents), plan.part_refs[0]
+    if documents.repo_id is None:
+        return
+    recorded = documents_in_lineage(rows)
+    if recorded is None or not recorded.get("repo_id"):
+        return
+    if (recorded["repo_id"], recorded.get("sha")) != (documents.repo_id, documents.sha):
+        matched = f"{recorded['repo_id']}@{recorded.get('sha')}"
+        raise PipelineError(
+            f"{stage} reads documents {documents.pinned} ('{config.documents}'), but the positions in {rows.ref} point into "
+            f"{matched} (the documents match read, says the lineage in their card): set documents to {matched}."
+        )

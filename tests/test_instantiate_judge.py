@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_pipeline.errors import PipelineError
+from hf_pipeline.datafiles import MissingData
 from hf_pipeline.pairs import user_message
 from hf_pipeline.stages.instantiate import InstantiateConfig, check_pair
 from hf_pipeline.stages.judge import parse_judgment
@@ -117,8 +117,9 @@ def test_instantiate_batch_is_one_call_with_a_schema_per_row_and_documents_adjac
     def read_rows(ref, path, rows):
         import pyarrow as pa
 
-        if any(r >= len(order) for r in rows):
-            raise PipelineError(f"{ref} file {path} has {len(order)} rows")
+        past_end = {r: f"{ref} file {path} has {len(order)} rows" for r in rows if r >= len(order)}
+        if past_end:  # as datafiles.FileReader says it: the rows that do not exist, nothing read
+            raise MissingData(f"{ref} file {path} has {len(order)} rows", past_end)
         return pa.table({"doc_id": [order[r] for r in rows], "text": [documents[order[r]] for r in rows]})
 
     batch = {"doc_id": [d for d, _ in pairs], "template_id": [t for _, t in pairs], "template": [templates[t] for _, t in pairs],

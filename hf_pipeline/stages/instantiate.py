@@ -20,7 +20,8 @@ for all its templates; the published instantiator expects `template_first`, the 
 Pairs carry their template's text and their document's position (`doc_file`, `doc_row`, written by `match`): a
 batch reads its documents from the `documents` input (the one match read, pinned) by position, only the files
 and row groups its pairs point at, never a lookup of the corpus. The id found at the position must be the pair's
-`doc_id` (status `document_mismatch` otherwise: the documents are not the revision match read). The documents'
+`doc_id` (status `document_mismatch` otherwise: the documents are not the revision match read); at plan time, a
+`documents` other than the repo and commit that the pairs' card records match read is refused. The documents'
 id and text columns are the config keys `doc_id_column` and `text_column` (a user's own corpus; checked at plan
 time, see hf_pipeline/documents.py).
 """
@@ -36,7 +37,9 @@ from hf_pipeline.documents import check_documents_input, doc_id_field, text_fiel
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm_config import LLMConfig, llm_card_ref
-from hf_pipeline.pairs import INSTANTIATE_COLUMNS, MAX_DOCUMENT_CHARS, PromptLayout, read_documents, teacher_prompt, user_message
+from hf_pipeline.pairs import (
+    INSTANTIATE_COLUMNS, MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, teacher_prompt, user_message,
+)
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
 from hf_pipeline.text.patterns import UNSPELLABLE, escape_regex
@@ -153,7 +156,9 @@ def check_config(config: InstantiateConfig) -> list[str]:
 
 
 def resolve_config(config: InstantiateConfig, plan) -> InstantiateConfig:
-    """At plan time: the documents have the id and text columns the config names (one footer read)."""
+    """At plan time: the documents are those match read (the pairs' card lineage, when it says) and have the id and
+    text columns the config names (one footer read)."""
+    check_documents_lineage(config, plan, "instantiate")
     check_documents_input(config, plan, "instantiate")
     return config
 

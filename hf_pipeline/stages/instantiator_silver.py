@@ -19,7 +19,8 @@ No LLM here: run `instantiate` in teacher mode, then `judge`, then this stage, w
 
 The documents are read by position, as instantiate reads them (the judged rows carry `doc_file`, `doc_row` and
 the template's text from `match`), only for the rows that can become examples, from the columns the config keys
-`doc_id_column` and `text_column` name (checked at plan time). The selection is a global step
+`doc_id_column` and `text_column` name (checked at plan time, with the documents' repo and commit against those the
+judged rows' card lineage records instantiate read). The selection is a global step
 over every judged row (~100K in the paper): a `reduce` with one partition.
 
 Each row carries `messages`, the `fineinstructions/template_instantiator` student contract that instantiate's
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 
 from hf_pipeline.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.pairs import MAX_DOCUMENT_CHARS, PromptLayout, read_documents, user_message
+from hf_pipeline.pairs import MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, user_message
 from hf_pipeline.stage import Stage, StageContext
 from hf_pipeline.text.strata import bucket_of, quantile_edges, round_robin_sample
 from hf_pipeline.text.templates import TemplateError, count_variables
@@ -82,7 +83,9 @@ def check_config(config: InstantiatorSilverConfig) -> list[str]:
 
 
 def resolve_config(config: InstantiatorSilverConfig, plan) -> InstantiatorSilverConfig:
-    """At plan time: the documents have the id and text columns the config names (one footer read)."""
+    """At plan time: the documents are those instantiate read (the judged rows' card lineage, when it says) and have
+    the id and text columns the config names (one footer read)."""
+    check_documents_lineage(config, plan, "instantiator_silver")
     check_documents_input(config, plan, "instantiator_silver")
     return config
 
