@@ -127,3 +127,13 @@ def test_unrelated_templates_warn_and_strict_calibration_stops_at_plan_time(loca
     assert len(warnings) == 1 and f"chose {threshold}" in warnings[0] and f"at {b['cosine']} by chance" in warnings[0]
     assert "**Warning: your templates and documents look unrelated at this threshold" in card
     assert f"**{b['cosine']}** by chance alone" in card and "**0.865**" in card
+
+
+def test_strict_calibration_is_a_flag_and_a_config_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["match", "--help"])
+    out = capsys.readouterr().out
+    assert "--strict-calibration" in out and "strict_calibration" in out and "calibration_min_margin" in out
+    with pytest.raises(SystemExit):
+        main(["genericize", "--help"])  # a flag only where the config has the key
+    assert "--strict-calibration" not in capsys.readouterr().out
