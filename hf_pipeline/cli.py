@@ -162,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("repo_id", nargs="?", help="push: the dataset repo to publish it to (org/name)")
     hub.add_argument("--tag", default=None, help="push: tag for the published revision (default: v-<content hash>)")
     hub.add_argument("--root", default=".hub", help="where the local Hub keeps its repos (default: .hub)")
-    hub.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    hub.add_argument("--port", type=int, default=None, help="start: port to listen on (default: a free one)")
+    hub.add_argument("--host", default="127.0.0.1",
+                     help="start: address to listen on (default 127.0.0.1; any other makes it reachable from the network)")
+    hub.add_argument("--allowed-host", action="append", default=[],
+                     help="start: another name clients reach the Hub by (its Host header); repeatable")
+    hub.add_argument("--max-commit-bytes", type=int, default=None, help="start: largest commit payload (default 64 MiB)")
+    hub.add_argument("--max-lfs-bytes", type=int, default=None, help="start: largest LFS file (default 50 GiB)")
     hub.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -207,8 +213,9 @@ def hub_command(args: argparse.Namespace) -> int:
 
     root = Path(args.root).resolve()
     if args.action == "start":
-        url = local.start(root, port=args.port)
-        print(f"local Hub at {url} (repos in {root})")
+        url = local.start(root, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host),
+                          max_commit_bytes=args.max_commit_bytes, max_lfs_bytes=args.max_lfs_bytes)
+        print(f"local Hub at {url} (repos in {root}; writes need the token `hub env` prints)")
         print(f"point the clients at it: eval \"$(python scripts/run_stage.py hub env --root {args.root})\"")
     elif args.action == "stop":
         print("stopped" if local.stop(root) else f"no local Hub running for {root}")
@@ -216,7 +223,8 @@ def hub_command(args: argparse.Namespace) -> int:
         state = local.status(root)
         if not state:
             raise PipelineError(f"no local Hub is running for {root}; start it with `run_stage.py hub start`.")
-        print(f"export HF_ENDPOINT={state['url']} HF_HUB_DISABLE_XET=1 HF_TOKEN=${{HF_TOKEN:-hf_local}}")
+        # The default account's token: HF_TOKEN is what the clients send (a token is letters and digits: no quoting).
+        print(f"export HF_ENDPOINT={state['url']} HF_HUB_DISABLE_XET=1 HF_TOKEN={local.token(root)}")
     elif args.action == "push":
         from hf_pipeline.hub_io import push_local_dataset
 

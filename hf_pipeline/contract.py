@@ -87,6 +87,53 @@ def pin_model(ref: str) -> ModelPin:
     return ModelPin(ref, repo, sha, f"{repo}@{sha}")
 
 
+def _hub_model_pin(ref: str) -> ModelPin | None:
+    """The pin of `ref` when it names a model on the Hub (repo or repo@revision); None for a local path or file, a
+    packaged model (`packaged:NAME`, a packaged embedder) or a tiny random model, which are pinned as they are."""
+    from hf_pipeline.embedder import packaged_model_path
+
+    if ":" in ref.split("/", 1)[0] or Path(ref).expanduser().exists() or packaged_model_path(ref) is not None:
+        return None
+    pin = pin_model(ref)
+    return pin if pin.revision else None
+
+
+def pin_models(config: Any, prefix: str = "") -> tuple[Any, dict[str, str]]:
+    """(config with every Hub model it names pinned to its commit sha, {config key: repo@sha}). Done once at plan time:
+    every worker then loads that commit, however the model's branch moves during the run, and the sha is part of
+    the fingerprint and the card. Models are named by an LLM config's `model` (`repo[@revision]`; a served model,
+    backend openai, is the server's) or by a `model` + `model_revision` pair (the embedders)."""
+    import dataclasses
+
+    from hf_pipeline.llm_config import LLMConfig
+
+    if not dataclasses.is_dataclass(config):
+        return config, {}
+    changes: dict[str, Any] = {}
+    pins: dict[str, str] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            pinned, inner = pin_models(value, f"{prefix}{f.name}.")
+            if inner:
+                changes[f.name] = pinned
+                pins.update(inner)
+    names = {f.name for f in dataclasses.fields(config)}
+    model = getattr(config, "model", None)
+    if isinstance(config, LLMConfig) and config.backend != "openai" and isinstance(model, str):
+        pin = _hub_model_pin(model)
+        if pin is not None:
+            changes["model"] = f"{pin.load}@{pin.revision}"
+            pins[f"{prefix}model"] = pin.pinned
+    elif {"model", "model_revision"} <= names and isinstance(model, str):
+        revision = getattr(config, "model_revision")
+        pin = _hub_model_pin(f"{model}@{revision}" if revision else model)
+        if pin is not None:
+            changes["model_revision"] = pin.revision
+            pins[f"{prefix}model"] = pin.pinned
+    return (dataclasses.replace(config, **changes) if changes else config), pins
+
+
 # ---------------------------------------------------------------- fingerprint, tag, published check
 
 

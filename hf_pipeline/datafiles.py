@@ -103,10 +103,10 @@ def describe_file(ref: DatasetRef, path: str, part: int = 0):
 
 
 def list_files(ref: DatasetRef, split: str = "train", name: str | None = None, part: int = 0):
-    """(files in read order, arrow schema or None) of one input at its pinned revision, from footers (see
+    """(files in read order, the arrow schema of each) of one input at its pinned revision, from footers (see
     describe_file)."""
     described = [describe_file(ref, path, part) for path in data_file_paths(ref, split, name)]
-    return [f for f, _ in described], (described[0][1] if described else None)
+    return [f for f, _ in described], [schema for _, schema in described]
 
 
 def _local_files(root: Path) -> list[str]:

@@ -1,21 +1,26 @@
-"""The driver of a dataset stage's run: plan -> open the run's pull request -> tasks -> seal.
+"""The driver of a dataset stage's run: plan once -> open the run's pull request -> tasks -> seal.
 
-1. `plan_run` pins every input (the run contract, `contract.py`), lists the mapped inputs' data files at their
-   pinned commits with row counts from the parquet footers (no data read), checks their columns before any model
-   loads, cuts them into shards (`sharding.py`: a shard is a set of files), and derives fingerprint and tag.
-2. `run_stage` opens (or, on a rerun, finds) the run's pull request on the output repo (`hub_run.py`), reads which
-   tasks are already in, and hands the others to an executor (`executors/`). Each worker commits its own output to
-   the pull request: no data row passes through the driver and nothing needs a shared filesystem.
-3. A stage with a `reduce` then runs its partitions the same way, each reading its row group of every shard.
-4. `seal_run` sums the per-task records into the card's counts and stats, builds the stage's artifacts, and merges
-   the pull request: `main` moves in one step, and the tag is set on the merge commit. Until then, another client
-   sees `main` and the tags unchanged.
+1. `plan_run` pins every input (the run contract, `contract.py`) and every Hub model the config names, lists the
+   mapped inputs' data files at their pinned commits with row counts from the parquet footers (no data read),
+   checks every file's columns before any model loads, cuts them into shards (`sharding.py`: a shard is a set of
+   files), resolves data-dependent config values, and derives fingerprint and tag.
+2. `run_stage` opens the run's pull request with the plan as its manifest (`hub_run.py`). Every later command of
+   the same run (a rerun after a crash, a `--shard-index` job, the sealing command, on any machine) finds that PR
+   by the command's key and reads the manifest instead of planning: the same pinned inputs, resolved config, shard
+   table and model shas, whatever moved on the Hub meanwhile. It hands the tasks not yet in to an executor
+   (`executors/`); each worker commits its own output to the PR: no data row passes through the driver.
+3. A stage with a `reduce` then runs its partitions the same way, each reading its row groups of every shard.
+4. `seal_run` checks the PR's files against the records (content hashes, footers' rows), sums the records into the
+   card's counts and stats, builds the stage's artifacts, and merges the pull request: `main` moves in one step,
+   and the tag is set on the merge commit. If `main` moved meanwhile, the run's files move to a PR on the new main
+   first. A rerun after a seal that died between merge and tag finds the merged PR and only tags it.
 
 `--shard-index i` runs just one shard (a job array's element) and leaves the sealing to a run without it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -23,13 +28,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hf_pipeline
 from hf_pipeline import contract
+from hf_pipeline.config import build_config, config_to_dict
 from hf_pipeline.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.executors.ray import RayOptions
 from hf_pipeline.hub_io import DatasetRef, cache_root, download_file, load_dataset_ref, token_free_argv
+from hf_pipeline.sharding import DataFile, FileSlice, GroupRange, ShardSpec
 from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, StageContext, merge_stats
 from hf_pipeline.worker import Task
+
+# The Hub keeps < 10k entries per folder: each shard publishes at least one file under data/
+MAX_SHARDS = 9_999
+MANIFEST_FORMAT = 1
 
 
 @dataclass
@@ -49,8 +61,13 @@ class RunOptions:
     private: bool = False
     work_dir: str | None = None  # default: $HF_PIPELINE_CACHE/runs (~/.cache/hf_pipeline/runs)
     keep_work_dir: bool = False
+    allow_version_change: bool = False  # finish a run another hf_pipeline version opened
     executor: str = "local"  # see hf_pipeline/executors
     ray: RayOptions = field(default_factory=RayOptions)
+
+
+# what a run's manifest fixes: a later command of the same run takes these from it, not from its own options
+PLANNED_OPTIONS = ("input", "output", "tag", "split", "max_rows", "num_shards", "rows_per_file", "chunk_rows")
 
 
 @dataclass
@@ -60,19 +77,27 @@ class RunPlan:
     config: Any
     inputs: dict[str, DatasetRef]  # ref as written -> pinned; the mapped inputs first
     parts: list[InputPart]
-    part_refs: list[DatasetRef]
-    files: list  # sharding.DataFile of every part, in read order
-    schemas: list  # arrow schema of each part
-    shards: list  # sharding.ShardSpec
-    fingerprint: str
-    tag: str
+    files: list[DataFile]  # of every part, in read order
+    shards: list[ShardSpec]
+    fingerprint: str = ""
+    tag: str = ""
+    key: str = ""  # the command's identity (before pinning): how every later command of this run finds its PR
     num_partitions: int = 1
     aligned: list[AlignedInput] = field(default_factory=list)  # the stage's aligned inputs, in its order
-    aligned_files: list = field(default_factory=list)  # per aligned input: its sharding.DataFile list
-    aligned_groups: list = field(default_factory=list)  # per aligned input, per shard: sharding.GroupRange to read
+    aligned_files: list[list[DataFile]] = field(default_factory=list)  # per aligned input: its files
+    # per aligned input, per shard: the row groups that shard reads (driver only: each map task carries its own)
+    aligned_groups: list[list[list[GroupRange]]] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)  # config key -> pinned model (repo@sha)
+    package_version: str = ""  # the hf_pipeline that planned the run
     argv: list[str] = field(default_factory=list)
     run: Any = None  # hub_run.RunPR, once opened
     run_stats: dict = field(default_factory=dict)  # the map shards' summed stats, for a reduce
+    strays: list[str] = field(default_factory=list)  # files in the PR's data/ no record names (deleted at the seal)
+    progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # phase -> (tasks done, rows in) for titles
+
+    @property
+    def part_refs(self) -> list[DatasetRef]:
+        return [self.inputs[p.ref] for p in self.parts]
 
     @property
     def work_dir(self) -> Path:
@@ -82,6 +107,13 @@ class RunPlan:
     @property
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
+
+    def for_workers(self) -> RunPlan:
+        """The plan every worker holds: without the per-shard aligned row groups, which each task carries."""
+        return dataclasses.replace(self, aligned_groups=[])
+
+    def map_task(self, index: int) -> Task:
+        return Task("map", index, self.options.num_shards, tuple(tuple(groups[index]) for groups in self.aligned_groups))
 
     def pinned(self, ref: str) -> DatasetRef:
         pinned = self.inputs.get(ref)
@@ -148,8 +180,9 @@ class RunResult:
 def check_options(stage: Stage, options: RunOptions) -> None:
     if not options.output:
         raise PipelineError(f"stage {stage.name} needs --output org/name (the dataset repo to publish to).")
-    if options.num_shards < 1:
-        raise PipelineError("--num-shards must be at least 1.")
+    if not 1 <= options.num_shards <= MAX_SHARDS:
+        raise PipelineError(f"--num-shards must be in [1, {MAX_SHARDS}] (the Hub keeps fewer than 10,000 files per folder, "
+                            f"and every shard publishes one), got {options.num_shards}.")
     if options.shard_index is not None and not 0 <= options.shard_index < options.num_shards:
         raise PipelineError(f"--shard-index must be in [0, {options.num_shards - 1}], got {options.shard_index}.")
     if options.chunk_rows < 1 or options.batch_size < 1 or options.rows_per_file < 1:
@@ -166,39 +199,59 @@ def mapped_parts(stage: Stage, options: RunOptions, config: Any) -> list[InputPa
     return [InputPart(options.input, options.split)]
 
 
-def check_columns(stage: Stage, part: InputPart, schema) -> None:
-    """The mapped input has the stage's columns: said now, before a model loads or a shard starts."""
+def aligned_inputs(stage: Stage, config: Any, options: RunOptions) -> list[AlignedInput]:
+    aligned = stage.aligned(config, options)
+    return [] if aligned is None else [aligned] if isinstance(aligned, AlignedInput) else list(aligned)
+
+
+def check_columns(stage: Stage, part: InputPart, schema, path: str | None = None) -> None:
+    """The mapped input has the stage's columns (in every data file): said now, before a model loads or a shard
+    starts."""
     names = list(schema.names) if schema is not None else []
     missing = [c for c in stage.input_columns if c not in names]
     if missing:
+        where = f" (file {path})" if path else ""
         raise PipelineError(
-            f"input {part.ref} lacks column '{missing[0]}' required by stage {stage.name} (it has: {', '.join(names) or 'no columns'})."
+            f"input {part.ref}{where} lacks column '{missing[0]}' required by stage {stage.name} (it has: "
+            f"{', '.join(names) or 'no columns'})."
         )
 
 
-def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None) -> RunPlan:
-    """Pin every input, list and check the mapped inputs' files, cut shards, derive fingerprint and tag."""
-    from hf_pipeline.datafiles import group_ranges, list_files
-    from hf_pipeline.sharding import align_groups, plan_shards
+def command_key(stage: Stage, options: RunOptions, config: Any) -> str:
+    """What the user asked for, before anything is pinned: stage, config and inputs as written, and the options that
+    shape the run. A later command of the same run (a shard job, the seal, a rerun) has the same key however the
+    inputs' branches moved meanwhile, and finds the run's PR by it."""
+    refs = ([p.ref for p in mapped_parts(stage, options, config)] + list(stage.input_refs(config))
+            + [a.ref for a in aligned_inputs(stage, config, options)])
+    prompts = contract.prompt_digests(stage.prompts(config))
+    return contract.fingerprint(stage.name, stage.version, config, refs, "command", options.split, options.max_rows,
+                                options.num_shards, options.tag, options.output, prompts or None)
 
+
+def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None) -> RunPlan:
+    """Pin every input and model, list and check the mapped inputs' files, cut shards, derive fingerprint and tag."""
+    from hf_pipeline.datafiles import group_ranges, list_files
     from hf_pipeline.optional import check_config
+    from hf_pipeline.sharding import align_groups, plan_shards
 
     check_options(stage, options)
     check_config(stage.name, config)  # optional packages the config needs, before any input is read
+    key = command_key(stage, options, config)
     parts = mapped_parts(stage, options, config)
-    aligned = stage.aligned(config, options)
-    aligned = [] if aligned is None else [aligned] if isinstance(aligned, AlignedInput) else list(aligned)
+    aligned = aligned_inputs(stage, config, options)
     refs = [p.ref for p in parts] + list(stage.input_refs(config)) + [a.ref for a in aligned]
     inputs = contract.pin_datasets(refs)
-    files, schemas = [], []
+    files: list[DataFile] = []
     for k, part in enumerate(parts):
-        part_files, schema = list_files(inputs[part.ref], part.split, part.name, part=k)
-        if stage.check_input is not None:
-            stage.check_input(part, schema, config)
-        elif stage.inputs is None:
-            check_columns(stage, part, schema)
+        part_files, schemas = list_files(inputs[part.ref], part.split, part.name, part=k)
+        # every file's footer was read: a column missing from the 900th file is said now, not hours in
+        for path, schema in _distinct_schemas(part_files, schemas):
+            if stage.check_input is not None:
+                stage.check_input(part, schema, config)
+            elif stage.inputs is None:
+                check_columns(stage, part, schema, path if len(part_files) > 1 else None)
         files += part_files
-        schemas.append(schema)
+    config, models = contract.pin_models(config)  # after the columns are checked: every worker loads these commits
     shards = plan_shards(files, options.num_shards, options.max_rows)
     aligned_files, aligned_groups = [], []
     for spec in aligned:
@@ -206,10 +259,9 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
         ranges = group_ranges(inputs[spec.ref], spec_files, spec.file_column, spec.row_column)
         aligned_files.append(spec_files)
         aligned_groups.append(align_groups(shards, files, ranges))
-    plan = RunPlan(
-        stage, options, config, inputs, parts, [inputs[p.ref] for p in parts], files, schemas, shards, "", "", 1,
-        aligned, aligned_files, aligned_groups, token_free_argv(argv or sys.argv),
-    )
+    plan = RunPlan(stage, options, config, inputs, parts, files, shards, key=key, aligned=aligned,
+                   aligned_files=aligned_files, aligned_groups=aligned_groups, models=models,
+                   package_version=hf_pipeline.__version__, argv=token_free_argv(argv or sys.argv))
     if stage.resolve_config is not None:  # once, here: the config the fingerprint names and every worker gets
         plan.config = config = stage.resolve_config(config, plan)
     prompts = contract.prompt_digests(stage.prompts(config))
@@ -222,16 +274,93 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     return plan
 
 
+def _distinct_schemas(files: list[DataFile], schemas: list) -> list[tuple[str, Any]]:
+    """(first file, schema) of each distinct schema among an input's files, in file order."""
+    seen: dict[Any, str] = {}
+    for f, schema in zip(files, schemas):
+        seen.setdefault(schema, f.path)
+    return [(path, schema) for schema, path in seen.items()] or [("", None)]
+
+
+# ---------------------------------------------------------------- the manifest: the plan, written once
+
+
+def manifest_of(plan: RunPlan) -> dict[str, Any]:
+    """The plan as the run's PR keeps it (JSON): what every later command of the run reads instead of planning."""
+    aligned = []
+    for spec, files, groups in zip(plan.aligned, plan.aligned_files, plan.aligned_groups):
+        ranges: dict[tuple, int] = {}
+        per_shard = [[ranges.setdefault(dataclasses.astuple(g), len(ranges)) for g in shard] for shard in groups]
+        aligned.append({"input": asdict(spec), "files": [_file_row(f) for f in files], "ranges": list(ranges),
+                        "shards": per_shard})
+    return {
+        "format": MANIFEST_FORMAT, "stage": plan.stage.name, "stage_version": plan.stage.version,
+        "package_version": plan.package_version, "fingerprint": plan.fingerprint, "tag": plan.tag, "key": plan.key,
+        "options": {k: getattr(plan.options, k) for k in PLANNED_OPTIONS},
+        "inputs": {ref: p.card_dict() for ref, p in plan.inputs.items()},
+        "models": plan.models, "config": config_to_dict(plan.config),
+        "parts": [asdict(p) for p in plan.parts], "files": [_file_row(f) for f in plan.files],
+        "shards": [[[s.file, s.start, s.stop] for s in shard.slices] for shard in plan.shards],
+        "num_partitions": plan.num_partitions, "aligned": aligned, "command": " ".join(plan.argv),
+    }
+
+
+def _file_row(f: DataFile) -> list:
+    return [f.path, f.rows, list(f.row_groups), f.part, f.size]
+
+
+def _data_file(row: list) -> DataFile:
+    path, rows, groups, part, size = row
+    return DataFile(path, rows, tuple(groups), part, size)
+
+
+def plan_from_manifest(stage: Stage, options: RunOptions, manifest: dict[str, Any], argv: list[str] | None = None) -> RunPlan:
+    """The run's plan as its manifest fixed it (no input pinned, no footer read, no config resolved again); the
+    options that do not shape the output (executor, batch size, work dir, shard index) are this command's."""
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("stage") != stage.name:
+        raise PipelineError(f"the run's manifest is of format {manifest.get('format')} for stage {manifest.get('stage')}, "
+                            f"not format {MANIFEST_FORMAT} for {stage.name}: close its pull request to start over.")
+    options = dataclasses.replace(options, **manifest["options"])
+    files = [_data_file(row) for row in manifest["files"]]
+    shards = [ShardSpec(i, tuple(FileSlice(*s) for s in slices)) for i, slices in enumerate(manifest["shards"])]
+    aligned, aligned_files, aligned_groups = [], [], []
+    for entry in manifest["aligned"]:
+        spec = entry["input"]
+        aligned.append(AlignedInput(spec["ref"], spec["file_column"], spec["row_column"],
+                                    tuple(spec["columns"]) if spec["columns"] is not None else None))
+        aligned_files.append([_data_file(row) for row in entry["files"]])
+        ranges = [GroupRange(*r) for r in entry["ranges"]]
+        aligned_groups.append([[ranges[i] for i in shard] for shard in entry["shards"]])
+    return RunPlan(
+        stage, options, build_config(stage.config_class, manifest["config"]),
+        {ref: DatasetRef(**d) for ref, d in manifest["inputs"].items()}, [InputPart(**p) for p in manifest["parts"]],
+        files, shards, manifest["fingerprint"], manifest["tag"], manifest["key"], manifest["num_partitions"], aligned,
+        aligned_files, aligned_groups, manifest["models"], manifest["package_version"], token_free_argv(argv or sys.argv),
+    )
+
+
+def check_version(plan: RunPlan) -> None:
+    """A run is finished by the package version that started it: shards of two versions would be merged as one."""
+    if plan.package_version != hf_pipeline.__version__ and not plan.options.allow_version_change:
+        raise PipelineError(
+            f"the run's pull request {plan.run.url} was opened by hf_pipeline {plan.package_version}, this is "
+            f"{hf_pipeline.__version__}: finish it with {plan.package_version}, or pass --allow-version-change to finish it "
+            "with this version (its shards so far stay as they are), or close that pull request to start over."
+        )
+
+
 # ---------------------------------------------------------------- the whole run
 
 
-def latest_records(plan: RunPlan) -> dict[str, dict]:
-    """task name -> its record on the run's PR (the latest, should a task have been committed twice)."""
-    from hf_pipeline.hub_run import shard_records
+def run_records(plan: RunPlan) -> dict[str, dict]:
+    """task name -> its record on the run's PR (the latest of this account's, should a task have been committed
+    twice), for the tasks whose files in the PR are the ones their record names; a task whose files differ (two
+    attempts mixed) is left out, so it is redone."""
+    from hf_pipeline.hub_run import scratch_dir, shard_records, verify_files
 
     records = {}
     for record in shard_records(plan.run):
-        if record.get("fingerprint") != plan.fingerprint:
+        if record["fingerprint"] != plan.fingerprint:
             continue
         expected = plan.options.num_shards if record["phase"] == "map" else plan.num_partitions
         if record["of"] != expected:
@@ -241,77 +370,176 @@ def latest_records(plan: RunPlan) -> dict[str, dict]:
                 f"rerun with the same {what}, or close that pull request to start over."
             )
         records[record["task"]] = record
+    if not records:
+        return {}
+    problems, plan.strays = verify_files(plan.run, list(records.values()), ("data", scratch_dir(plan.fingerprint)))
+    for task, why in sorted(problems.items()):
+        print(f"{task} will be redone: its files in {plan.run.url} are not its record's ({why})", file=sys.stderr, flush=True)
+        del records[task]
+    plan.strays = [p for p in plan.strays if p.startswith("data/")]  # the scratch folder goes whole at the seal
     return records
 
 
-def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None,
-              dry_run: bool = False) -> RunResult | None:
-    from hf_pipeline.executors import get_executor
-    from hf_pipeline.hub_run import open_run
+def find_or_open_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None,
+                     dry_run: bool) -> tuple[RunPlan | None, RunResult | None, bool]:
+    """(the run's plan with its PR, or None and the result when there is nothing to run; whether the PR was opened
+    now). The run's open PR, found by
+    the command's key, gives the plan (its manifest); else a merged PR whose tag is missing is tagged; else the run
+    is planned here, checked against what is published, and opened."""
+    from hf_pipeline.hub_io import output_tags
+    from hf_pipeline.hub_run import find_runs, open_run, read_manifest, run_of
 
-    started = time.time()
+    key = command_key(stage, options, config)
+    runs = find_runs(options.output, stage.name, key)
+    opened = [r for r in runs if r.status in ("open", "draft")]
+    if opened:
+        manifest = read_manifest(options.output, opened[0].num)
+        plan = plan_from_manifest(stage, options, manifest, argv)
+        plan.run = run_of(options.output, opened[0].num, manifest, opened[0].created_at)
+        check_version(plan)
+        if dry_run:
+            print_plan(plan)
+            return None, None, False
+        return plan, None, False
+    merged = [r for r in runs if r.status == "merged"]
+    if merged and not dry_run:  # the latest merged run of this command: tagged, unless its seal died before the tag
+        manifest = read_manifest(options.output, merged[-1].num)
+        result = None if manifest["tag"] in output_tags(options.output) else \
+            merged_run_result(options.output, merged[-1].num, manifest)
+        if result is not None:
+            return None, result, False
     plan = plan_run(stage, options, config, argv)
     existing = contract.published_commit(options.output, plan.tag, plan.fingerprint)
     if existing:
         print(f"nothing to do: {options.output}@{plan.tag} (commit {existing[:12]}) already holds {stage.name} "
               "for these inputs and this config.")
-        return RunResult(options.output, plan.tag, existing, 0, 0, {}, skipped=True)
+        return None, RunResult(options.output, plan.tag, existing, 0, 0, {}, skipped=True), False
     if dry_run:
         print_plan(plan)
-        return None
-    executor = get_executor(options.executor, options)
+        return None, None, False
     description = (f"`hf_pipeline` run of stage `{stage.name}` (fingerprint `{plan.fingerprint}`, tag `{plan.tag}`): "
                    f"{plan.rows} input rows in {options.num_shards} shard(s). Workers commit their shards here; the "
-                   "run merges when every shard is in.\n\nCommand: `" + " ".join(plan.argv) + "`")
-    plan.run, opened = open_run(options.output, stage.name, plan.fingerprint, description, options.private)
-    done = latest_records(plan)
-    shards = [options.shard_index] if options.shard_index is not None else range(options.num_shards)
-    tasks = [Task("map", i, options.num_shards) for i in shards]
-    pending = [t for t in tasks if t.name not in done]
-    print(f"run {'opened' if opened else 'resumed'}: {plan.run.url} ({len(tasks) - len(pending)} of {len(tasks)} "
-          f"shard(s) already in)", flush=True)
-    executor.run(plan, pending)
-    if options.shard_index is not None:
-        print(f"shard {options.shard_index} of {options.num_shards} is in {plan.run.url}; the run is sealed by the same "
-              "command without --shard-index once every shard is in.")
-        return RunResult(options.output, plan.tag, "", plan.shards[options.shard_index].rows, 0, {},
-                         pull_request=plan.run.url)
-    done = latest_records(plan)
-    if stage.reduce is not None:
-        run_reduce(plan, executor, done)
-        done = latest_records(plan)
-    result = seal_run(plan, done, started)
-    print_run_summary(plan, result, time.time() - started)
+                   "run merges when every shard is in. The plan is in this PR's manifest.\n\nCommand: `"
+                   + " ".join(plan.argv) + "`")
+    run, manifest, mine = open_run(options.output, stage.name, key, manifest_of(plan), description, options.private)
+    if not mine:  # another driver opened it first: its manifest is the run's plan
+        plan = plan_from_manifest(stage, options, manifest, argv)
+    plan.run = run
+    return plan, None, mine
+
+
+def merged_run_result(repo_id: str, num: int, manifest: dict[str, Any]) -> RunResult | None:
+    """The result of a run whose PR is merged (by this driver's earlier seal that died before tagging, or by another
+    driver of the same command): its merge commit, checked to hold exactly the run's files, tagged if it is not yet.
+    None when the merge cannot be trusted (the run starts over)."""
+    from hf_pipeline.hub_io import read_card_metadata
+    from hf_pipeline.hub_run import MergeNotTheRun, RunPR, merged_as, tag_commit
+
+    run = RunPR(repo_id, num, 0.0, manifest.get("base", ""))
+    try:
+        sha = merged_as(run)
+    except MergeNotTheRun as e:
+        print(f"{e}", file=sys.stderr, flush=True)
+        return None
+    tag_commit(repo_id, manifest["tag"], sha, f"{manifest['stage']} ({manifest['tag']})")
+    meta = read_card_metadata(repo_id, sha).get("hf_pipeline", {})
+    print(f"the run {run.url} is merged as {sha[:12]}, tagged {manifest['tag']}.")
+    return RunResult(repo_id, manifest["tag"], sha, meta.get("rows_in", 0), meta.get("rows_out", 0),
+                     meta.get("counts", {}), pull_request=run.url, usage=meta.get("usage", {}))
+
+
+def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None,
+              dry_run: bool = False) -> RunResult | None:
+    from hf_pipeline.hub_run import check_write_access
+
+    started = time.time()
+    check_options(stage, options)
+    if not dry_run:
+        check_write_access(options.output)  # before planning, calibration or a model load
+    plan, result, opened = find_or_open_run(stage, options, config, argv, dry_run)
+    if plan is None:
+        return result
+    try:
+        result = execute_run(plan, options.shard_index, opened, started)
+    except PipelineError:
+        from hf_pipeline.hub_run import pr_status
+
+        if plan.run is None or pr_status(plan.run) != "merged":
+            raise
+        print(f"another driver sealed the run {plan.run.url} meanwhile.", flush=True)
+        result = merged_run_result(plan.run.repo_id, plan.run.num, manifest_of(plan))
+        if result is None:
+            raise
+        return result
+    if options.shard_index is None:
+        print_run_summary(plan, result, time.time() - started)
     return result
 
 
-def run_reduce(plan: RunPlan, executor, done: dict[str, dict]) -> None:
-    """The stage's reduce, one task per partition, each reading its row group of every shard's scratch file."""
-    from hf_pipeline.hub_run import scratch_dir
+def execute_run(plan: RunPlan, shard_index: int | None, opened: bool, started: float) -> RunResult:
+    """The tasks not yet in (one shard with `shard_index`), then the reduce and the seal."""
+    from hf_pipeline.executors import get_executor
 
+    opts = plan.options
+    executor = get_executor(opts.executor, opts)
+    done = run_records(plan)
+    tasks = [plan.map_task(i) for i in ([shard_index] if shard_index is not None else range(opts.num_shards))]
+    pending = [t for t in tasks if t.name not in done]
+    print(f"run {'opened' if opened else 'resumed'}: {plan.run.url} ({len(tasks) - len(pending)} of {len(tasks)} shard(s) "
+          "already in)", flush=True)
+    plan.progress = progress(done)
+    executor.run(plan, pending)
+    if shard_index is not None:
+        print(f"shard {shard_index} of {opts.num_shards} is in {plan.run.url}; the run is sealed by the same command "
+              "without --shard-index once every shard is in.")
+        return RunResult(opts.output, plan.tag, "", plan.shards[shard_index].rows, 0, {}, pull_request=plan.run.url)
+    done = run_records(plan)
+    if plan.stage.reduce is not None:
+        run_reduce(plan, executor, done)
+        done = run_records(plan)
+    return seal_run(plan, done, started)
+
+
+def run_reduce(plan: RunPlan, executor, done: dict[str, dict]) -> None:
+    """The stage's reduce, one task per partition, each reading its row groups of every shard's scratch file."""
+    missing = missing_tasks(plan, done, phases=("map",))
+    if missing:
+        raise PipelineError(f"{len(missing)} shard(s) of the run are not in its pull request {plan.run.url} (e.g. "
+                            f"{missing[0]}); rerun the same command to finish them.")
     maps = [done[Task("map", i, plan.options.num_shards).name] for i in range(plan.options.num_shards)]
     plan.run_stats = {"rows_in": sum(r["rows_in"] for r in maps), "rows_out": sum(r["rows_out"] for r in maps)}
     for r in maps:
         plan.run_stats = merge_stats(plan.run_stats, r["stats"])
-    inputs: dict[int, list[tuple[str, int]]] = {p: [] for p in range(plan.num_partitions)}
+    inputs: dict[int, list[tuple[str, tuple[int, ...]]]] = {p: [] for p in range(plan.num_partitions)}
     for r in maps:
-        path = f"{scratch_dir(plan.fingerprint)}/map-{r['index']:05d}-of-{r['of']:05d}.parquet"
-        for p, group in r["partitions"].items():
-            inputs[int(p)].append((path, group))
-    tasks = [Task("reduce", p, plan.num_partitions) for p in range(plan.num_partitions)]
-    executor.run(plan, [t for t in tasks if t.name not in done], inputs)
+        (path,) = r["files"]
+        for p, groups in r["partitions"].items():
+            inputs[int(p)].append((path, tuple(groups)))
+    tasks = [Task("reduce", p, plan.num_partitions, tuple(inputs[p])) for p in range(plan.num_partitions)]
+    plan.progress = progress(done)
+    executor.run(plan, [t for t in tasks if t.name not in done])
 
 
-def missing_tasks(plan: RunPlan, done: dict[str, dict]) -> list[str]:
-    names = [Task("map", i, plan.options.num_shards).name for i in range(plan.options.num_shards)]
-    if plan.stage.reduce is not None:
+def progress(done: dict[str, dict]) -> dict[str, tuple[int, int]]:
+    """phase -> (tasks in, their input rows): where the shard commits' progress titles start counting."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in done.values():
+        n, rows = out.get(r["phase"], (0, 0))
+        out[r["phase"]] = (n + 1, rows + r["rows_in"])
+    return out
+
+
+def missing_tasks(plan: RunPlan, done: dict[str, dict], phases: tuple[str, ...] = ("map", "reduce")) -> list[str]:
+    names = [Task("map", i, plan.options.num_shards).name for i in range(plan.options.num_shards)] if "map" in phases else []
+    if plan.stage.reduce is not None and "reduce" in phases:
         names += [Task("reduce", p, plan.num_partitions).name for p in range(plan.num_partitions)]
     return [n for n in names if n not in done]
 
 
 def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
-    """Sum the records, build artifacts and the card, merge the run's PR and tag the merge commit."""
-    from hf_pipeline.hub_run import seal
+    """Check the PR's files against the records, sum the records, build artifacts and the card, merge the run's PR
+    (moving it onto main's head first if main moved) and tag the merge commit."""
+    from hf_pipeline.hub_run import MainMoved, count_rows, rebase_run, seal
 
     stage, opts = plan.stage, plan.options
     missing = missing_tasks(plan, done)
@@ -319,9 +547,14 @@ def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
         raise PipelineError(f"{len(missing)} task(s) of the run are not in its pull request {plan.run.url} (e.g. {missing[0]}); "
                             "rerun the same command to finish them.")
     records = list(done.values())
-    maps = [r for r in records if r["phase"] == "map"]
     data_phase = "reduce" if stage.reduce else "map"  # whose outputs are the published rows
     data = [r for r in records if r["phase"] == data_phase]
+    wrong = count_rows(plan.run, data)
+    if wrong:
+        task, why = min(wrong.items())
+        raise PipelineError(f"{len(wrong)} task(s) of {plan.run.url} published other rows than they recorded, e.g. {task}: "
+                            f"{why}. Redo it: `--shard-index {int(task.split('-')[1])}` (or close the pull request).")
+    maps = [r for r in records if r["phase"] == "map"]
     rows_in, rows_out = sum(r["rows_in"] for r in maps), sum(r["rows_out"] for r in data)
     counts: dict[str, Any] = {"drops": {}}
     stats: dict[str, Any] = {}
@@ -342,10 +575,21 @@ def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
     if stage.artifacts is not None:
         actx = ArtifactContext(plan.config, stats, counts, rows_out, output_reader(plan, files), plan.download)
         artifacts = {k: Path(v) for k, v in stage.artifacts(actx, out_dir).items()}
-    result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, pull_request=plan.run.url, usage=usage)
-    card = render_card(plan, result, examples(plan, files), time.time() - started, sorted(artifacts))
     message = f"{stage.name}: {rows_out} rows from {rows_in} ({plan.tag})"
-    result.commit = seal(plan.run, card, artifacts, plan.fingerprint, plan.tag, message)
+    for _ in range(3):  # main may move again while the run moves onto it
+        result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, pull_request=plan.run.url, usage=usage)
+        card = render_card(plan, result, examples(plan, files), time.time() - started, sorted(artifacts))
+        try:
+            result.commit = seal(plan.run, card, artifacts, plan.fingerprint, plan.tag, message, plan.strays)
+            break
+        except MainMoved:
+            plan.run, _ = rebase_run(plan.run, stage.name, plan.key, manifest_of(plan), records,
+                                     f"`hf_pipeline` run of stage `{stage.name}` (fingerprint `{plan.fingerprint}`).")
+            done = run_records(plan)
+            if missing_tasks(plan, done):
+                raise PipelineError(f"the run's files did not all reach {plan.run.url}; rerun the same command.") from None
+    else:
+        raise PipelineError(f"main of {opts.output} kept moving while the run was sealed; rerun the same command.")
     if not opts.keep_work_dir:
         shutil.rmtree(plan.work_dir, ignore_errors=True)
     return result

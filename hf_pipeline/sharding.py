@@ -74,10 +74,8 @@ def take_prefix(files: list[DataFile], max_rows: int | None) -> list[FileSlice]:
     return slices
 
 
-def _units(files: list[DataFile], slices: list[FileSlice], num_shards: int) -> list[FileSlice]:
-    """The pieces shards are made of: whole files when there are enough, else row groups, else single rows."""
-    if len(slices) >= num_shards:
-        return slices
+def _row_group_units(files: list[DataFile], slices: list[FileSlice]) -> list[FileSlice]:
+    """The slices cut at row-group boundaries (a file without row groups is one unit)."""
     groups = []
     for s in slices:
         start = 0
@@ -86,18 +84,12 @@ def _units(files: list[DataFile], slices: list[FileSlice], num_shards: int) -> l
             if lo < hi:
                 groups.append(FileSlice(s.file, lo, hi))
             start += n
-    if len(groups) >= num_shards:
-        return groups
-    return [FileSlice(s.file, r, r + 1) for s in slices for r in range(s.start, s.stop)]
+    return groups
 
 
-def plan_shards(files: list[DataFile], num_shards: int, max_rows: int | None = None) -> list[ShardSpec]:
-    """`num_shards` contiguous shards over the files' rows (empty shards when there are fewer rows than shards).
-
-    Contiguous runs of units are cut where the cumulative row count crosses k/num_shards of the total, so shards
-    are balanced by rows while each unit (a file, a row group) belongs to exactly one shard."""
-    slices = take_prefix(files, max_rows)
-    units = _units(files, slices, num_shards)
+def _assign_units(units: list[FileSlice], num_shards: int) -> list[list[FileSlice]]:
+    """Contiguous runs of units, cut where the cumulative row count crosses k/num_shards of the total: balanced by
+    rows while each unit (a file, a row group) belongs to exactly one shard."""
     total = sum(u.rows for u in units)
     shards: list[list[FileSlice]] = [[] for _ in range(num_shards)]
     done = 0
@@ -106,6 +98,44 @@ def plan_shards(files: list[DataFile], num_shards: int, max_rows: int | None = N
         k = min(num_shards - 1, (2 * done + u.rows) * num_shards // (2 * total)) if total else 0
         shards[k].append(u)
         done += u.rows
+    return shards
+
+
+def _cut_rows(slices: list[FileSlice], num_shards: int) -> list[list[FileSlice]]:
+    """The rows of the slices, taken in order, cut arithmetically: O(shards + files) objects whatever the row count
+    (when even the row groups are fewer than the shards). Row r goes where `_assign_units` would put it as a unit of
+    one row, to shard floor((2r + 1) * n / 2T), so shard k starts at the first row r with (2r + 1) * n >= 2kT."""
+    total = sum(s.rows for s in slices)
+
+    def first_row(k: int) -> int:
+        return min(total, max(0, -((num_shards - 2 * k * total) // (2 * num_shards))))  # ceil((2kT - n) / 2n)
+
+    shards: list[list[FileSlice]] = [[] for _ in range(num_shards)]
+    pending = iter(slices)
+    current = next(pending, None)
+    offset = current.start if current else 0  # the next row of `current` not yet given to a shard
+    for k in range(num_shards):
+        want = first_row(k + 1) - first_row(k)
+        while want > 0 and current is not None:
+            take = min(want, current.stop - offset)
+            shards[k].append(FileSlice(current.file, offset, offset + take))
+            offset += take
+            want -= take
+            if offset == current.stop:
+                current = next(pending, None)
+                offset = current.start if current else 0
+    return shards
+
+
+def plan_shards(files: list[DataFile], num_shards: int, max_rows: int | None = None) -> list[ShardSpec]:
+    """`num_shards` contiguous shards over the files' rows (empty shards when there are fewer rows than shards):
+    whole files when there are at least as many files as shards, else row groups, else rows cut arithmetically."""
+    slices = take_prefix(files, max_rows)
+    if len(slices) >= num_shards:
+        shards = _assign_units(slices, num_shards)
+    else:
+        groups = _row_group_units(files, slices)
+        shards = _assign_units(groups, num_shards) if len(groups) >= num_shards else _cut_rows(slices, num_shards)
     return [ShardSpec(i, tuple(_merge(s))) for i, s in enumerate(shards)]
 
 
@@ -156,19 +186,29 @@ class GroupRange:
 
 
 def align_groups(shards: list[ShardSpec], files: list[DataFile], groups: list[GroupRange]) -> list[list[GroupRange]]:
-    """For each shard of the main input, the aligned input's row groups that may hold rows pointing into it.
+    """For each shard of the main input, the aligned input's row groups that may hold rows pointing into it, in the
+    groups' order.
 
     A group spanning several main files is given to every shard holding a row of a file in that span (files sort
-    in read order: their paths are sorted when listed); within one file, by the overlap of row ranges."""
+    in read order: their paths are sorted when listed); within one file, by the overlap of row ranges. The shards'
+    slices are sorted once by (path, start), so each group costs a binary search plus its hits: O((shards + groups)
+    log shards), where testing every group against every shard was O(shards x groups) at plan time."""
+    from bisect import bisect_left, bisect_right
+
+    entries = sorted((files[s.file].path, s.start, s.stop, shard.index) for shard in shards for s in shard.slices)
+    paths = [e[0] for e in entries]
     out: list[list[GroupRange]] = [[] for _ in shards]
-    for shard, assigned in zip(shards, out):
-        for g in groups:
-            for s in shard.slices:
-                path = files[s.file].path
-                if not g.first_file <= path <= g.last_file:
+    for g in groups:
+        lo, hi = bisect_left(paths, g.first_file), bisect_right(paths, g.last_file)
+        hit: dict[int, None] = {}  # shards in read order, each once
+        for i in range(lo, hi):
+            path, start, stop, shard = entries[i]
+            if g.first_file == g.last_file:
+                if start > g.max_row:
+                    break  # the file's later slices start further on
+                if stop <= g.min_row:
                     continue
-                if g.first_file == g.last_file and (g.max_row < s.start or g.min_row >= s.stop):
-                    continue
-                assigned.append(g)
-                break
+            hit[shard] = None
+        for shard in hit:
+            out[shard].append(g)
     return out

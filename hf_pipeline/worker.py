@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class Task:
     phase: str  # "map" (a shard of the input) or "reduce" (a partition of the shards' outputs)
     index: int
     of: int
+    # what this task alone reads besides its shard, shipped with the task rather than in the plan every worker
+    # holds: a map task's row groups of each aligned input; a reduce task's (scratch file, row groups) of each shard
+    inputs: tuple = field(default=(), compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -140,13 +143,13 @@ class Worker:
             self.resources = self.plan.stage.setup(self.context())
 
     # ------------------------------------------------------------------ tasks
-    def run(self, task: Task, reduce_inputs: list[tuple[str, int]] | None = None) -> dict[str, Any]:
-        """Run one task to its commit on the run's PR; returns its record. A task already on the PR is not redone."""
-        from hf_pipeline.hub_run import shard_records
-
-        done = {r["task"]: r for r in shard_records(self.plan.run) if r.get("fingerprint") == self.plan.fingerprint}
-        if task.name in done:
-            return done[task.name]
+    def run(self, task: Task) -> dict[str, Any]:
+        """Run one task to its commit on the run's PR; returns its record. A task whose output another attempt (a
+        second driver, a retry) already put in the PR is not redone: one request tells, the records are read only
+        then."""
+        existing = self.existing_record(task)
+        if existing is not None:
+            return existing
         started = time.time()
         usage_before: dict[str, dict] = {}
         if task.phase == "map":
@@ -155,23 +158,44 @@ class Worker:
             usage_before = {k: dict(v.usage) for k, v in engines(self.resources).items()}
             out, counts, stats, extra, rows_in = self.map_shard(task)
         else:
-            out, counts, stats, rows_in = self.reduce_partition(task, reduce_inputs or [])
+            out, counts, stats, rows_in = self.reduce_partition(task)
             extra = {}
-        files, rows_out, partitions = self.write_outputs(task, out, extra)
+        files, entries, partitions = self.write_outputs(task, out, extra)
         record = {
             "task": task.name, "phase": task.phase, "index": task.index, "of": task.of,
-            "fingerprint": self.plan.fingerprint, "rows_in": rows_in, "rows_out": rows_out,
-            "files": sorted(files), "counts": counts, "stats": stats, "seconds": round(time.time() - started, 2),
+            "fingerprint": self.plan.fingerprint, "rows_in": rows_in, "rows_out": len(out),
+            "files": entries, "counts": counts, "stats": stats, "seconds": round(time.time() - started, 2),
         }
         if partitions is not None:
             record["partitions"] = partitions
         usage = usage_delta(usage_before, self.resources) if task.phase == "map" else {}
         if usage:
             record["usage"] = usage
-        self.upload(task, files, record, done)
+        self.upload(task, files, record)
         if not self.plan.options.keep_work_dir:
             shutil.rmtree(self.task_dir(task), ignore_errors=True)
         return record
+
+    def first_output(self, task: Task) -> list[str]:
+        """The names a task's first output file can have (see write_outputs)."""
+        from hf_pipeline.hub_run import scratch_dir
+
+        stem = f"{task.index:05d}-of-{task.of:05d}"
+        if task.phase == "map" and self.plan.stage.reduce is not None:
+            return [f"{scratch_dir(self.plan.fingerprint)}/map-{stem}.parquet"]
+        return [f"data/train-{stem}.parquet", f"data/train-{stem}-part-000.parquet"]
+
+    def existing_record(self, task: Task) -> dict[str, Any] | None:
+        """The task's record when its files and record are already in the PR (checked against each other)."""
+        from hf_pipeline.hub_run import shard_records, task_started, verify_files
+
+        if not task_started(self.plan.run, self.first_output(task)):
+            return None
+        mine = [r for r in shard_records(self.plan.run) if r["fingerprint"] == self.plan.fingerprint and r["task"] == task.name]
+        if not mine:
+            return None  # another attempt is committing it, or died halfway: this one commits it whole
+        problems, _ = verify_files(self.plan.run, mine[-1:], tuple(sorted({p.split("/", 1)[0] for p in mine[-1]["files"]})))
+        return None if problems else mine[-1]
 
     def task_dir(self, task: Task) -> Path:
         return self.plan.work_dir / task.name
@@ -265,9 +289,9 @@ class Worker:
         from hf_pipeline.datafiles import AlignedReader
 
         readers = [
-            AlignedReader(plan.pinned(spec.ref), files, groups[task.index], spec.file_column, spec.row_column,
+            AlignedReader(plan.pinned(spec.ref), files, list(groups), spec.file_column, spec.row_column,
                           list(spec.columns) if spec.columns else None)
-            for spec, files, groups in zip(plan.aligned, plan.aligned_files, plan.aligned_groups)
+            for spec, files, groups in zip(plan.aligned, plan.aligned_files, task.inputs)
         ]
 
         def aligned_rows(doc_files: list[str], doc_rows: list[int], which: int = 0):
@@ -276,15 +300,15 @@ class Worker:
         return aligned_rows
 
     # ------------------------------------------------------------------ reduce
-    def reduce_partition(self, task: Task, inputs: list[tuple[str, int]]):
-        """The rows of one partition from every shard's scratch file (its row group only), then the stage's reduce."""
+    def reduce_partition(self, task: Task):
+        """The rows of one partition from every shard's scratch file (its row groups only), then the stage's reduce."""
         import datasets
         import pyarrow as pa
 
         from hf_pipeline.hub_run import read_row_groups
 
         plan, stage = self.plan, self.plan.stage
-        tables = list(read_row_groups(plan.run, [(path, [group]) for path, group in inputs]))
+        tables = list(read_row_groups(plan.run, [(path, list(groups)) for path, groups in task.inputs]))
         features = features_from_spec(stage.map_columns or stage.output_columns)
         if tables:
             table = pa.concat_tables(tables, promote_options="default").drop_columns([PARTITION_COLUMN])
@@ -300,41 +324,47 @@ class Worker:
         return ds, counts, dict(more[0]) if more else {}, rows_in
 
     # ------------------------------------------------------------------ outputs
-    def write_outputs(self, task: Task, ds, extra: dict[str, Any]) -> tuple[dict[str, Path], int, dict | None]:
-        """({path in repo: local file}, rows, partitions): the task's data files, or before a reduce its scratch
-        file with {partition: row group}."""
+    def write_outputs(self, task: Task, ds, extra: dict[str, Any]) -> tuple[dict[str, Path], dict[str, dict], dict | None]:
+        """({path in repo: local file}, {path in repo: its record entry}, partitions): the task's data files, or
+        before a reduce its scratch file with {partition: its row groups}."""
+        from hf_pipeline.hub_run import file_entry
+
         plan, opts = self.plan, self.plan.options
         out_dir = self.task_dir(task) / "out"
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
-        files: dict[str, Path] = {}
+        written: dict[str, tuple[Path, int]] = {}
+        partitions = None
         if task.phase == "map" and plan.stage.reduce is not None:
-            from hf_pipeline.hub_run import scratch_dir
-
             path = out_dir / "map.parquet"
             partitions = write_partitioned(ds, plan.stage.partition_key, plan.num_partitions, path)
-            files[f"{scratch_dir(plan.fingerprint)}/map-{task.index:05d}-of-{task.of:05d}.parquet"] = path
-            return files, len(ds), partitions
-        n_files = max(1, math.ceil(len(ds) / opts.rows_per_file))
-        for k in range(n_files):
-            suffix = "" if n_files == 1 else f"-part-{k:03d}"
-            name = f"train-{task.index:05d}-of-{task.of:05d}{suffix}.parquet"
-            write_parquet(ds.shard(n_files, k, contiguous=True), out_dir / name)
-            files[f"data/{name}"] = out_dir / name
-        for config_name, extra_ds in extra.items():
-            name = f"{config_name}-{task.index:05d}-of-{task.of:05d}.parquet"
-            write_parquet(extra_ds, out_dir / name)
-            files[f"data/{name}"] = out_dir / name
-        return files, len(ds), None
+            written[self.first_output(task)[0]] = (path, len(ds))
+        else:
+            n_files = max(1, math.ceil(len(ds) / opts.rows_per_file))
+            for k in range(n_files):
+                suffix = "" if n_files == 1 else f"-part-{k:03d}"
+                name = f"train-{task.index:05d}-of-{task.of:05d}{suffix}.parquet"
+                part = ds.shard(n_files, k, contiguous=True)
+                write_parquet(part, out_dir / name)
+                written[f"data/{name}"] = (out_dir / name, len(part))
+            for config_name, extra_ds in extra.items():
+                name = f"{config_name}-{task.index:05d}-of-{task.of:05d}.parquet"
+                write_parquet(extra_ds, out_dir / name)
+                written[f"data/{name}"] = (out_dir / name, len(extra_ds))
+        files = {path: local for path, (local, _) in written.items()}
+        return files, {path: file_entry(local, rows) for path, (local, rows) in written.items()}, partitions
 
-    def upload(self, task: Task, files: dict[str, Path], record: dict[str, Any], done: dict[str, dict]) -> None:
+    def upload(self, task: Task, files: dict[str, Path], record: dict[str, Any]) -> None:
+        """Commit the task's files and record. The title's progress is the driver's count when it handed the tasks
+        out plus what this worker committed since (other workers' commits in between are not counted)."""
         from hf_pipeline.hub_run import commit_shard, progress_title
 
-        finished = sum(1 for r in done.values() if r["phase"] == task.phase) + 1
-        rows_in = sum(r["rows_in"] for r in done.values() if r["phase"] == task.phase) + record["rows_in"]
+        done, rows_in = self.plan.progress.get(task.phase, (0, 0))
+        done, rows_in = done + 1, rows_in + record["rows_in"]
+        self.plan.progress[task.phase] = (done, rows_in)
         what = f"{'shard' if task.phase == 'map' else 'partition'} {task.index + 1} of {task.of}"
-        title = progress_title(self.plan.stage.name, what, finished, task.of, rows_in, self.plan.run.created_at)
+        title = progress_title(self.plan.stage.name, what, done, task.of, rows_in, self.plan.run.created_at)
         commit_shard(self.plan.run, files, record, title)
 
 
@@ -348,25 +378,39 @@ def partition_of(values: list, num_partitions: int) -> list[int]:
     return [int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "big") % num_partitions for v in values]
 
 
-def write_partitioned(ds, key: str | None, num_partitions: int, path: Path) -> dict[str, int]:
-    """The shard's rows sorted by partition (input order kept within one), one row group per partition present;
-    returns {partition: row group index} for the record, so a reduce task reads just its row group."""
+def write_partitioned(ds, key: str | None, num_partitions: int, path: Path) -> dict[str, list[int]]:
+    """The shard's rows grouped by partition into row groups (input order kept within a partition), streamed: a
+    buffer of up to ROW_GROUP_ROWS rows per partition, never the shard in memory. Returns {partition: its row groups,
+    in order} for the record, so a reduce task reads just its own."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = ds.with_format("arrow")[:]
-    parts = np.asarray(partition_of(table[key].to_pylist(), num_partitions) if key is not None else [0] * len(table),
-                       dtype=np.int32)
-    order = np.argsort(parts, kind="stable")  # by partition, input order kept within one
-    table = table.take(pa.array(order)).append_column(PARTITION_COLUMN, pa.array(parts[order], pa.int32()))
-    groups: dict[str, int] = {}
-    with pq.ParquetWriter(str(path), table.schema) as writer:
-        start = 0
-        for p, n in zip(*np.unique(parts[order], return_counts=True)):
-            groups[str(int(p))] = len(groups)
-            writer.write_table(table.slice(start, int(n)), row_group_size=int(n))
-            start += int(n)
+    schema = ds.features.arrow_schema.append(pa.field(PARTITION_COLUMN, pa.int32()))
+    buffers: dict[int, list] = {}
+    sizes: dict[int, int] = {}
+    groups: dict[str, list[int]] = {}
+    with pq.ParquetWriter(str(path), schema) as writer:
+        def flush(p: int) -> None:
+            table = pa.concat_tables(buffers.pop(p)).cast(schema)
+            written = sum(map(len, groups.values()))  # row groups in the file so far: this one's index
+            groups.setdefault(str(p), []).append(written)
+            writer.write_table(table, row_group_size=table.num_rows)
+            sizes[p] = 0
+
+        for batch in ds.with_format("arrow").iter(batch_size=ROW_GROUP_ROWS):
+            parts = np.asarray(partition_of(batch[key].to_pylist(), num_partitions) if key is not None
+                               else [0] * batch.num_rows, dtype=np.int32)
+            batch = batch.append_column(PARTITION_COLUMN, pa.array(parts, pa.int32()))
+            for p in np.unique(parts):
+                p = int(p)
+                rows = batch.filter(pa.array(parts == p))
+                buffers.setdefault(p, []).append(rows)
+                sizes[p] = sizes.get(p, 0) + rows.num_rows
+                if sizes[p] >= ROW_GROUP_ROWS:
+                    flush(p)
+        for p in sorted(buffers):
+            flush(p)
     return groups
 
 

@@ -11,7 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hf_pipeline.hub.local import free_port  # stdlib-only module: safe to import before the env is set
+from hf_pipeline.hub.accounts import new_token  # stdlib-only modules: safe to import before the env is set
+from hf_pipeline.hub.local import free_port
 
 _TMP = Path(tempfile.mkdtemp(prefix="hf_pipeline_tests_"))
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
@@ -19,7 +20,7 @@ HUB_PORT = free_port()
 os.environ.update(
     HF_ENDPOINT=f"http://127.0.0.1:{HUB_PORT}",
     HF_HUB_DISABLE_XET="1",  # the local hub speaks the LFS protocol, not Xet
-    HF_TOKEN="hf_local_dummy",  # any token is accepted; write calls need one to be sent
+    HF_TOKEN=new_token(),  # the session hub's default account (`local`) is started with it: writes need it
     HF_HOME=str(_TMP / "hf_home"),
     HF_DATASETS_CACHE=str(_TMP / "datasets_cache"),
     HF_PIPELINE_CACHE=str(_TMP / "hf_pipeline_cache"),  # runner work dirs, never the user's cache
@@ -44,7 +45,14 @@ def local_hub():
     from hf_pipeline.hub import local
 
     root = HUB_ROOT
-    url = local.start(root, port=HUB_PORT, access_log=_TMP / "hub-access.log")  # tests count downloads from it
+    url = local.start(root, port=HUB_PORT, access_log=_TMP / "hub-access.log",  # tests count downloads from it
+                      token=os.environ["HF_TOKEN"])
     assert url == os.environ["HF_ENDPOINT"]
     yield url
     local.stop(root)
+
+
+@pytest.fixture(scope="session")
+def local_hub_root(local_hub) -> Path:
+    """The root folder of the session's local Hub (for ``local.add_user``)."""
+    return HUB_ROOT

@@ -286,7 +286,7 @@ def test_local_start_status_stop(tmp_path):
         state = local.status(root)
         assert state is not None and state["url"] == url
         assert local.start(root) == url  # already running for this root: reused, not restarted
-        assert HfApi(endpoint=url).whoami()["name"] == "local"
+        assert HfApi(endpoint=url, token=local.token(root)).whoami()["name"] == "local"
     finally:
         assert local.stop(root) is True
     assert local.status(root) is None
@@ -530,7 +530,7 @@ def test_access_log_has_one_line_per_request_and_no_token(tmp_path):
     root, log = tmp_path / "hub", tmp_path / "access.jsonl"
     url = local.start(root, port=free_port(), access_log=log)
     try:
-        token = "hf_secret_value_never_logged"
+        token = local.token(root)
         api = HfApi(endpoint=url, token=token)
         repo_id = _unique("logged")
         api.create_repo(repo_id, repo_type="dataset")

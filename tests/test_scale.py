@@ -89,7 +89,7 @@ def test_losing_the_machine_resumes_from_the_hub_with_only_the_missing_shards(lo
     assert tags == {} and list(branches) == ["main"]
     assert [c.title for c in HfApi().list_repo_commits(lost, repo_type="dataset")] == ["initial commit"]
     assert not [f for f in HfApi().list_repo_files(lost, repo_type="dataset") if f.startswith("data/")]
-    assert HfApi().get_discussion_details(lost, pr.num, repo_type="dataset").status == "draft"
+    assert HfApi().get_discussion_details(lost, pr.num, repo_type="dataset").status == "open"  # opened by its first commit
 
     # machine 1's disk is gone; machine 2 runs the same command with nothing local
     shutil.rmtree(machine1)

@@ -8,7 +8,8 @@ from hf_pipeline.worker import Task
 
 
 class Executor(Protocol):
-    def run(self, plan: Any, tasks: list[Task], reduce_inputs: dict[int, list[tuple[str, int]]] | None = None) -> list[dict]:
-        """Run every task (each commits its own output to the run's pull request) and return their records in task
-        order. A task that fails for good raises PipelineError naming it; finished tasks stay on the Hub."""
+    def run(self, plan: Any, tasks: list[Task]) -> list[dict]:
+        """Run every task (each commits its own output to the run's pull request; what it alone reads rides in
+        `task.inputs`) and return their records in task order. A task that fails for good raises PipelineError
+        naming it; finished tasks stay on the Hub."""
         ...

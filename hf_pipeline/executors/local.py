@@ -11,6 +11,6 @@ class LocalExecutor:
     def __init__(self, options: Any = None):
         self.options = options
 
-    def run(self, plan: Any, tasks: list[Task], reduce_inputs: dict[int, list[tuple[str, int]]] | None = None) -> list[dict]:
+    def run(self, plan: Any, tasks: list[Task]) -> list[dict]:
         worker = Worker(plan)
-        return [worker.run(task, (reduce_inputs or {}).get(task.index)) for task in tasks]
+        return [worker.run(task) for task in tasks]

@@ -67,8 +67,8 @@ class _Actor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, task: Task, reduce_inputs: list | None) -> dict[str, Any]:
-        record = self.worker.run(task, reduce_inputs)
+    def run(self, task: Task) -> dict[str, Any]:
+        record = self.worker.run(task)
         return {**record, "pid": os.getpid()}
 
 
@@ -151,7 +151,7 @@ class RayExecutor:
             wanted = max(1, fits)
         return max(1, min(wanted, pending))
 
-    def run(self, plan: Any, tasks: list[Task], reduce_inputs: dict[int, list] | None = None) -> list[dict]:
+    def run(self, plan: Any, tasks: list[Task]) -> list[dict]:
         opts = self.options
         if opts.max_task_retries < 0:
             raise PipelineError("--max-task-retries must be 0 or more.")
@@ -161,20 +161,20 @@ class RayExecutor:
             return []
         started_here, local_instance = self._connect()
         try:
-            return self._run(plan, tasks, reduce_inputs or {}, local_instance)
+            return self._run(plan, tasks, local_instance)
         finally:
             if started_here:
                 import ray
 
                 ray.shutdown()
 
-    def _run(self, plan: Any, tasks: list[Task], reduce_inputs: dict[int, list], local_instance: bool) -> list[dict]:
+    def _run(self, plan: Any, tasks: list[Task], local_instance: bool) -> list[dict]:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
         opts = self.options
         _ship_stage_code(plan)
-        plan_ref = ray.put(plan)
+        plan_ref = ray.put(plan.for_workers())  # once, in the object store; each task carries its own inputs
         actor_class = ray.remote(_Actor)
         actor_options = {"num_cpus": opts.cpus_per_worker, "num_gpus": opts.gpus_per_worker, "max_restarts": 0,
                          "max_task_retries": 0, "runtime_env": {"env_vars": worker_env(local_instance)}}
@@ -223,7 +223,7 @@ class RayExecutor:
                     idle.remove((wid, actor))
                     pending.remove(task)
                     attempts[task] = attempts.get(task, 0) + 1
-                    in_flight[actor.run.remote(task, reduce_inputs.get(task.index))] = (wid, actor, task)
+                    in_flight[actor.run.remote(task)] = (wid, actor, task)
                 if not in_flight:
                     break
                 done, _ = ray.wait(list(in_flight), num_returns=1)

@@ -4,6 +4,10 @@ The server's pid, port and URL live in ``ROOT/hub.json`` so any later process (a
 finds and reuses the running server instead of starting a second one. Its output goes to ``ROOT/hub.log``.
 With ``access_log=FILE`` the server also appends one JSON line per request to FILE (see ``read_access_log``).
 Users' default root is ``.hub/`` in the current directory; callers pass it.
+
+Writes need a token: ``start`` gives the default account (``local``) one, kept in ``ROOT/tokens.json`` (0600) across
+restarts, and ``token`` reads it back (``hub env`` prints it as ``HF_TOKEN``); ``add_user`` makes another account,
+which the running server accepts at once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from hf_pipeline.hub import accounts
 
 STATE_FILE = "hub.json"
 LOG_FILE = "hub.log"
@@ -47,16 +53,24 @@ def status(root: Path) -> dict | None:
 
 
 def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
-          access_log: Path | None = None) -> str:
+          access_log: Path | None = None, token: str | None = None, allowed_hosts: tuple[str, ...] = (),
+          max_commit_bytes: int | None = None, max_lfs_bytes: int | None = None, max_json_bytes: int | None = None,
+          listing_page_size: int | None = None) -> str:
     """Start a detached server for ``root`` (or reuse the running one) and return its URL once it is healthy.
 
-    ``access_log``: a file the server appends one JSON line per request to (method, path, Range, status, bytes;
-    never another header). A running server is only reused if it logs to that same file.
+    ``token``: a token (``accounts.new_token()``) for the default account, added to the one it may have; without
+    it, the account keeps its token or gets a new one. ``access_log``: a file the server appends one JSON line per
+    request to (method, path, Range, status, bytes; never another header). A running server is only reused if it
+    logs to that same file. ``host``: the address to listen on (not a loopback one: reachable from the network, and
+    a warning says so on stderr); ``allowed_hosts``: other names clients reach it by. ``max_commit_bytes``,
+    ``max_lfs_bytes``, ``max_json_bytes``, ``listing_page_size``: the server's caps and page size (its defaults
+    otherwise). Like ``host``, they apply when a server starts, not to a running one.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     access_log = str(Path(access_log).resolve()) if access_log else None
     with _start_lock(root):
+        accounts.ensure_token(root, token)  # the running server re-reads the file: a new token works at once
         running = status(root)
         if running is not None:
             if access_log and running.get("access_log") != access_log:
@@ -66,10 +80,15 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout:
         url = f"http://{host}:{port}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_PARENT),
                                                                           os.environ.get("PYTHONPATH")]))}
+        options = {"--access-log": access_log, "--max-commit-bytes": max_commit_bytes,
+                   "--max-lfs-bytes": max_lfs_bytes, "--max-json-bytes": max_json_bytes,
+                   "--listing-page-size": listing_page_size}
+        flags = [arg for flag, value in options.items() if value is not None for arg in (flag, str(value))]
+        flags += [arg for name in allowed_hosts for arg in ("--allowed-host", name)]
         with open(root / LOG_FILE, "ab") as log:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # never a token on the command line: `ps` shows it to every user
                 [sys.executable, "-m", "hf_pipeline.hub.server", "--root", str(root), "--host", host,
-                 "--port", str(port), *(["--access-log", access_log] if access_log else [])],
+                 "--port", str(port), *flags],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # detached: survives the caller, and Ctrl-C in the caller's shell
             )
@@ -85,7 +104,30 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None, timeout:
         tmp = root / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, root / STATE_FILE)
+        warning = accounts.network_warning(host, port)
+        if warning:  # the server logged it to hub.log; the caller sees it too
+            print(warning, file=sys.stderr)
         return url
+
+
+def token(root: Path) -> str:
+    """The default account's token for ``root`` (given by ``start``): what ``HF_TOKEN`` must be to write."""
+    found = accounts.token_of(Path(root).resolve())
+    if found is None:
+        raise RuntimeError(f"no local Hub token in {Path(root).resolve()}: start the hub first")
+    return found
+
+
+def add_user(root: Path, name: str) -> str:
+    """Create account ``name`` on the Hub at ``root`` and return its token; a running server accepts it at once.
+
+    It owns the namespace ``name`` and can contribute to others' public repos (discussions, pull requests).
+    """
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with _start_lock(root):
+        namespaces = {p.name for p in root.glob("mirrors/*/*") if p.is_dir()}
+        return accounts.add_account(root, name, namespaces)
 
 
 def stop(root: Path, timeout: float = 10.0) -> bool:
