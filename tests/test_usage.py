@@ -19,7 +19,7 @@ from hf_pipeline.usage import ModelUsage
 from hf_pipeline.worker import engines
 from test_empty_inputs import DOCS, EMBEDDER, LLM, publish_rows, run  # noqa: E402  (tests/ is on sys.path)
 from test_genericize import QUERIES  # noqa: E402
-from test_instantiate_judge import pair_inputs  # noqa: E402, F401  (a fixture: the pairs and the documents they point into)
+from test_instantiate_judge import DOC_FILES, PAIRS, publish_documents  # noqa: E402  (pairs pointing into sample documents)
 from test_match import TEMPLATES  # noqa: E402
 from test_match_labels import one_torch_thread  # noqa: E402, F401  (autouse: one torch thread on the shared cores)
 
@@ -51,7 +51,7 @@ def tiny_classifier(folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def inputs(local_hub, tmp_path_factory, pair_inputs) -> dict[str, str]:
+def inputs(local_hub, tmp_path_factory) -> dict[str, str]:
     from hf_pipeline.hub_io import push_local_dataset
     from hf_pipeline.pairs import INSTANTIATE_COLUMNS
 
@@ -69,7 +69,8 @@ def inputs(local_hub, tmp_path_factory, pair_inputs) -> dict[str, str]:
         "excerpt_ratio": 1.0, "excerpt_spans": [[0, len(DOCS[0]["text"])]], "generated_tokens": 12, "status": "ok", "status_detail": "",
     }
     return {
-        **pair_inputs,
+        "documents": publish_documents("local/usage-documents", DOC_FILES, "v1", tmp / "documents"),
+        "pairs": publish_rows("local/usage-pairs", PAIRS, tmp / "pairs"),
         "raw_queries": str(raw),
         "moderator": tiny_classifier(tmp / "moderator"),
         "queries": publish_rows("local/usage-queries", QUERIES, tmp / "queries"),
