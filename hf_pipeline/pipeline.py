@@ -185,8 +185,8 @@ def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
 
 def show_final(final: Any, cards: dict[str, dict], n: int = 3) -> None:
     """The final pairs (the `assemble` entry's result): the calls that load both arms as published (streaming for an
-    arm without rows, which `datasets` loads no other way), a few examples, or, without pairs, the first entry that
-    published no rows and why (`cards`: every dataset entry's card metadata, in pipeline order)."""
+    arm without rows, which `datasets` loads no other way), a few examples, or, without pairs, the entry where the
+    rows ran out and why (`cards`: every dataset entry's card metadata, in pipeline order)."""
     from hf_pipeline.hub_io import load_dataset_ref, resolve_dataset
     from hf_pipeline.runner import RunResult
 

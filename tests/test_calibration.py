@@ -6,14 +6,12 @@ the card), or, with --strict-calibration, stops at plan time."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from hf_pipeline.cli import main
 from hf_pipeline.matching import chance_baseline
-from test_match import build_index, index_repo, run_match, wiki_repo, write_jsonl  # noqa: E402, F401  (tests/ is on sys.path)
+from test_match import index_repo, run_match, wiki_repo, write_jsonl  # noqa: E402, F401  (fixtures; tests/ is on sys.path)
 
 # Help-centre questions about software: no article of the shipped Wikipedia sample is about any of this.
 SOFTWARE_FAQ = [
