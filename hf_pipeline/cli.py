@@ -43,6 +43,9 @@ RUN_FLAGS = {
     "max_task_retries": ("ray.max_task_retries", "Ray: retries of a task whose worker died or whose map raised"),
     "worker_cache_dir": ("ray.worker_cache_dir", "Ray: give each worker its own work dir and caches under DIR/worker-N"),
 }
+# boolean config keys that are also a flag (--strict-calibration = --set strict_calibration=true), on the stages
+# whose config has the key; the flag's help is the key's
+CONFIG_FLAGS = ("strict_calibration",)
 FLAG_TYPES = {"max_rows": int, "num_shards": int, "shard_index": int, "batch_size": int, "chunk_rows": int, "rows_per_file": int,
               "num_workers": int, "max_task_retries": int, "cpus_per_worker": float, "gpus_per_worker": float}
 
@@ -111,6 +114,11 @@ def _add_stage_parser(sub, stage) -> None:
             p.add_argument(flag, action="store_true", default=None, help=f"{doc} (default: {default})")
         else:
             p.add_argument(flag, type=FLAG_TYPES.get(name, str), default=None, help=f"{doc} (default: {default})")
+    config_fields = {f.name: f for f in dataclasses.fields(stage.config_class)}
+    for key in CONFIG_FLAGS:
+        if key in config_fields:
+            p.add_argument("--" + key.replace("_", "-"), action="store_true", default=None,
+                           help=f"config key {key}: {config_fields[key].metadata.get('help', '')} (default: {config_fields[key].default})")
     p.add_argument("--config", help="YAML file with run options and config keys (default: none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (input rows, shards, output, tag); change nothing")
@@ -175,6 +183,9 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         flag_value = getattr(args, name)
         if flag_value is not None:
             values = deep_merge(values, _nested(key, flag_value))
+    for key in CONFIG_FLAGS:
+        if getattr(args, key, None):
+            values = deep_merge(values, {key: True})
     spec = build_spec(stage.name, values, argv=["run_stage.py", *argv], dry_run=args.dry_run)
     if not is_training(stage) and args.estimate is not None:
         from hf_pipeline.estimate import estimate_command

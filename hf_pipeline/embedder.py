@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.usage import ModelUsage
 
 if TYPE_CHECKING:  # annotations only: numpy is imported where it is used
     import numpy as np
@@ -187,18 +188,9 @@ def clip_and_count(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PE
     return clipped, truncated, sum(min(n, limit) for n in lengths)
 
 
-class EmbedderUsage:
-    """An embedder's work, accounted the way the LLM backends account theirs (`usage`, `settings()`), so the runner
-    puts it in the card: `prompt_tokens` = tokens the model embedded, `seconds` = time spent embedding."""
-
-    def __init__(self, model, ref: str):
-        self.model, self.ref = model, ref
-        self.usage = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0, "requests": 0}
-
-    def add(self, tokens: int, seconds: float, texts: int) -> None:
-        self.usage["prompt_tokens"] += int(tokens)
-        self.usage["seconds"] = round(self.usage["seconds"] + seconds, 3)
-        self.usage["requests"] += texts
+class EmbedderUsage(ModelUsage):
+    """An embedder's work (see hf_pipeline/usage.py): the stage adds the tokens it embedded (special tokens included,
+    after truncation, e.g. `clip_and_count`'s count) as `prompt_tokens`, and the time spent embedding."""
 
     def settings(self) -> dict:
         return {"backend": "sentence-transformers", "model": self.ref, "device": str(self.model.device),

@@ -260,3 +260,50 @@ def match_document(
     picked = weighted_sample(weight_by_id[cands.ids], pair_uniforms(doc_seed, key_by_id[cands.ids]), n)
     status = "ok" if len(picked) else "zero_weight_candidates"
     return DocumentMatch(status, cands.ids[picked], cands.scores[picked], cands.chunks[picked], len(cands))
+
+
+# ---------------------------------------------------------------- the chance baseline of a threshold
+
+
+def pair_scores(doc_vectors: np.ndarray, template_vectors: np.ndarray) -> np.ndarray:
+    """(documents, templates) scores of every pairing of documents' vectors (B, V, d) with templates' (T, d), each as a
+    candidate is scored: the best cosine of any of the document's V vectors with the template."""
+    return np.einsum("bvd,td->btv", doc_vectors, template_vectors).max(axis=2)
+
+
+@dataclass(frozen=True)
+class ChanceBaseline:
+    """Where random document–template pairs score, and the threshold that chance alone would need.
+
+    `median` and `spread` locate the random pairs' cosines (spread: 1.4826·MAD, a standard deviation that the few
+    truly related pairs of a small template set cannot inflate). `cosine` is the threshold at which a share `share`
+    of documents would have a candidate if the index's `templates` templates were unrelated to them: a document's
+    candidates then come by chance, each template passing t as a random pair does (P = 1 - F(t)), so
+    P(at least one) = 1 - F(t)^N = share, t = F^-1((1 - share)^(1/N)), with F the normal of that median and spread
+    (a fit, since N of millions asks for a tail, 1 - 4e-8 at 18M templates, that no sample of pairs reaches)."""
+
+    pairs: int
+    median: float
+    spread: float
+    templates: int
+    share: float
+    cosine: float
+
+    def margin_in_spreads(self, threshold: float) -> float:
+        """How far `threshold` clears the baseline, in spreads of the random pairs (scale-free: MiniLM's cosines and
+        BGE-M3's sit on different scales; their random pairs' spreads come with them)."""
+        return (threshold - self.cosine) / self.spread
+
+
+def chance_baseline(random_scores: np.ndarray, templates: int, share: float) -> ChanceBaseline:
+    """The ChanceBaseline of random pairs' scores (any shape), for an index of `templates` templates and the share of
+    documents the threshold gives a candidate."""
+    from statistics import NormalDist
+
+    scores = np.asarray(random_scores, dtype=np.float64).reshape(-1)
+    median = float(np.median(scores))
+    # a floor keeps the margin finite for a degenerate sample (one pair, or pairs that all score alike)
+    spread = max(float(1.4826 * np.median(np.abs(scores - median))), 1e-4)
+    quantile = min(max((1.0 - share) ** (1.0 / max(templates, 1)), 1e-12), 1.0 - 1e-12)  # inv_cdf takes (0, 1)
+    cosine = median + spread * NormalDist().inv_cdf(quantile)
+    return ChanceBaseline(len(scores), round(median, 4), round(spread, 4), templates, share, round(cosine, 4))

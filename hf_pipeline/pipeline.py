@@ -151,37 +151,67 @@ def run_in_subprocess(spec):
 
 
 def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
+    """One line per entry from its published card (so a skipped entry shows what it published), with the warnings
+    its stats carry (`warnings`: sentences a stage's `summarize` adds, e.g. match's threshold that does not beat
+    chance) under it; then how to load the final pairs, or why there are none."""
     from hf_pipeline.hub_io import load_card
     from hf_pipeline.training import TrainResult
 
     lines = ["", f"===== pipeline done in {seconds / 60:.1f} min =====", "stage            output@tag  (rows in -> out; statuses)"]
+    cards: dict[str, dict] = {}  # entry -> its dataset card's hf_pipeline metadata, in pipeline order
     for name, r in results.items():
         if isinstance(r, TrainResult):  # a model repo: its card has metrics, not row statuses
             card = load_card(r.repo_id, r.tag, repo_type="model").data.hf_pipeline
             figures = ", ".join(f"{k} {v}" for k, v in card["metrics"].items() if "loss" in k or "margin" in k)
             lines.append(f"{name:<16} model {r.repo_id}@{r.tag}  ({card['rows_in']} rows -> {card['rows_out']} trained on; {figures})")
             continue
-        card = load_card(r.repo_id, r.tag).data.hf_pipeline  # skipped stages report their published counts
+        card = cards[name] = load_card(r.repo_id, r.tag).data.hf_pipeline  # skipped stages report their published counts
         statuses = "; ".join(
             f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
             for kind, counts in card["counts"].items()
             if kind != "stats" and counts
         )
         lines.append(f"{name:<16} {r.repo_id}@{r.tag}  ({card['rows_in']} -> {card['rows_out']}{'; ' + statuses if statuses else ''})")
+        lines += [f"{'':<16} warning: {w}" for w in card["counts"].get("stats", {}).get("warnings", [])]
     print("\n".join(lines))
-    final = results.get("assemble")
-    if final is not None:
-        show_examples(final.repo_id, final.tag)
+    if "assemble" in results:
+        show_final(results["assemble"], cards)
     if "analyze" in results:
         r = results["analyze"]
-        print(f"\nanalysis: load_dataset('{r.repo_id}', 'metrics', revision='{r.tag}'); plots in the card of {r.repo_id}@{r.tag}")
+        # the figures table always has rows (an empty analysis is figures of zero)
+        print(f'\nanalysis: load_dataset("{r.repo_id}", "metrics", revision="{r.tag}", split="train"); plots in the card of '
+              f"{r.repo_id}@{r.tag}")
 
 
-def show_examples(repo_id: str, tag: str, n: int = 3) -> None:
+def show_final(final: Any, cards: dict[str, dict], n: int = 3) -> None:
+    """The final pairs (the `assemble` entry's result): the calls that load both arms as published (streaming for an
+    arm without rows, which `datasets` loads no other way), a few examples, or, without pairs, the entry where the
+    rows ran out and why (`cards`: every dataset entry's card metadata, in pipeline order)."""
     from hf_pipeline.hub_io import load_dataset_ref, resolve_dataset
+    from hf_pipeline.runner import RunResult
 
+    repo_id, tag, meta = final.repo_id, final.tag, cards["assemble"]
     ds = load_dataset_ref(resolve_dataset(f"{repo_id}@{tag}"))  # also reads an output with zero rows
-    print(f"\nfinal data: {len(ds)} pairs -> load_dataset('{repo_id}', revision='{tag}'); baseline arm: "
-          f"load_dataset('{repo_id}', 'baseline', revision='{tag}')")
+    line = f"\nfinal data: {len(ds)} pairs -> {RunResult.load_call(repo_id, tag, len(ds))}"
+    if meta["config"].get("baseline"):
+        baseline_rows = meta["counts"].get("stats", {}).get("baseline_documents", 0)
+        line += f"; baseline arm: {RunResult.load_call(repo_id, tag, baseline_rows, 'baseline')}"
+    print(line)
+    if not len(ds):
+        name = emptied_at("assemble", cards)
+        empty = cards[name]
+        print(f"nothing to load: the rows ran out at {name}: {RunResult.why_empty(empty['rows_in'], empty['counts'].get('drops', {}))}")
     for row in ds.select(range(min(n, len(ds)))):
         print("-" * 60 + f"\n[{row['doc_id']}]\n{row['text'][:600]}")
+
+
+def emptied_at(name: str, cards: dict[str, dict]) -> str:
+    """The entry where the rows of entry `name` (which published none) ran out: its inputs that are entries which
+    published no rows either, followed back to the first such, the one whose own rows in and drops say why."""
+    entries = {(m["run"]["output"], m["tag"]): k for k, m in cards.items()}
+    while True:
+        upstream = (entries.get((i.get("repo_id"), i.get("revision"))) for i in cards[name]["inputs"])
+        empty = next((k for k in upstream if k is not None and not cards[k]["rows_out"]), None)
+        if empty is None:
+            return name
+        name = empty

@@ -146,9 +146,32 @@ class RunResult:
     usage: dict = field(default_factory=dict)  # tokens and seconds the stage's engines spent (see run_usage)
 
     def load_hint(self) -> str:
-        # `datasets` refuses to build a zero-row split without streaming ("corresponds to no data"); a stream loads it
-        streaming = ", streaming=True" if self.rows_out == 0 and not self.skipped else ""
-        return f'load_dataset("{self.repo_id}", revision="{self.tag}", split="train"{streaming})'
+        """The `load_dataset` call that loads this output as published, with why it is empty when it is (a run found
+        already published reads its figures from its card: this result does not hold them)."""
+        rows_in, rows_out, drops = self.rows_in, self.rows_out, self.counts.get("drops", {})
+        if self.skipped:
+            from hf_pipeline.hub_io import load_card
+
+            meta = load_card(self.repo_id, self.tag).data.hf_pipeline
+            rows_in, rows_out, drops = meta["rows_in"], meta["rows_out"], meta["counts"].get("drops", {})
+        call = self.load_call(self.repo_id, self.tag, rows_out)
+        return call if rows_out else f"{call}  # {self.why_empty(rows_in, drops)}"
+
+    @staticmethod
+    def load_call(repo_id: str, tag: str, rows: int, config_name: str | None = None) -> str:
+        """`load_dataset(...)` for one config of a published output of `rows` rows, as a call that works: `datasets`
+        refuses to build a zero-row split without streaming ("corresponds to no data"), a stream loads it."""
+        name = f', "{config_name}"' if config_name else ""
+        streaming = "" if rows else ", streaming=True"
+        return f'load_dataset("{repo_id}"{name}, revision="{tag}", split="train"{streaming})'
+
+    @staticmethod
+    def why_empty(rows_in: int, drops: dict[str, int]) -> str:
+        """Why an output has no rows, from its run's figures: no input row, or the drops by reason."""
+        if not rows_in:
+            return "no rows: the input had none"
+        dropped = ", ".join(f"{reason} {n}" for reason, n in drops.items())
+        return f"no rows out of {rows_in} in" + (f" (dropped: {dropped})" if dropped else "")
 
 
 # ---------------------------------------------------------------- planning

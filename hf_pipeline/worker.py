@@ -48,11 +48,45 @@ class Task:
 
 
 def engines(resources: Any) -> dict[str, Any]:
-    """The models in a stage's resources that account for their work: anything with a `usage` dict and a
-    `settings()` (the LLM backends; an embedder wrapped the same way)."""
-    if not isinstance(resources, dict):
-        return {}
-    return {k: v for k, v in resources.items() if isinstance(getattr(v, "usage", None), dict) and callable(getattr(v, "settings", None))}
+    """The engines in what a stage's `setup` returned (see hf_pipeline/usage.py): anything with a `usage` dict and a
+    `settings()` (an LLM backend, an EmbedderUsage, ...), be it the result itself or inside dicts, lists and tuples
+    at any depth, named by where it is (`llm`, `models[1]`; the result itself: `engine`).
+
+    Found by walking, not by a convention a stage must follow (genericize's `setup` returns its backend bare, and
+    its card had no usage while a dict's backends were counted). A torch model found there that no engine holds
+    (as its `model`) is an error, raised before the first row is mapped: its work would be missing from the card."""
+    import sys
+
+    torch = sys.modules.get("torch")  # not imported: no torch model can be in the resources
+
+    def is_model(obj: Any) -> bool:  # a torch module, or what wraps one (a transformers pipeline)
+        return torch is not None and (isinstance(obj, torch.nn.Module) or isinstance(getattr(obj, "model", None), torch.nn.Module))
+
+    found: dict[str, Any] = {}
+    models: list[tuple[str, Any]] = []
+
+    def walk(obj: Any, path: str) -> None:
+        if isinstance(getattr(obj, "usage", None), dict) and callable(getattr(obj, "settings", None)):
+            found[path or "engine"] = obj
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                walk(value, f"{path}[{i}]")
+        elif is_model(obj):
+            models.append((path or "engine", obj))
+
+    walk(resources, "")
+    held = {id(getattr(engine, "model", None)) for engine in found.values()}
+    unaccounted = [(path, obj) for path, obj in models if id(obj) not in held]
+    if unaccounted:
+        path, obj = unaccounted[0]
+        raise PipelineError(
+            f"the stage's setup returned a model ({type(obj).__name__}, at '{path}') that no engine accounts for: wrap it "
+            "in one (hf_pipeline.usage.ModelUsage or a subclass) so that its tokens and seconds reach the card."
+        )
+    return found
 
 
 def usage_delta(before: dict[str, dict], resources: Any) -> dict[str, Any]:

@@ -284,4 +284,38 @@ stages:
     assert results["assemble"].counts["stats"]["document_tokens"] > 0  # the documents were read: nothing to pack
     ds = load_dataset_ref(resolve_dataset(f"{results['assemble'].repo_id}@{results['assemble'].tag}"))
     assert len(ds) == 0
-    assert "final data: 0 pairs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    final = out[out.index("final data: 0 pairs"):]
+    # why there is nothing to load: the rows ran out at match (assemble, judge and instantiate had none in)
+    assert f"nothing to load: the rows ran out at match: no rows out of {len(DOCS)} in (dropped: no_candidates {len(DOCS)})" in final
+    # every load call printed, by the stage summaries ("load with") and the final line (both arms), runs as printed
+    printed = printed_load_calls(out)
+    with_rows = [call for call in printed if "streaming=True" not in call]
+    assert len(printed) == 9 and len(with_rows) == 2  # the index and the analysis' figures have rows; the rest have none
+    assert "local/ep-index" in with_rows[0] and '"metrics"' in with_rows[1]
+    for call in printed:
+        run_printed_call(call)
+
+    # a rerun finds every stage published (skipped): its summary reads the cards, and prints the same working calls
+    rerun = pipeline.run_pipeline(str(config))
+    assert all(r.skipped for r in rerun.values())
+    again = capsys.readouterr().out
+    assert again[again.index("final data: 0 pairs"):] == final
+    assert "streaming=True" in rerun["match"].load_hint() and "no_candidates" in rerun["match"].load_hint()
+    run_printed_call(rerun["match"].load_hint())
+
+
+def printed_load_calls(text: str) -> list[str]:
+    """The `load_dataset(...)` calls in printed text, as printed."""
+    import re
+
+    return re.findall(r"load_dataset\([^)]*\)", text)
+
+
+def run_printed_call(line: str) -> None:
+    """Run a printed `load_dataset(...)` call (a trailing comment included) exactly as printed; it must load."""
+    from datasets import IterableDataset, load_dataset
+
+    ds = eval(line, {"load_dataset": load_dataset})  # noqa: S307 - our own printed call, on the local Hub
+    rows = list(ds) if isinstance(ds, IterableDataset) else ds.to_list()
+    assert ds.features is not None and isinstance(rows, list), line

@@ -182,8 +182,11 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     if config.moderation_model:
         from transformers import pipeline
 
+        from hf_pipeline.usage import TextClassifier
+
         name, revision = split_ref(config.moderation_model)
-        moderator = pipeline("text-classification", model=name, revision=revision, top_k=None, truncation=True)
+        classify = pipeline("text-classification", model=name, revision=revision, top_k=None, truncation=True)
+        moderator = TextClassifier(classify, config.moderation_model)  # called like the pipeline; its work is in the card
     return {"benchmarks": index, "moderator": moderator, "mappings": mappings(config)}
 
 

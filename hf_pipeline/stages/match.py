@@ -37,6 +37,19 @@ kind of device resolves to the same value and resumes the same run; a resolution
 kind of device, is another run, never a run whose shards used two thresholds), and it is the config every worker
 gets.
 
+A share is reached on any templates, even ones that fit none of the documents, so auto:Q also says whether its
+threshold beats chance. The same sampled documents are paired with `calibration_sample` templates drawn (seeded,
+from a few row groups) from the index's published embeddings, each pair scored as a candidate is (its best vector);
+from where those random pairs score (median, and a spread robust to the few truly related ones), the *chance
+baseline* is the threshold at which the same share Q of documents would have a candidate were the index's N
+templates unrelated to them (`matching.chance_baseline`). A threshold that does not clear it by
+`calibration_min_margin` spreads of the random pairs (default 0.5: unrelated templates land within ±0.1 of 0, a
+related sample ~1) gets one warning line in the end summary and a sentence in the card; with `strict_calibration`
+(`--strict-calibration`) the run stops there, at plan time, before any model of a later stage loads. Measured
+with MiniLM on the shipped Wikipedia sample at auto:0.5: the hand-written templates clear it by ~1 spread,
+software-FAQ templates by ~0 (tests/test_calibration.py). A numeric threshold is the user's own and gets no sample,
+so no baseline.
+
 The documents' id and text columns are the config keys `doc_id_column` and `text_column` (a user's own corpus,
 checked at plan time); the published `doc_id` holds the corpus's own id values.
 
@@ -60,7 +73,7 @@ from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_fie
 from hf_pipeline.embedder import PRODUCTION_EMBEDDER, model_ref
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.index_files import WEIGHTS_FILE, IdMap, index_info, index_is_empty, open_index
-from hf_pipeline.matching import ComplexityWeights, document_seed, match_document
+from hf_pipeline.matching import ComplexityWeights, chance_baseline, document_seed, match_document, pair_scores
 from hf_pipeline.stage import Stage, StageContext
 
 
@@ -85,11 +98,22 @@ class MatchConfig:
     )
     threshold_auto: dict | None = field(
         default=None,
-        metadata={"help": "set by the run when threshold is auto:Q: the share asked, the documents sampled and the share "
-                  "reached (shown in the card); not a key to set"},
+        metadata={"help": "set by the run when threshold is auto:Q: the share asked, the documents sampled, the share "
+                  "reached and the chance baseline (shown in the card); not a key to set"},
     )
     calibration_sample: int = field(
         default=256, metadata={"help": "threshold auto:Q: documents sampled (seeded, from a few row groups: never the whole corpus)"}
+    )
+    calibration_min_margin: float = field(
+        default=0.5,
+        metadata={"help": "threshold auto:Q: how far the threshold must clear the chance baseline (the threshold at which random "
+                  "templates would give the same share), in spreads (robust standard deviations) of random document-template "
+                  "cosines; less: a warning that the templates and documents look unrelated"},
+    )
+    strict_calibration: bool = field(
+        default=False,
+        metadata={"help": "threshold auto:Q: a threshold that does not clear the chance baseline (calibration_min_margin) is an "
+                  "error at plan time, before any model of a later stage loads, instead of a warning (--strict-calibration)"},
     )
     calibration_offsets: list[float] = field(
         default_factory=lambda: [-0.1, -0.05, 0.0, 0.05, 0.1],
@@ -193,6 +217,7 @@ class Searched:
     live: list[int]
     scores: np.ndarray
     ids: np.ndarray
+    vectors: np.ndarray  # (B, V, d): the live texts' Gaussian-pooled vectors that were searched
 
 
 def search_documents(texts: list, model, index, config: MatchConfig, usage=None) -> Searched:
@@ -222,6 +247,7 @@ def search_documents(texts: list, model, index, config: MatchConfig, usage=None)
         live = [i for i in live if status[i] == "ok"]
     top = min(config.candidates_per_vector, index.ntotal)
     scores, ids = np.zeros((0, 0, top), np.float32), np.zeros((0, 0, top), np.int64)
+    vectors = np.zeros((0, config.k + 1, 0), np.float32)
     if live:
         vectors = encode_gaussian(model, [texts[i] for i in live], batch_size=config.encode_batch_size)  # (B, K+1, d)
         if usage is not None:
@@ -229,7 +255,7 @@ def search_documents(texts: list, model, index, config: MatchConfig, usage=None)
         B, V, d = vectors.shape
         scores, ids = index.search(np.ascontiguousarray(vectors.reshape(B * V, d)), top)  # one call for the batch
         scores, ids = scores.reshape(B, V, top), ids.reshape(B, V, top)
-    return Searched(status, truncated, live, scores, ids)
+    return Searched(status, truncated, live, scores, ids, vectors)
 
 
 def calibration_thresholds(config: MatchConfig) -> list[float]:
@@ -447,6 +473,9 @@ def summarize(stats: dict, config: MatchConfig) -> dict:
     stats["threshold"] = config.threshold
     if config.threshold_auto:
         stats["threshold_auto"] = config.threshold_auto
+        warning = calibration_warning(config.threshold_auto, float(config.threshold))
+        if warning:  # shown under the stage's line by the pipeline's end summary too
+            stats["warnings"] = [warning]
     bins = stats.pop("best_cosine_histogram", None) or [0] * HISTOGRAM_BINS
     scored = stats.pop("best_cosine_documents", 0)
     lo, hi = stats.pop("min_best_cosine", None), stats.pop("max_best_cosine", None)
@@ -482,6 +511,12 @@ def report(stats: dict, config: MatchConfig) -> list[tuple[str, str]]:
     if auto:
         lines.append(("threshold", f"{stats['threshold']} (auto:{auto['share']}: {auto['sample_share']:.0%} of a seeded sample of "
                                    f"{auto['sample_documents']} documents have a candidate at it)"))
+        b = auto.get("baseline")
+        if b:
+            lines.append(("by chance", f"{b['cosine']}: random templates would give as many documents a candidate there; "
+                                       f"threshold - that = {b['margin']:+.4f} ({b['margin_spreads']:+.2f} spreads of random "
+                                       f"pairs; calibration_min_margin {b['min_margin_spreads']})"))
+        lines += [("warning", w) for w in stats.get("warnings", [])]
     else:
         lines.append(("threshold", str(stats.get("threshold"))))
     best = stats.get("best_cosine") or {}
@@ -597,20 +632,21 @@ def resolve_config(config: MatchConfig, plan) -> MatchConfig:
         return dataclasses.replace(config, threshold=stand_in, threshold_auto=record)
     positions = calibration_positions(plan.files, plan.shards, config.calibration_sample, config.seed)
     reader = FileReader(plan.part_refs[0], plan.files, columns=[config.doc_id_column, config.text_column])
-    by_file: dict[int, list[int]] = {}
-    for f, r in positions:
-        by_file.setdefault(f, []).append(r)
-    texts = []
-    for f, rows in by_file.items():
-        texts += reader.read_rows(plan.files[f].path, rows)[config.text_column].to_pylist()
+    texts = read_positions(reader, plan.files, positions, config.text_column)
+    sample_files = len({f for f, _ in positions})
     model, index = open_gaussian_index(plan.context())
+    templates = random_template_vectors(plan, config)
     best = np.full(len(texts), -np.inf)
+    random_pairs = []  # the sampled documents' scores with the random templates, as candidates are scored
     for start in range(0, len(texts), 256):  # bounded batches, as a shard's
         piece = texts[start : start + 256]
         searched = search_documents(piece, model, index, config)
         for row, i in enumerate(searched.live):
             value = document_figures(searched.scores[row], searched.ids[row], [], False)[0]
             best[start + i] = -np.inf if value is None else value
+        if searched.live:
+            random_pairs.append(pair_scores(searched.vectors, templates).reshape(-1))
+    indexed = index.ntotal
     del model, index
     gc.collect()
     try:
@@ -621,11 +657,63 @@ def resolve_config(config: MatchConfig, plan) -> MatchConfig:
     except ImportError:
         pass
     threshold, reached = threshold_for_share(best, share)
-    record = {"share": share, "sample_documents": len(texts), "sample_files": len(by_file), "sample_share": round(reached, 4),
-              "seed": config.seed}
+    baseline = chance_baseline(np.concatenate(random_pairs), indexed, share)
+    margin = baseline.margin_in_spreads(threshold)
+    record = {"share": share, "sample_documents": len(texts), "sample_files": sample_files, "sample_share": round(reached, 4),
+              "seed": config.seed,
+              "baseline": {"cosine": baseline.cosine, "random_pairs": baseline.pairs, "random_templates": len(templates),
+                           "median": baseline.median, "spread": baseline.spread, "templates": baseline.templates,
+                           "margin": round(threshold - baseline.cosine, 4), "margin_spreads": round(margin, 2),
+                           "min_margin_spreads": config.calibration_min_margin,
+                           "clears": bool(margin >= config.calibration_min_margin)}}
     print(f"match: threshold auto:{share} -> {threshold} ({reached:.1%} of a seeded sample of {len(texts)} documents from "
-          f"{len(by_file)} file(s) have a candidate at it)", flush=True)
+          f"{sample_files} file(s) have a candidate at it; by chance: {baseline.cosine})", flush=True)
+    warning = calibration_warning(record, threshold)
+    if warning and config.strict_calibration:
+        raise PipelineError(f"{warning} Stopped at plan time by strict_calibration (--strict-calibration), before any model of "
+                            "a later stage loads: use templates made for these documents (or a smaller Q), or unset "
+                            "strict_calibration to publish these pairs anyway.")
+    if warning:
+        print(f"match: warning: {warning}", flush=True)
     return dataclasses.replace(config, threshold=threshold, threshold_auto=record)
+
+
+def random_template_vectors(plan, config: MatchConfig) -> np.ndarray:
+    """(T, d) embeddings of up to `calibration_sample` templates of the index, seeded, read from a few row groups of
+    its published data (build_index's `embedding` column: the vectors FAISS holds, never all of them)."""
+    from hf_pipeline.datafiles import FileReader, list_files
+    from hf_pipeline.sharding import plan_shards
+
+    pinned = plan.pinned(config.index)
+    files, _ = list_files(pinned)
+    positions = calibration_positions(files, plan_shards(files, 1), config.calibration_sample, config.seed)
+    vectors = read_positions(FileReader(pinned, files, columns=["embedding"]), files, positions, "embedding")
+    return np.asarray([v for v in vectors if v is not None], dtype=np.float32)
+
+
+def read_positions(reader, files: list, positions: list[tuple[int, int]], column: str) -> list:
+    """The values of `column` at sorted (file index, row) positions, read file by file (a reader keeps the row groups
+    it read for the next rows)."""
+    by_file: dict[int, list[int]] = {}
+    for f, r in positions:
+        by_file.setdefault(f, []).append(r)
+    values = []
+    for f, rows in by_file.items():
+        values += reader.read_rows(files[f].path, rows)[column].to_pylist()
+    return values
+
+
+def calibration_warning(auto: dict, threshold: float) -> str | None:
+    """What it means that a threshold auto:Q chose does not clear its chance baseline (None when it does): the
+    sentence of the end summary, the card and the strict_calibration error."""
+    b = auto.get("baseline")
+    if not b or b["clears"]:
+        return None
+    return (f"your templates and documents look unrelated at this threshold: auto:{auto['share']} chose {threshold}, and were "
+            f"the index's {b['templates']} templates unrelated to the documents, {auto['share']:.0%} of them would have a "
+            f"candidate at {b['cosine']} by chance alone (random document-template pairs: median cosine {b['median']}, spread "
+            f"{b['spread']}); the threshold is {b['margin']:+.4f} from that ({b['margin_spreads']:+.2f} spreads, under the "
+            f"{b['min_margin_spreads']} of calibration_min_margin), so its pairs are likely noise.")
 
 
 OUTPUT_COLUMNS = {
