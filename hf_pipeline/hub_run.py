@@ -94,25 +94,20 @@ def _status(error: Exception) -> int | None:
     return getattr(getattr(error, "response", None), "status_code", None)
 
 
-def retrying(call: Callable[[], T], what: str, attempts: int = 8, on: tuple[int, ...] = (409, 412, 429, 500, 502, 503, 504)) -> T:
-    """A Hub call that many machines make at once: retried on conflicts (409/412: another commit landed first) and
-    server errors with a short backoff, and on 429 (the Hub's rate limit) after the time it asks for in
-    `Retry-After` (at most 15 minutes at a time); any other error (or the last attempt's) is raised as one line."""
+def retrying(call: Callable[[], T], what: str, attempts: int = 8, on: tuple[int, ...] = (409, 412)) -> T:
+    """A Hub call of the run protocol, its error said as one line naming `what`. Transient errors (429, 5xx, dropped
+    connections) are retried below, by the client every process installs (`hub_retry`); here, calls that many
+    machines make at once are retried on the statuses `on` (409/412: another commit to the same ref landed first)
+    with a short backoff."""
     from huggingface_hub.errors import HfHubHTTPError
 
     for attempt in range(attempts):
         try:
             return call()
         except HfHubHTTPError as e:
-            status = _status(e)
-            if status not in on or attempt == attempts - 1:
+            if _status(e) not in on or attempt == attempts - 1:
                 raise PipelineError(f"{what} failed: {e}") from e
-            wait = min(30.0, 0.5 * 2**attempt)
-            if status == 429:
-                retry_after = (e.response.headers or {}).get("Retry-After", "")
-                wait = min(900.0, float(retry_after)) if retry_after.isdigit() else min(900.0, 30.0 * 2**attempt)
-                print(f"{what}: the Hub's rate limit (429); retrying in {wait:.0f}s", file=sys.stderr, flush=True)
-            time.sleep(wait)
+            time.sleep(min(30.0, 0.5 * 2**attempt))
     raise AssertionError("unreachable")
 
 
@@ -124,7 +119,7 @@ def _whoami(endpoint_url: str) -> dict:
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return retrying(lambda: hf_api().whoami(), "asking the Hub who this token belongs to", on=(429, 500, 502, 503, 504))
+        return retrying(lambda: hf_api().whoami(), "asking the Hub who this token belongs to", on=())
     except PipelineError as e:
         cause = e.__cause__
         if isinstance(cause, HfHubHTTPError) and _status(cause) == 401:
@@ -231,7 +226,7 @@ def _open_pr(repo_id: str, title: str, description: str, manifest: dict[str, Any
         try:
             info = retrying(lambda: hf_api().create_commit(
                 repo_id, ops, commit_message=title, commit_description=description, repo_type="dataset",
-                create_pr=True, parent_commit=head), f"opening the run's pull request on {repo_id}", on=(429, 500, 502, 503, 504))
+                create_pr=True, parent_commit=head), f"opening the run's pull request on {repo_id}", on=())
         except PipelineError as e:
             if isinstance(e.__cause__, HfHubHTTPError) and _status(e.__cause__) in (409, 412):
                 continue  # main moved while we listed it
@@ -250,7 +245,7 @@ def open_run(repo_id: str, stage: str, key: str, manifest: dict[str, Any], descr
     lowest number wins, the other is closed as its duplicate and its driver adopts the winner's manifest."""
     api = hf_api()
     retrying(lambda: api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private),
-             f"creating {repo_id}", on=(429, 500, 502, 503, 504))
+             f"creating {repo_id}", on=())
     title = run_title(stage, manifest["fingerprint"], key)
     num, base = _open_pr(repo_id, title, description, manifest)
     runs = [r for r in find_runs(repo_id, stage, key) if r.status in ("open", "draft")]
@@ -501,7 +496,7 @@ def tag_commit(repo_id: str, tag: str, sha: str, message: str) -> None:
 
     try:
         retrying(lambda: hf_api().create_tag(repo_id, tag=tag, revision=sha, repo_type="dataset", tag_message=message),
-                 f"tagging {repo_id}@{sha[:12]} as {tag}", on=(429, 500, 502, 503, 504))
+                 f"tagging {repo_id}@{sha[:12]} as {tag}", on=())
     except PipelineError as e:
         if not (isinstance(e.__cause__, HfHubHTTPError) and _status(e.__cause__) == 409):
             raise
@@ -537,11 +532,11 @@ def seal(run: RunPR, card: str, artifacts: dict[str, Path], fp: str, tag: str, m
         try:
             retrying(lambda: api.create_commit(run.repo_id, ops, commit_message=f"{message}: card", repo_type="dataset",
                                                revision=run.ref), f"committing the card to {run.url}")
-            if details.status == "draft":
+            if details.status == "draft" and pr_status(run) == "draft":
                 retrying(lambda: api.change_discussion_status(run.repo_id, run.num, "open", repo_type="dataset"),
-                         f"publishing the draft {run.url}")
+                         f"publishing the draft {run.url}", on=())
             retrying(lambda: api.merge_pull_request(run.repo_id, run.num, comment=message, repo_type="dataset"),
-                     f"merging {run.url}", on=(429, 500, 502, 503, 504))
+                     f"merging {run.url}", on=())
         except PipelineError as e:
             # a retried merge whose first attempt went through, or another driver sealing the same run meanwhile
             if pr_status(run) != "merged":

@@ -2,8 +2,8 @@
 
 ``RequestGuard`` (an ASGI wrapper around the app) refuses, with a Hub-style error:
 
-- a ``Host`` that does not name this server (403): a web page that rebinds its own DNS name to 127.0.0.1 cannot
-  talk to it;
+- a ``Host`` whose name is not this server's (403): a web page that rebinds its own DNS name to 127.0.0.1 cannot
+  talk to it (the port is not checked: a reverse proxy on this machine forwards the one it listens on);
 - a write (any method but GET/HEAD/OPTIONS) whose ``Origin`` is not the server's own (403): a web page cannot
   post to it, even with a "simple" request that a browser sends without asking first;
 - a body over its cap (413), counted as it arrives, so nothing larger is ever buffered: commits
@@ -77,10 +77,10 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        port = scope["server"][1] if scope.get("server") else None
         host = headers.get("host", "").lower()
-        allowed = {f"{name}:{port}" for name in self.host_names} | (self.host_names if port == 80 else set())
-        if host not in allowed:
+        # the name is what a rebinding page cannot choose (its own); the port may be a reverse proxy's on this machine
+        name = host.rsplit(":", 1)[0] if host.rsplit(":", 1)[-1].isdigit() else host
+        if name not in self.host_names:
             error = HubError(403, f"This Hub does not answer for Host {host or '(none)'!r}: use the address it was "
                                   "started on (or add the name with --allowed-host)")
             return await error.response()(scope, receive, send)
