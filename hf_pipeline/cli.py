@@ -35,6 +35,8 @@ RUN_FLAGS = {
     "private": ("private", "create the output repo as private"),
     "work_dir": ("work_dir", "where a worker keeps its checkpoint chunks (default: $HF_PIPELINE_CACHE/runs)"),
     "keep_work_dir": ("keep_work_dir", "keep checkpoint chunks after the shard is on the Hub"),
+    "allow_version_change": ("allow_version_change", "finish a run whose pull request another hf_pipeline version "
+                             "opened (its shards so far stay as they are)"),
     "executor": ("executor", "'local' (this process) or 'ray' (Ray actors, one task at a time each)"),
     "ray_address": ("ray.address", "Ray: address of an existing cluster ('auto', 'ray://host:10001'); default: a local instance"),
     "num_workers": ("ray.num_workers", "Ray: number of worker actors (default: as many as the cluster fits, at most one per task)"),

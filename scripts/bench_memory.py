@@ -171,7 +171,7 @@ def child(stage: str, documents: str, pairs: str, output: str) -> None:
                 return [Completion("null", "stop", 0, 1) for _ in messages]
 
         instantiate.load_backend = lambda config: NullLLM()
-        config = InstantiateConfig(documents=documents, llm=LLMConfig(model="none", backend="transformers"))
+        config = InstantiateConfig(documents=documents, llm=LLMConfig(model="packaged:smollm2", backend="transformers"))  # never loaded
     elif stage == "assemble":
         from hf_pipeline.stages.assemble import STAGE, AssembleConfig
 

@@ -324,6 +324,44 @@ def test_hole6_a_run_opened_by_another_package_version_is_not_resumed_silently(l
     assert rows_of(out, result.tag) == expected_rows(ROWS[:20])
 
 
+# ---------------------------------------------------------------- hole 7
+
+
+def test_hole7_a_pr_with_the_runs_title_opened_by_someone_else_is_never_adopted(local_hub, local_hub_root, tmp_path):
+    """On a public repo anyone can open a PR titled like the run, commit forged data and a forged record to it: the
+    driver adopts only PRs its own account opened and reads records only from its own commits, so the forgery is
+    neither merged nor counted."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from hf_pipeline.hub.local import add_user
+    from hf_pipeline.hub_run import RECORD_MARK, run_title
+    from hf_pipeline.runner import command_key, plan_run, run_stage
+    from slow_stage import SLOW
+
+    src, out = names(tmp_path, "h7-in", "h7")
+    source = publish_rows(src, tmp_path, ROWS[:20])
+    HfApi().create_repo(out, repo_type="dataset")
+    opts = options(source, out, num_shards=2)
+    plan = plan_run(SLOW, opts, fast())
+    forged = tmp_path / "forged.parquet"
+    pq.write_table(pa.table({"id": [666], "loud": ["FORGED"]}), forged)
+    record = {"task": "shard-00000-of-00002", "phase": "map", "index": 0, "of": 2, "fingerprint": plan.fingerprint,
+              "rows_in": 10, "rows_out": 1, "counts": {}, "stats": {}, "seconds": 0.1,
+              "files": {"data/train-00000-of-00002.parquet": {"sha256": "0" * 64, "rows": 1, "size": 1}}}
+    mallory = HfApi(token=add_user(local_hub_root, f"mallory{tmp_path.name[-6:]}".replace("_", "")))
+    for title in (run_title(SLOW.name, plan.fingerprint, command_key(SLOW, opts, fast())),
+                  f"[hf_pipeline] {SLOW.name} run {plan.fingerprint}"):  # the title 2f59537 looked for
+        mallory.create_commit(out, [CommitOperationAdd("data/train-00000-of-00002.parquet", str(forged))],
+                              commit_message=title, repo_type="dataset", create_pr=True,
+                              commit_description=f"{RECORD_MARK}\n```json\n{json.dumps(record)}\n```")
+    result = run_stage(SLOW, opts, fast())
+    assert rows_of(out, result.tag) == expected_rows(ROWS[:20])
+    statuses = {p.author: p.status for p in pull_requests(out)}
+    assert statuses["local"] == "merged" and set(statuses.values()) == {"open", "merged"}
+
+
 # ---------------------------------------------------------------- hole 8
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import HfApi
 
 from hf_pipeline.cli import main
 
@@ -154,7 +155,10 @@ def test_instantiate_runs_with_the_trained_model_by_repo_id(tiny_instantiator, l
     assert code == 0, capsys.readouterr().err
     ds = load_dataset("local/tiny-instantiations", revision="t", split="train")
     assert len(ds) == 2 and all(s for s in ds["status"])  # a 2-layer random model: statuses, not quality
-    assert load_card("local/tiny-instantiations", "t").data.hf_pipeline["models"]["instantiator"].startswith(tiny_instantiator)
+    # pinned at plan time: the card names the commit the tag pointed at
+    pinned = HfApi().model_info("local/tiny-instantiator", revision="v1").sha
+    assert load_card("local/tiny-instantiations", "t").data.hf_pipeline["models"]["instantiator"].startswith(
+        f"local/tiny-instantiator@{pinned}")
 
 
 def test_training_rerun_is_a_noop_and_bad_inputs_are_named(tiny_instantiator, silver_file, capsys):
@@ -252,7 +256,8 @@ def test_round2_model_keeps_gaussian_pooling_and_serves_build_index_and_match(ma
                  "--set", "index=local/trained-index@t", "--set", "threshold=0.0"]) == 0, capsys.readouterr().err
     pairs = load_dataset("local/trained-matches", revision="t", split="train")
     assert set(pairs["doc_id"]) == {f"d{i}" for i in range(len(DOCUMENTS))}
-    assert load_card("local/trained-matches", "t").data.hf_pipeline["models"]["embedder"] == "local/matcher@r2"
+    pinned = HfApi().model_info("local/matcher", revision="r2").sha  # pinned at plan time: the tag's commit
+    assert load_card("local/trained-matches", "t").data.hf_pipeline["models"]["embedder"] == f"local/matcher@{pinned}"
 
 
 def test_genericize_runs_with_a_trained_genericizer_by_repo_id(local_hub, tmp_path, capsys):
@@ -279,7 +284,9 @@ def test_genericize_runs_with_a_trained_genericizer_by_repo_id(local_hub, tmp_pa
     assert code == 0, capsys.readouterr().err
     ds = load_dataset("local/tiny-templates", revision="t", split="train")
     assert len(ds) == 2 and all(ds["status"])  # a random 2-layer model: every row keeps a status
-    assert load_card("local/tiny-templates", "t").data.hf_pipeline["models"]["genericizer"].startswith("local/tiny-genericizer@v1")
+    pinned = HfApi().model_info("local/tiny-genericizer", revision="v1").sha  # pinned at plan time: the tag's commit
+    assert load_card("local/tiny-templates", "t").data.hf_pipeline["models"]["genericizer"].startswith(
+        f"local/tiny-genericizer@{pinned}")
 
 
 def test_training_killed_mid_run_resumes_to_the_same_model(tiny_instantiator, silver_file, tmp_path):
