@@ -15,9 +15,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from hf_pipeline.config import deep_merge, parse_overrides, read_yaml
+from hf_pipeline.run.config import deep_merge, parse_overrides, read_yaml
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.specs import build_spec, is_training, run_option_names, run_spec
+from hf_pipeline.run.specs import build_spec, is_training, run_option_names, run_spec
 
 # flag -> (run option key, dotted for executor options; help)
 RUN_FLAGS = {
@@ -104,7 +104,7 @@ def _add_stage_parser(sub, stage) -> None:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from hf_pipeline.runner import RunOptions
+    from hf_pipeline.run.runner import RunOptions
 
     defaults = RunOptions()
     for name, (key, doc) in run_flags(stage).items():
@@ -133,7 +133,7 @@ def _add_stage_parser(sub, stage) -> None:
         p.add_argument(
             "--estimate-from", default=None, metavar="REPO@TAG",
             help="with --estimate: scale the tokens and engine-seconds measured by a published run of this stage (its "
-            "card's hf_pipeline.usage) instead of the built-in figures",
+            "card's hf_pipeline.methods.usage) instead of the built-in figures",
         )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -190,7 +190,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
             values = deep_merge(values, {key: True})
     spec = build_spec(stage.name, values, argv=["run_stage.py", *argv], dry_run=args.dry_run)
     if not is_training(stage) and args.estimate is not None:
-        from hf_pipeline.estimate import estimate_command
+        from hf_pipeline.run.estimate import estimate_command
 
         return estimate_command(stage, spec.options, spec.config, args.estimate, argv=spec.argv, estimate_from=args.estimate_from)
     result = run_spec(spec)
@@ -208,7 +208,7 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
 
 def hub_command(args: argparse.Namespace) -> int:
     from hf_pipeline.hub import local
-    from hf_pipeline.optional import require
+    from hf_pipeline.run.optional import require
 
     if args.action == "start":
         require("olah", "hub", "the local Hub")
@@ -228,7 +228,7 @@ def hub_command(args: argparse.Namespace) -> int:
         # The default account's token: HF_TOKEN is what the clients send (a token is letters and digits: no quoting).
         print(f"export HF_ENDPOINT={state['url']} HF_HUB_DISABLE_XET=1 HF_TOKEN={local.token(root)}")
     elif args.action == "push":
-        from hf_pipeline.hub_io import push_local_dataset
+        from hf_pipeline.io.hub import push_local_dataset
 
         if not args.path or not args.repo_id:
             raise PipelineError("hub push needs a local dataset PATH and a REPO_ID.")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "hub":
             return hub_command(args)
         if args.command == "pipeline":
-            from hf_pipeline.pipeline import run_pipeline
+            from hf_pipeline.run.pipeline import run_pipeline
 
             run_pipeline(args.config, sample_size=args.sample_size)
             return 0

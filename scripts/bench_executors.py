@@ -92,8 +92,8 @@ def bench(args, tmp: Path) -> int:
     import torch
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import push_local_dataset
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages.build_index import STAGE as BUILD_INDEX, BuildIndexConfig
 
     docs = passages(args.docs)

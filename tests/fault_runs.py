@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any
 
-from hf_pipeline.stage import Stage, StageContext
+from hf_pipeline.run.stage import Stage, StageContext
 
 
 class QuotingLLM:
@@ -62,9 +62,9 @@ def quoting_instantiate() -> Stage:
 
 def run(spec: dict[str, Any]):
     """One run of `spec` (stage, input, output, tag, config, options) through the runner; its RunResult."""
-    from hf_pipeline.config import build_config
-    from hf_pipeline.executors.ray import RayOptions
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.run.config import build_config
+    from hf_pipeline.run.executors.ray import RayOptions
+    from hf_pipeline.run.runner import RunOptions, run_stage
 
     stage, config_class = _stages()[spec["stage"]]
     options = dict(spec.get("options") or {})

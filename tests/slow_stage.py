@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_pipeline.runner import RunOptions, run_stage
-from hf_pipeline.stage import Stage
+from hf_pipeline.run.runner import RunOptions, run_stage
+from hf_pipeline.run.stage import Stage
 
 
 @dataclass

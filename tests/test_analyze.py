@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline import analysis as an
+from hf_pipeline.methods import analysis as an
 from hf_pipeline.cli import main
 
 # ---------------------------------------------------------------- pure
@@ -40,7 +40,7 @@ def test_power_law_fit_recovers_exact_law_and_r2():
 def test_growth_from_hash_thresholds_is_the_unique_growth_in_hash_order():
     """x(t) and y(t) counted per shard / per partition and summed give exactly unique_growth over the documents
     taken in hash order, at every x the thresholds reach."""
-    from hf_pipeline.stage import merge_stats
+    from hf_pipeline.run.stage import merge_stats
 
     assert an.doc_hash(0, "d1") == an.doc_hash(0, "d1") != an.doc_hash(1, "d1")
     assert all(0 <= an.doc_hash(s, f"d{i}") < 1 for s in range(3) for i in range(100))
@@ -89,7 +89,7 @@ def test_template_usage_bins_and_top():
 def test_chunk_position_from_summed_sums():
     from scipy.stats import pearsonr
 
-    from hf_pipeline.stage import merge_stats
+    from hf_pipeline.run.stage import merge_stats
 
     rng = np.random.default_rng(0)
     ks = rng.integers(1, 6, size=500)
@@ -171,7 +171,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(local_hub, tmp_path_factory):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     tmp = tmp_path_factory.mktemp("analyze_inputs")
     push_local_dataset(str(write_jsonl(tmp / "docs" / "docs.jsonl", DOCS)), "local/an-docs", tag="v1")
@@ -190,7 +190,7 @@ def test_analyze_publishes_usage_metrics_plots_and_card(inputs, capsys):
     from huggingface_hub import HfApi, hf_hub_download
     from scipy.stats import pearsonr
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     judged, docs = inputs
     code, _, err = run(capsys, "analyze", "--input", judged, "--output", "local/an-out", "--tag", "r1", "--set", f"documents={docs}")
@@ -267,7 +267,7 @@ def test_figures_do_not_depend_on_shards_or_partitions(inputs, capsys):
     same analysis as 1 shard and 8 partitions."""
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     judged, docs = inputs
     args = ["analyze", "--input", judged, "--set", f"documents={docs}", "--set", "plots=false"]
@@ -285,7 +285,7 @@ def test_figures_do_not_depend_on_shards_or_partitions(inputs, capsys):
 def test_analyze_on_assembled_data_reads_assemble_counts(inputs, capsys):
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     judged, docs = inputs
     code, _, err = run(capsys, "assemble", "--input", judged, "--output", "local/an-asm", "--tag", "a1",

@@ -85,7 +85,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def inputs(local_hub, tmp_path_factory):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     tmp = tmp_path_factory.mktemp("assemble_inputs")
     push_local_dataset(str(write_jsonl(tmp / "docs" / "docs.jsonl", DOCS)), "local/asm-docs", tag="v1")
@@ -109,7 +109,7 @@ def test_assemble_budget_rollover_and_baseline_through_the_runner(inputs, word_t
     from datasets import load_dataset
     from huggingface_hub import HfApi
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     code, out, err = run(capsys, *assemble_args(inputs, word_tokenizer, "local/asm-out", "a1"))
     assert code == 0, err
@@ -166,7 +166,7 @@ def test_budgets_and_rollover_are_per_shard(inputs, word_tokenizer, capsys):
     from datasets import load_dataset
     from huggingface_hub import HfApi
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     repo = "local/asm-sharded"
     code, _, err = run(capsys, *assemble_args(inputs, word_tokenizer, repo, "s3", "--num-shards", "3"))
@@ -193,7 +193,7 @@ def test_matched_budget_and_no_baseline_replace_the_old_files(inputs, word_token
     from datasets import load_dataset
     from huggingface_hub import HfApi
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     repo = "local/asm-out2"
     assert run(capsys, *assemble_args(inputs, word_tokenizer, repo, "all"))[0] == 0
@@ -219,7 +219,7 @@ def test_matched_budget_and_no_baseline_replace_the_old_files(inputs, word_token
 
 
 def test_missing_judge_column_is_one_clear_sentence(local_hub, word_tokenizer, tmp_path, capsys):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     rows = [{k: v for k, v in p.items() if not k.startswith("judge")} for p in PAIRS[:4]]  # all at d1 and d2
     push_local_dataset(str(write_jsonl(tmp_path / "p" / "p.jsonl", rows)), "local/asm-unjudged", tag="v1")
@@ -232,7 +232,7 @@ def test_missing_judge_column_is_one_clear_sentence(local_hub, word_tokenizer, t
 
 
 def test_token_counting_without_special_tokens(word_tokenizer):
-    from hf_pipeline.tokens import count_tokens, load_tokenizer, truncate_to_tokens
+    from hf_pipeline.methods.tokens import count_tokens, load_tokenizer, truncate_to_tokens
 
     tok = load_tokenizer(word_tokenizer)
     assert count_tokens(tok, ["Instruction: a b\n\nAnswer: c", "", None, "one"]) == [7, 0, 0, 1]

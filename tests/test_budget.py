@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from hf_pipeline.text.budget import (
+from hf_pipeline.methods.text.budget import (
     Candidate,
     baseline_take,
     document_rng,

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.config import build_config
+from hf_pipeline.run.config import build_config
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.matching import ComplexityWeights, complexity_weights, source_complexity_counts, weights_from_counts
-from hf_pipeline.runner import RunOptions, run_stage
-from hf_pipeline.stage import merge_stats
+from hf_pipeline.methods.matching import ComplexityWeights, complexity_weights, source_complexity_counts, weights_from_counts
+from hf_pipeline.run.runner import RunOptions, run_stage
+from hf_pipeline.run.stage import merge_stats
 from hf_pipeline.stages.build_index import STAGE, BuildIndexConfig
-from hf_pipeline.text.templates import count_variables, template_id
+from hf_pipeline.methods.text.templates import count_variables, template_id
 
 # Hand-written fixture templates: several topics, 1-4 variables, real-chat and other sources, and three
 # rows that must not be indexed (a non-ok status, an empty description, a repeated template_id).
@@ -55,7 +55,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def template_repo(local_hub, tmp_path_factory):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     path = write_jsonl(tmp_path_factory.mktemp("templates") / "templates.jsonl", fixture_rows())
     push_local_dataset(str(path), "local/bi-templates", tag="v1")
@@ -119,7 +119,7 @@ def test_build_index_publishes_embeddings_index_and_weights(local_hub, template_
     from datasets import load_dataset
     from huggingface_hub import HfApi
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     out = "local/bi-flat"
     build(template_repo, out, "flat")
@@ -177,7 +177,7 @@ def test_template_repeated_across_shards_is_indexed_once(local_hub, template_rep
     import pyarrow.parquet as pq
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     out = "local/bi-sharded"
     result = build(template_repo, out, "t", num_shards=2)
@@ -236,7 +236,7 @@ def test_bad_factory_string_is_one_sentence(local_hub, template_repo):
 def top_up_repo(local_hub, tmp_path_factory):
     """Five templates of the top-up kind: the first repeats the fixture's first template (it counts as the input's),
     the second is not ok (never offered), three are new."""
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     extra = [
         ("wildchat", "What were the main causes of the <fi>name of a war</fi>?", "A history article about a war and its causes."),
@@ -264,7 +264,7 @@ def test_top_up_fills_the_index_only_up_to_min_templates(local_hub, template_rep
     import pyarrow.parquet as pq
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     ref, new_ids = top_up_repo
     out, tag = f"local/bi-top-up-{min_templates}", f"s{num_shards}"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hf_pipeline.cli import main
-from hf_pipeline.matching import chance_baseline
+from hf_pipeline.methods.matching import chance_baseline
 from test_match import index_repo, run_match, wiki_repo, write_jsonl  # noqa: E402, F401  (fixtures; tests/ is on sys.path)
 
 # Help-centre questions about software: no article of the shipped Wikipedia sample is about any of this.
@@ -38,12 +38,12 @@ AUTO = {"threshold": "auto:0.5"}
 @pytest.fixture(scope="module")
 def faq_index(local_hub, tmp_path_factory) -> str:
     """An index of the software-FAQ templates, built by build_index with MiniLM."""
-    from hf_pipeline.config import build_config
-    from hf_pipeline.hub_io import push_local_dataset
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.run.config import build_config
+    from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages.build_index import STAGE as BUILD_INDEX
     from hf_pipeline.stages.build_index import BuildIndexConfig
-    from hf_pipeline.text.templates import template_id
+    from hf_pipeline.methods.text.templates import template_id
 
     rows = [{"template_id": template_id(t), "query_id": f"faq{i}", "source": "faq", "template": t,
              "compatible_document_description": d, "num_variables": 1, "status": "ok"} for i, (t, d) in enumerate(SOFTWARE_FAQ)]
@@ -55,7 +55,7 @@ def faq_index(local_hub, tmp_path_factory) -> str:
 
 def calibration(repo: str) -> tuple[dict, str]:
     """(the run's threshold_auto record, its card's text)."""
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     card = load_card(repo, revision="t")
     return card.data.hf_pipeline["config"]["threshold_auto"], card.content
@@ -92,7 +92,7 @@ def test_related_templates_clear_the_chance_baseline(local_hub, index_repo, wiki
 
 
 def run_threshold(repo: str) -> float:
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     return load_card(repo, revision="t").data.hf_pipeline["config"]["threshold"]
 

@@ -46,7 +46,7 @@ def _source(dataset: str, column: str = "text") -> str:
 
 @pytest.fixture
 def text_repo(local_hub, tmp_path):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     path = tmp_path / "d" / "rows.jsonl"
     path.parent.mkdir()
@@ -107,7 +107,7 @@ def test_debug_shows_traceback(capsys):
 
 
 def test_tokens_are_masked_in_recorded_command_lines():
-    from hf_pipeline.hub_io import token_free_argv
+    from hf_pipeline.io.hub import token_free_argv
 
     token = "hf_" + "aB3" * 12
     assert token_free_argv(["--set", "api_key=sk-123", token, "--config", "hf_pipeline/configs/quickstart.yaml"]) == [
@@ -117,7 +117,7 @@ def test_tokens_are_masked_in_recorded_command_lines():
 
 def test_a_missing_optional_package_is_named_with_its_extra_before_anything_runs(capsys, monkeypatch):
     """The config asks for vLLM; without it the run stops at plan time with the extra to install."""
-    import hf_pipeline.optional as optional
+    import hf_pipeline.run.optional as optional
 
     real = optional.missing
     monkeypatch.setattr(optional, "missing", lambda module: module == "vllm" or real(module))

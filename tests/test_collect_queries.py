@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from hf_pipeline.runner import RunOptions, plan_run, run_stage
+from hf_pipeline.run.runner import RunOptions, plan_run, run_stage
 from hf_pipeline.stages.collect_queries import STAGE, CollectQueriesConfig
 
 BENCHMARK = "Natalia sold clips to forty eight friends in April then roughly half as many during May for her school fair"
@@ -90,7 +90,7 @@ def sources(local_hub, tmp_path_factory):
 
 
 def config(sources: dict, **values) -> CollectQueriesConfig:
-    from hf_pipeline.config import build_config
+    from hf_pipeline.run.config import build_config
 
     return build_config(CollectQueriesConfig, {**sources, "max_chars": 200, **values})
 
@@ -118,7 +118,7 @@ def test_sharded_and_partitioned_run_publishes_the_rows_of_a_single_pass(sources
     first occurrence and its duplicates sit in different shards."""
     from huggingface_hub import HfApi
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     one = config(sources, dedupe_partitions=1)
     many = config(sources, dedupe_partitions=4)
@@ -195,7 +195,7 @@ def test_source_names_must_be_unique():
 
 
 def test_inputs_are_one_part_per_source_and_split_with_revision_and_config():
-    from hf_pipeline.datafiles import InputPart
+    from hf_pipeline.io.datafiles import InputPart
     from hf_pipeline.stages.collect_queries import inputs
 
     cfg = CollectQueriesConfig(sources=[
@@ -211,15 +211,15 @@ def test_inputs_are_one_part_per_source_and_split_with_revision_and_config():
 
 
 def _ctx(cfg, label="src", resources=None):
-    from hf_pipeline.datafiles import InputPart
-    from hf_pipeline.stage import StageContext
+    from hf_pipeline.io.datafiles import InputPart
+    from hf_pipeline.run.stage import StageContext
 
     return StageContext(config=cfg, load=None, download=None, resources=resources, part=InputPart("x", label=label))
 
 
 def test_map_extracts_by_the_parts_mapping_and_keys_by_the_dedupe_mode():
     from hf_pipeline.stages.collect_queries import collect_batch
-    from hf_pipeline.text.queries import dedup_key, query_id
+    from hf_pipeline.methods.text.queries import dedup_key, query_id
 
     sources = [{"name": "chat", "dataset": "x/c", "conversation_column": "messages"}, {"name": "flat", "dataset": "x/f", "column": "q"}]
     batch = {"messages": [conversation("What is  AI?"), [{"role": "assistant", "content": "hi"}]], "_input_row": [0, 1]}
@@ -240,9 +240,9 @@ def test_partitioned_dedupe_equals_one_pass_for_any_cut(mode):
 
     import datasets
 
-    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.io.features import features_from_spec
     from hf_pipeline.stages.collect_queries import collect_batch, dedupe, drop_failed
-    from hf_pipeline.worker import partition_of
+    from hf_pipeline.run.worker import partition_of
 
     rng = random.Random(7)
     words = ["what", "is", "AI", "the", "sun", "why", "cats", "sleep", "so", "much"]

@@ -1,12 +1,12 @@
-"""Tulu 3-style n-gram decontamination (hf_pipeline.text.decontamination)."""
+"""Tulu 3-style n-gram decontamination (hf_pipeline.methods.text.decontamination)."""
 
 import os
 import pickle
 import subprocess
 import sys
 
-from hf_pipeline.text import decontamination
-from hf_pipeline.text.decontamination import BenchmarkMatch, NgramIndex, tokenize
+from hf_pipeline.methods.text import decontamination
+from hf_pipeline.methods.text.decontamination import BenchmarkMatch, NgramIndex, tokenize
 
 # A GSM8K-style benchmark prompt of 20 distinct tokens, so shared n-grams are easy to count.
 BENCHMARK = "Natalia sold clips to forty eight friends in April then roughly half as many during May for her school fair"
@@ -109,9 +109,9 @@ def test_index_survives_pickling_into_a_process_with_another_hash_seed():
 
 
 def _collect_ctx(benchmarks, load):
-    from hf_pipeline.config import build_config
-    from hf_pipeline.datafiles import InputPart
-    from hf_pipeline.stage import StageContext
+    from hf_pipeline.run.config import build_config
+    from hf_pipeline.io.datafiles import InputPart
+    from hf_pipeline.run.stage import StageContext
     from hf_pipeline.stages.collect_queries import CollectQueriesConfig
 
     config = build_config(CollectQueriesConfig, {"sources": [{"name": "s", "dataset": "org/queries", "column": "text"}], "benchmarks": benchmarks})

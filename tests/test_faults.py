@@ -1,4 +1,4 @@
-"""A run survives a hostile Hub: every request retries 429 / 5xx / dropped connections (hf_pipeline/hub_retry.py), only
+"""A run survives a hostile Hub: every request retries 429 / 5xx / dropped connections (hf_pipeline/io/retry.py), only
 data that is truly missing becomes a row status, and instantiate refuses documents other than those match read.
 
 The Hub here is the local one behind `tests/fault_proxy.FaultProxy`. The clients read `HF_ENDPOINT` on import, so
@@ -20,7 +20,7 @@ import pytest
 
 from fault_proxy import FAULT_KINDS, FaultProxy  # tests/ is on sys.path
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_retry import RetryingClient, RetryPolicy
+from hf_pipeline.io.retry import RetryingClient, RetryPolicy
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -37,7 +37,7 @@ def publish_documents(repo: str, files: list[list[dict]], tag: str, folder: Path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.hub_io import publish
+    from hf_pipeline.io.hub import publish
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -51,9 +51,9 @@ def publish_documents(repo: str, files: list[list[dict]], tag: str, folder: Path
 @pytest.fixture(scope="module")
 def corpus(local_hub, tmp_path_factory) -> dict[str, str]:
     """Eight documents in four files and the hand-made templates' index, published without faults."""
-    from hf_pipeline.config import build_config
-    from hf_pipeline.hub_io import push_local_dataset
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.run.config import build_config
+    from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages.build_index import STAGE, BuildIndexConfig
 
     documents = publish_documents("local/f-docs", DOC_FILES, "v1", tmp_path_factory.mktemp("docs"))
@@ -147,7 +147,7 @@ def test_only_missing_documents_become_a_status_and_a_busy_hub_fails_the_task(co
     answered 429 three times first: retried, the rows are right. Against a copy of the documents whose file answers
     429 every time, the task fails after its retries and nothing is published (before the fix every document of that
     file became `unknown_document`, silently)."""
-    from hf_pipeline.hub_io import output_tags, push_local_dataset
+    from hf_pipeline.io.hub import output_tags, push_local_dataset
 
     middle = "data/train-00001-of-00004.parquet"
     busy = publish_documents("local/f-docs-busy", DOC_FILES, "v1", tmp_path / "busy")
@@ -206,8 +206,8 @@ def test_instantiate_refuses_documents_other_than_those_match_read(corpus, clean
     """The pairs' card records the documents match read (repo and commit): instantiate given another revision of
     them, or another repo, stops at plan time with one line naming both, before its output repo is touched."""
     from fault_runs import run
-    from hf_pipeline.hub_io import resolve_dataset
-    from hf_pipeline.pairs import documents_in_lineage
+    from hf_pipeline.io.hub import resolve_dataset
+    from hf_pipeline.methods.pairs import documents_in_lineage
 
     matched = resolve_dataset(corpus["documents"])
     for documents in (reordered, publish_documents("local/f-docs-copy", DOC_FILES, "v1", tmp_path / "copy")):
@@ -234,8 +234,8 @@ def test_instantiator_silver_follows_the_lineage_back_through_judged_rows(corpus
     import pyarrow.parquet as pq
     import yaml
 
-    from hf_pipeline.hub_io import publish, resolve_dataset
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.io.hub import publish, resolve_dataset
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages.instantiator_silver import STAGE, InstantiatorSilverConfig
 
     instantiated = resolve_dataset("local/f-inst-clean@t")
@@ -259,7 +259,7 @@ def test_instantiator_silver_follows_the_lineage_back_through_judged_rows(corpus
 def test_hub_io_installs_the_retrying_client():
     from huggingface_hub.utils import get_session
 
-    import hf_pipeline.hub_io  # noqa: F401  (what every process of a run imports before its first Hub call)
+    import hf_pipeline.io.hub  # noqa: F401  (what every process of a run imports before its first Hub call)
 
     assert isinstance(get_session(), RetryingClient)
 
@@ -269,7 +269,7 @@ def short_waits(monkeypatch):
     """This process's Hub client made anew with waits of 0.05 s (the policy is read when the client is made)."""
     from huggingface_hub import close_session
 
-    import hf_pipeline.hub_io  # noqa: F401  (installs the retrying client)
+    import hf_pipeline.io.hub  # noqa: F401  (installs the retrying client)
 
     monkeypatch.setenv("HF_PIPELINE_HUB_RETRY_WAIT", "0.05")
     close_session()
@@ -306,7 +306,7 @@ def test_retries_are_bounded_logged_without_the_token_then_the_original_error(lo
 
     policy = RetryPolicy(retries=2, base_wait=0.0)
     token = {"authorization": "Bearer hf_secretsecretsecretsecretsecret"}
-    with caplog.at_level(logging.WARNING, logger="hf_pipeline.hub_retry"):
+    with caplog.at_level(logging.WARNING, logger="hf_pipeline.io.retry"):
         proxy = FaultProxy(local_hub, rate=1.0, kinds=("503",))
         with proxy as url, RetryingClient(policy) as client:
             response = client.get(f"{url}/api/datasets/local/f-docs/revision/main?expand=x", headers=token)

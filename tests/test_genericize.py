@@ -10,7 +10,7 @@ import pytest
 
 from hf_pipeline.cli import main
 from hf_pipeline.llm.json_output import parse_json_completion
-from hf_pipeline.genericizing import template_schema
+from hf_pipeline.methods.genericizing import template_schema
 
 QUERIES = [
     {"query_id": "q1", "query": "What is the capital of France?", "source": "test"},
@@ -21,7 +21,7 @@ QUERIES = [
 
 @pytest.fixture(scope="module")
 def query_repo(local_hub, tmp_path_factory):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     path = tmp_path_factory.mktemp("q") / "queries.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
@@ -68,7 +68,7 @@ def test_genericize_gives_schema_valid_json_for_every_row(backend, query_repo, c
 def test_template_pattern_is_the_query_with_runs_replaced():
     import re
 
-    from hf_pipeline.genericizing import dropped_words, template_pattern
+    from hf_pipeline.methods.genericizing import dropped_words, template_pattern
 
     query = "What is the capital of France?"
     pattern = re.compile(template_pattern(query))
@@ -110,9 +110,9 @@ def test_constrained_smollm2_writes_templates_of_the_query(local_hub, tmp_path, 
 
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import push_local_dataset
-    from hf_pipeline.genericizing import dropped_words, template_pattern
-    from hf_pipeline.text.templates import parse_template
+    from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.methods.genericizing import dropped_words, template_pattern
+    from hf_pipeline.methods.text.templates import parse_template
 
     queries = shipped_queries(6)
     path = tmp_path / "queries.jsonl"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_pipeline.datafiles import MissingData
-from hf_pipeline.pairs import user_message
+from hf_pipeline.io.datafiles import MissingData
+from hf_pipeline.methods.pairs import user_message
 from hf_pipeline.stages.instantiate import InstantiateConfig, check_pair
 from hf_pipeline.stages.judge import parse_judgment
 
@@ -149,7 +149,7 @@ def test_instantiate_batch_is_one_call_with_a_schema_per_row_and_documents_adjac
 def test_judge_batch_keeps_documents_adjacent_and_counts_prompt_too_long():
     from types import SimpleNamespace
 
-    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
+    from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
     from hf_pipeline.stages.judge import JUDGE_STATUSES, PROMPT, JudgeConfig, judge_batch
 
     rows = [("a", "ok", "answer a1"), ("b", "ok", "answer b1"), ("a", "ok", "answer a2"), ("c", "null", None), ("b", "ok", "TOO_LONG")]
@@ -192,7 +192,7 @@ def test_every_judge_path_gives_a_status():
     from types import SimpleNamespace
 
     from hf_pipeline.llm.base import Completion
-    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
+    from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
     from hf_pipeline.stages.judge import JUDGE_STATUSES, PROMPT, JudgeConfig, judge_batch
 
     scripted = [
@@ -247,7 +247,7 @@ def publish_documents(repo: str, files: list[list[dict]], tag: str, folder: Path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.hub_io import publish
+    from hf_pipeline.io.hub import publish
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -262,7 +262,7 @@ def publish_documents(repo: str, files: list[list[dict]], tag: str, folder: Path
 @pytest.fixture(scope="module")
 def pair_inputs(local_hub, tmp_path_factory) -> dict[str, str]:
     """The sample documents (three files) and the pairs pointing into them, published to the local Hub."""
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     folder = tmp_path_factory.mktemp("pairs")
     refs = {"documents": publish_documents("local/ij-documents", DOC_FILES, "v1", folder / "documents")}
@@ -297,10 +297,10 @@ def test_instantiate_then_judge_publish_versioned_rows_with_statuses(pair_inputs
     status, ok answers are exact document spans, and each card names the revision it read."""
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card, resolve_dataset
-    from hf_pipeline.llm_config import LLMConfig
-    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.io.hub import load_card, resolve_dataset
+    from hf_pipeline.llm.config import LLMConfig
+    from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages import instantiate, judge
 
     smollm2 = dict(model="packaged:smollm2", backend="transformers")
@@ -353,8 +353,8 @@ def test_instantiate_says_prompt_too_long_for_a_tiny_context(pair_inputs):
     is sent to the model (nothing generated), none is dropped, and the card counts them."""
     from datasets import load_dataset
 
-    from hf_pipeline.llm_config import LLMConfig
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.llm.config import LLMConfig
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages import instantiate
 
     config = instantiate.InstantiateConfig(
@@ -376,8 +376,10 @@ def test_instantiate_reads_only_the_document_files_its_pairs_point_at(pair_input
     import huggingface_hub
     from datasets import load_dataset
 
-    from hf_pipeline import datafiles, documents
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.io import datafiles
+
+    from hf_pipeline.methods import documents
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages import instantiate
 
     opened, footers = [], []
@@ -418,7 +420,7 @@ def test_instantiate_says_document_mismatch_when_the_documents_revision_differs(
     id at each pair's position is not the pair's doc_id, so nothing is instantiated from the wrong text."""
     from datasets import load_dataset
 
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages import instantiate
 
     reordered = [DOC_FILES[0], list(reversed(DOC_FILES[1])), DOC_FILES[2]]
@@ -448,7 +450,7 @@ def test_constrained_pair_schema_holds_template_wording_and_sentence_bounded_exc
     from hf_pipeline.llm.base import Completion
     from hf_pipeline.llm.json_output import nullable, parse_json_completion
     from hf_pipeline.stages.instantiate import pair_schema
-    from hf_pipeline.text.excerpts import expand_excerpts
+    from hf_pipeline.methods.text.excerpts import expand_excerpts
 
     config = InstantiateConfig(documents="d", constrain_format=True, max_variable_words=3,
                                min_fragment_chars=5, max_fragment_chars=20)

@@ -22,7 +22,7 @@ NEMOTRON = ["warc_record_id", "template_id", "instantiated_instruction", "answer
 def test_assemble_publishes_the_nemotron_layout_beside_default(inputs, word_tokenizer, capsys, tmp_path):  # noqa: F811
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     repo = "local/lay-asm"
     code, _, err = run(capsys, *assemble_args(inputs, word_tokenizer, repo, "n", "--set", "nemotron_layout=true"))
@@ -85,7 +85,7 @@ def publish_layout(repo: str, files: list[list[dict]], scores: list[list[int]] |
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.hub_io import publish
+    from hf_pipeline.io.hub import publish
 
     folder.mkdir(parents=True, exist_ok=True)
     n = len(files)
@@ -127,7 +127,7 @@ def layout_repo(local_hub, tmp_path_factory) -> str:
 
 def analyze(repo: str, output: str, *extra: str, capsys=None) -> dict:
     from hf_pipeline.cli import main
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     code = main(["analyze", "--input", repo, "--output", output, "--tag", "t", "--set", "plots=false", *extra])
     assert code == 0, capsys.readouterr().err if capsys else code

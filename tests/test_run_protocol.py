@@ -68,7 +68,7 @@ def expected_rows(rows: list[dict] = ROWS) -> list[dict]:
 
 
 def options(source: str, out: str, **more):
-    from hf_pipeline.runner import RunOptions
+    from hf_pipeline.run.runner import RunOptions
 
     return RunOptions(input=source, output=out, chunk_rows=10, batch_size=5, **more)
 
@@ -91,7 +91,7 @@ def test_hole1_a_seal_that_dies_between_merge_and_tag_is_finished_by_the_rerun(l
     new PR and without mapping a shard again."""
     from huggingface_hub import HfApi
 
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h1-in", "h1")
@@ -122,7 +122,7 @@ def test_hole1_a_tag_whose_answer_was_lost_is_retried_and_found_in_place(local_h
     but its answer was lost) counts as success."""
     from huggingface_hub import HfApi
 
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h1b-in", "h1b")
@@ -149,7 +149,7 @@ def test_hole2_a_driver_dying_right_after_opening_the_run_never_merges_an_older_
     no PR in which an older run's files would survive (they did when clearing was a second commit)."""
     from huggingface_hub import HfApi
 
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW, SlowConfig
 
     src, out = names(tmp_path, "h2-in", "h2")
@@ -179,7 +179,7 @@ def test_hole2_the_seal_merges_only_files_the_records_name_with_their_content(lo
     import pyarrow.parquet as pq
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h2b-in", "h2b")
@@ -203,8 +203,8 @@ def test_hole2_the_seal_merges_only_files_the_records_name_with_their_content(lo
 def test_hole3_shard_jobs_and_the_seal_read_the_manifest_instead_of_planning(local_hub, tmp_path, monkeypatch):
     """A branch input that moves between queued shard jobs: every job and the seal use the manifest's pinned sha and
     resolved config; the config is resolved once; all shards land in one PR."""
-    from hf_pipeline.hub_io import load_card
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.io.hub import load_card
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     resolved = []
@@ -220,7 +220,7 @@ def test_hole3_shard_jobs_and_the_seal_read_the_manifest_instead_of_planning(loc
 
     pinned = HfApi().dataset_info(first, revision="main").sha
     run_stage(stage, options(first, out, num_shards=2, shard_index=0), fast())
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     later = tmp_path / "later" / "rows.jsonl"
     later.parent.mkdir()
@@ -244,8 +244,8 @@ def test_hole4_main_moved_during_the_run_the_run_moves_onto_it(local_hub, tmp_pa
     import pyarrow.parquet as pq
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_pipeline.hub_io import load_card
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.io.hub import load_card
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h4-in", "h4")
@@ -285,9 +285,9 @@ def test_hole6_every_shard_loads_the_model_sha_pinned_at_plan_time(local_hub, tm
     the model's main moved still loads the pinned commit, and the card names it."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_pipeline.hub_io import load_card
-    from hf_pipeline.runner import run_stage
-    from hf_pipeline.stage import Stage
+    from hf_pipeline.io.hub import load_card
+    from hf_pipeline.run.runner import run_stage
+    from hf_pipeline.run.stage import Stage
 
     stage = Stage(name="model_probe", description="which model revision each shard was given", config_class=ModelConfig,
                   output_columns={"id": "int64", "model_revision": "string"}, input_columns=("id",),
@@ -310,7 +310,7 @@ def test_hole6_every_shard_loads_the_model_sha_pinned_at_plan_time(local_hub, tm
 def test_hole6_a_run_opened_by_another_package_version_is_not_resumed_silently(local_hub, tmp_path, monkeypatch):
     import hf_pipeline
     from hf_pipeline.errors import PipelineError
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h6b-in", "h6b")
@@ -336,8 +336,8 @@ def test_hole7_a_pr_with_the_runs_title_opened_by_someone_else_is_never_adopted(
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from hf_pipeline.hub.local import add_user
-    from hf_pipeline.hub_run import RECORD_MARK, run_title
-    from hf_pipeline.runner import command_key, plan_run, run_stage
+    from hf_pipeline.run.hub_run import RECORD_MARK, run_title
+    from hf_pipeline.run.runner import command_key, plan_run, run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h7-in", "h7")
@@ -371,9 +371,9 @@ def test_hole8_plan_objects_for_a_billion_rows_in_4000_shards(tmp_path):
     assigned by binary search, and the manifest written (JSON, gzipped): each in under 5 s and 200 MB."""
     import tracemalloc
 
-    from hf_pipeline.runner import RunOptions, RunPlan, manifest_of
-    from hf_pipeline.sharding import DataFile, GroupRange, align_groups, plan_shards
-    from hf_pipeline.stage import AlignedInput
+    from hf_pipeline.run.runner import RunOptions, RunPlan, manifest_of
+    from hf_pipeline.run.sharding import DataFile, GroupRange, align_groups, plan_shards
+    from hf_pipeline.run.stage import AlignedInput
     from slow_stage import SLOW
 
     def plan(files: list[DataFile]) -> tuple[list, bytes]:
@@ -410,7 +410,7 @@ def test_hole8_plan_objects_for_a_billion_rows_in_4000_shards(tmp_path):
 
 PARTITION_PROBE = """
 import sys, datasets, pyarrow as pa
-from hf_pipeline.worker import write_partitioned
+from hf_pipeline.run.worker import write_partitioned
 path, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 schema = pa.schema([("key", pa.string()), ("text", pa.string())])
 with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
@@ -429,7 +429,7 @@ def test_hole8_a_shard_is_partitioned_for_its_reduce_without_holding_it_in_memor
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.worker import PARTITION_COLUMN
+    from hf_pipeline.run.worker import PARTITION_COLUMN
 
     n = 200_000
     out = subprocess.run([sys.executable, "-c", PARTITION_PROBE, str(tmp_path / "shard.arrow"), str(tmp_path / "map.parquet"),
@@ -450,7 +450,7 @@ def test_hole8_hub_requests_per_shard_stay_constant_from_16_to_256_shards(local_
     each other. Tasks no longer list the PR's history (a page per 50 commits, O(shards^2) requests per run): the
     driver reads it a few times per run."""
     from hf_pipeline.hub.local import read_access_log
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     per_shard, total, history_pages = {}, {}, {}
@@ -496,7 +496,7 @@ def test_hole9_two_drivers_of_the_same_command_publish_one_run(local_hub, tmp_pa
     assert rows_of(out, tag) == expected_rows()
     merged = HfApi().get_discussion_details(out, pr.num, repo_type="dataset").merge_commit_oid
     files = {f.path: f.lfs.sha256 for f in HfApi().list_repo_tree(out, "data", repo_type="dataset", revision=merged)}
-    from hf_pipeline.hub_run import RunPR, shard_records
+    from hf_pipeline.run.hub_run import RunPR, shard_records
 
     latest = {r["task"]: r for r in shard_records(RunPR(out, pr.num, 0.0))}
     assert {p: m["sha256"] for r in latest.values() for p, m in r["files"].items()} == files
@@ -512,7 +512,7 @@ def test_hole9_a_shard_of_more_than_50_files_mixed_from_two_attempts_is_redone(l
     import pyarrow.parquet as pq
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h9b-in", "h9b")
@@ -539,7 +539,7 @@ def test_hole11_a_column_missing_from_a_later_file_fails_at_plan_time(local_hub,
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from hf_pipeline.errors import PipelineError
-    from hf_pipeline.runner import plan_run
+    from hf_pipeline.run.runner import plan_run
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h11-in", "h11")
@@ -555,9 +555,9 @@ def test_hole11_a_column_missing_from_a_later_file_fails_at_plan_time(local_hub,
 
 
 def test_hole11_write_access_and_shard_bounds_are_checked_before_planning(local_hub, tmp_path, monkeypatch):
-    from hf_pipeline import runner
+    from hf_pipeline.run import runner
     from hf_pipeline.errors import PipelineError
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     def no_planning(*args, **kwargs):
@@ -574,7 +574,7 @@ def test_hole11_write_access_and_shard_bounds_are_checked_before_planning(local_
 def test_hole11_a_record_that_is_not_ours_to_read_is_skipped_with_a_line_not_a_key_error(local_hub, tmp_path, capsys):
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "h11c-in", "h11c")
@@ -594,7 +594,7 @@ def test_the_manifest_holds_the_plan(local_hub, tmp_path):
     from huggingface_hub import HfApi, hf_hub_download
 
     import hf_pipeline
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 
     src, out = names(tmp_path, "man-in", "man")

@@ -44,7 +44,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture
 def query_repo(local_hub, tmp_path):
     """The queries above, published to the local Hub."""
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     repo = f"local/queries-{tmp_path.name[-12:]}"
     push_local_dataset(str(write_jsonl(tmp_path / "q" / "queries.jsonl", QUERIES)), repo, tag="v1")
@@ -61,7 +61,7 @@ def test_collect_queries_publishes_versioned_output_with_card(local_hub, query_r
     from datasets import load_dataset
     from huggingface_hub import HfApi
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     out_repo = f"local/collected-{tmp_path.name[-12:]}"
     code, out, err = run_cli(capsys, *collect_args(query_repo, out_repo, "--tag", "first"))
@@ -138,7 +138,7 @@ def test_resume_after_sigkill_publishes_same_rows(local_hub, tmp_path):
     done_before = {p: p.stat().st_mtime_ns for p in work.rglob("chunk-*.arrow")}
     assert 2 <= len(done_before) < 6, "the kill should land mid-map"
 
-    from hf_pipeline.runner import RunOptions, plan_run
+    from hf_pipeline.run.runner import RunOptions, plan_run
     from slow_stage import SLOW, SlowConfig
 
     plan = plan_run(SLOW, RunOptions(input=str(data), output="local/slow-resumed", work_dir=str(work)), SlowConfig())
@@ -164,7 +164,7 @@ def test_decontamination_and_moderation_drop_counted(local_hub, query_repo, caps
     from datasets import load_dataset
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from hf_pipeline.hub_io import load_card, push_local_dataset
+    from hf_pipeline.io.hub import load_card, push_local_dataset
 
     bench = tmp_path / "bench" / "test.jsonl"
     write_jsonl(bench, [{"question": "Which planet is closest to the sun?"}, {"question": "Name a prime number above 100."}])
@@ -201,8 +201,8 @@ def test_prompt_file_content_is_part_of_the_fingerprint(tmp_path):
     a stage without prompt files keeps the fingerprint it had before prompts were hashed."""
     from dataclasses import replace
 
-    from hf_pipeline.config import config_hash, config_to_dict
-    from hf_pipeline.runner import RunOptions, plan_run
+    from hf_pipeline.run.config import config_hash, config_to_dict
+    from hf_pipeline.run.runner import RunOptions, plan_run
     from slow_stage import SLOW, SlowConfig
 
     data = str(write_jsonl(tmp_path / "in" / "rows.jsonl", [{"id": 0, "text": "a row"}]))

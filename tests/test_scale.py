@@ -19,7 +19,7 @@ ROWS = [{"id": i, "text": f"row number {i}"} for i in range(80)]
 
 
 def publish_rows(repo: str, tmp_path: Path, rows: list[dict] = ROWS) -> str:
-    from hf_pipeline.hub_io import push_local_dataset
+    from hf_pipeline.io.hub import push_local_dataset
 
     path = tmp_path / "in" / "rows.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def test_one_shard_per_machine_then_a_sealing_run(local_hub, tmp_path, capsys):
     """A job array: each element runs `--shard-index i` on its own machine; the same command without it seals."""
     from datasets import load_dataset
 
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from slow_stage import SLOW, SlowConfig
 
     source = publish_rows(f"local/array-in-{tmp_path.name[-10:]}", tmp_path, ROWS[:30])
@@ -136,8 +136,8 @@ def test_empty_input_publishes_a_carded_empty_revision(local_hub, tmp_path):
     import pyarrow.parquet as pq
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from hf_pipeline.hub_io import load_card, load_dataset_ref, resolve_dataset
-    from hf_pipeline.runner import RunOptions, run_stage
+    from hf_pipeline.io.hub import load_card, load_dataset_ref, resolve_dataset
+    from hf_pipeline.run.runner import RunOptions, run_stage
     from slow_stage import SLOW, SlowConfig
 
     src = f"local/empty-in-{tmp_path.name[-10:]}"

@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from hf_pipeline.llm_config import LLMConfig
-from hf_pipeline.runner import RunOptions, run_stage
-from hf_pipeline.text.strata import bucket_of, draw_rates, draw_tolerance, drawn, equal_shares, quantile_edges, round_robin_sample
-from hf_pipeline.text.topics import topic_of
+from hf_pipeline.llm.config import LLMConfig
+from hf_pipeline.run.runner import RunOptions, run_stage
+from hf_pipeline.methods.text.strata import bucket_of, draw_rates, draw_tolerance, drawn, equal_shares, quantile_edges, round_robin_sample
+from hf_pipeline.methods.text.topics import topic_of
 
 # ---------------------------------------------------------------- pure parts
 
@@ -194,7 +194,7 @@ def test_genericizer_silver_draws_per_row_and_asks_the_teacher_only_about_the_sa
     drawn queries (never the others); every query read is accounted for (kept, dropped by the teacher, not_sampled)."""
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
     from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig
 
     rows = _queries({"big": 600, "mid": 60, "small": 8})
@@ -262,7 +262,7 @@ def test_genericizer_silver_reads_the_per_source_counts_from_the_collect_queries
 
 def test_genericizer_silver_checks_the_queries_columns_at_plan_time(local_hub, tmp_path):
     from hf_pipeline.errors import PipelineError
-    from hf_pipeline.runner import plan_run
+    from hf_pipeline.run.runner import plan_run
     from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig
 
     path = tmp_path / "q.jsonl"
@@ -277,7 +277,7 @@ def test_genericizer_silver_end_to_end(local_hub, tmp_path):
     no_variables; min_variables=0 lets grammar-valid replies through, so the published rows can be checked."""
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card, push_local_dataset
+    from hf_pipeline.io.hub import load_card, push_local_dataset
     from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig
 
     path = tmp_path / "queries.jsonl"
@@ -319,7 +319,7 @@ def test_genericizer_silver_end_to_end(local_hub, tmp_path):
 def test_genericizer_silver_messages_parse_as_the_student_stage_parses_them():
     from hf_pipeline.llm.base import Completion
     from hf_pipeline.llm.json_output import parse_json_completion
-    from hf_pipeline.genericizing import template_schema
+    from hf_pipeline.methods.genericizing import template_schema
     from hf_pipeline.stages.genericizer_silver import student_messages
 
     messages = student_messages("Où est Paris ?", "Où est <fi>une ville</fi> ?", "Un atlas qui situe <fi>des villes</fi>.")
@@ -332,8 +332,8 @@ def test_genericizer_silver_messages_parse_as_the_student_stage_parses_them():
 def test_genericizer_silver_finalize_teaches_only_drawn_rows_and_counts_every_drop_by_reason():
     import datasets
 
-    from hf_pipeline.features import features_from_spec
-    from hf_pipeline.stage import StageContext
+    from hf_pipeline.io.features import features_from_spec
+    from hf_pipeline.run.stage import StageContext
     from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig, teach_and_keep
 
     queries = [*QUERIES, {"query_id": "b1", "query": "A broken query?", "source": "gooaq"}]
@@ -420,7 +420,7 @@ def judged_inputs(tmp_path_factory):
     """Local parquet/jsonl inputs (local paths are valid refs): judged rows with judge.py's exact schema."""
     import datasets
 
-    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.io.features import features_from_spec
     from hf_pipeline.stages.judge import STAGE as JUDGE
 
     folder = tmp_path_factory.mktemp("judged")

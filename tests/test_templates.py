@@ -1,6 +1,6 @@
 import pytest
 
-from hf_pipeline.text.templates import (
+from hf_pipeline.methods.text.templates import (
     Template,
     TemplateError,
     count_variables,

@@ -64,7 +64,7 @@ def smollm2_tokenizer():
 
 
 def test_tokenize_chat_labels_only_the_reply(smollm2_tokenizer):
-    from hf_pipeline.chat_sft import IGNORE_INDEX, ChatExampleError, tokenize_chat
+    from hf_pipeline.methods.chat_sft import IGNORE_INDEX, ChatExampleError, tokenize_chat
 
     messages = instantiator_silver()[0]["messages"]
     t = tokenize_chat(smollm2_tokenizer, messages, max_length=512)
@@ -105,8 +105,8 @@ def test_tiny_instantiator_loss_falls_on_reply_tokens_only(tiny_instantiator, sm
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hf_pipeline.chat_sft import IGNORE_INDEX, pad_batch, tokenize_chat
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.methods.chat_sft import IGNORE_INDEX, pad_batch, tokenize_chat
+    from hf_pipeline.io.hub import load_card
 
     card = load_card("local/tiny-instantiator", "v1", repo_type="model")
     meta = card.data.hf_pipeline
@@ -140,7 +140,7 @@ def test_tiny_instantiator_loss_falls_on_reply_tokens_only(tiny_instantiator, sm
 def test_instantiate_runs_with_the_trained_model_by_repo_id(tiny_instantiator, local_hub, tmp_path, capsys):
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": f"d{i}", "text": t} for i, t in enumerate(DOCUMENTS)])
     # pairs as match writes them: the template's text and the document's position (file, row) in the documents input
@@ -209,8 +209,8 @@ def matcher_round1(local_hub, tmp_path_factory) -> str:
 
 
 def test_round1_positives_rise_relative_to_negatives(matcher_round1):
-    from hf_pipeline.embedder import load_embedder
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.methods.embedder import load_embedder
+    from hf_pipeline.io.hub import load_card
     from hf_pipeline.stages.train_embedder import cosine_figures
 
     meta = load_card("local/matcher", "r1", repo_type="model").data.hf_pipeline
@@ -229,9 +229,9 @@ def test_round1_positives_rise_relative_to_negatives(matcher_round1):
 def test_round2_model_keeps_gaussian_pooling_and_serves_build_index_and_match(matcher_round1, local_hub, tmp_path, capsys):
     from datasets import load_dataset
 
-    from hf_pipeline.embedder import load_embedder
-    from hf_pipeline.hub_io import load_card
-    from hf_pipeline.pooling import GaussianPooling, encode_gaussian
+    from hf_pipeline.methods.embedder import load_embedder
+    from hf_pipeline.io.hub import load_card
+    from hf_pipeline.methods.pooling import GaussianPooling, encode_gaussian
 
     data = write_jsonl(tmp_path / "labels_r2.jsonl", labelled_pairs(2))
     code = main(["train_embedder", "--input", str(data), "--output", "local/matcher", "--tag", "r2",
@@ -263,7 +263,7 @@ def test_round2_model_keeps_gaussian_pooling_and_serves_build_index_and_match(ma
 def test_genericize_runs_with_a_trained_genericizer_by_repo_id(local_hub, tmp_path, capsys):
     from datasets import load_dataset
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     queries = ["when was the eiffel tower built?", "how do plants make glucose?"]
     replies = [{"template": t, "compatible_document_description": d} for t, d in zip(TEMPLATES, DESCRIPTIONS)]
@@ -301,7 +301,7 @@ def test_training_killed_mid_run_resumes_to_the_same_model(tiny_instantiator, si
     from huggingface_hub import hf_hub_download
     from safetensors.numpy import load_file
 
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     run = ["train_instantiator", "--input", str(silver_file), *TINY_TRAINING, "--set", "save_steps=5",
            "--output", "local/resumed", "--tag", "v1", "--work-dir", str(tmp_path)]

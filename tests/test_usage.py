@@ -1,4 +1,4 @@
-"""Every registered stage that loads a model accounts its work: its card's `hf_pipeline.usage` has the tokens the
+"""Every registered stage that loads a model accounts its work: its card's `hf_pipeline.methods.usage` has the tokens the
 model read (`prompt_tokens`: the prompts an LLM was given, the tokens an embedder or classifier encoded) and the
 seconds it ran. The stages are taken from the registry (every stage with a `setup`), so a new one is covered
 without editing this file: it needs a recipe here (its inputs), or a line in LOADS_NO_MODEL saying why not.
@@ -15,8 +15,8 @@ import pytest
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.stages import all_stages
-from hf_pipeline.usage import ModelUsage
-from hf_pipeline.worker import engines
+from hf_pipeline.methods.usage import ModelUsage
+from hf_pipeline.run.worker import engines
 from test_empty_inputs import DOCS, EMBEDDER, LLM, publish_rows, run  # noqa: E402  (tests/ is on sys.path)
 from test_genericize import QUERIES  # noqa: E402
 from test_instantiate_judge import DOC_FILES, PAIRS, publish_documents  # noqa: E402  (pairs pointing into sample documents)
@@ -52,8 +52,8 @@ def tiny_classifier(folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def inputs(local_hub, tmp_path_factory) -> dict[str, str]:
-    from hf_pipeline.hub_io import push_local_dataset
-    from hf_pipeline.pairs import INSTANTIATE_COLUMNS
+    from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
 
     tmp = tmp_path_factory.mktemp("usage")
     raw = tmp / "raw" / "queries.jsonl"
@@ -99,7 +99,7 @@ RECIPES = {
 
 @pytest.mark.parametrize("stage", model_stages())
 def test_every_model_stage_accounts_its_tokens_and_seconds(stage, inputs):
-    from hf_pipeline.hub_io import load_card
+    from hf_pipeline.io.hub import load_card
 
     assert stage in RECIPES, (f"stage {stage} has a setup but no recipe in {__file__}: add its inputs to RECIPES (or, if "
                               "its setup loads no model, a line to LOADS_NO_MODEL saying why)")

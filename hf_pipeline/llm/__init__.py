@@ -1,6 +1,6 @@
 """LLM backends behind one interface: `load_backend(config).generate(messages, sampling, json_schema)`.
 
-`config` is an `LLMConfig` (hf_pipeline/llm_config.py), the one home of every LLM setting and default. Importing
+`config` is an `LLMConfig` (hf_pipeline/llm/config.py), the one home of every LLM setting and default. Importing
 this package imports no engine: the registry imports a backend's module when it is loaded.
 """
 
@@ -18,7 +18,7 @@ from hf_pipeline.llm.base import (
 from hf_pipeline.llm.json_output import nullable, parse_json_completion
 from hf_pipeline.llm.registry import backend_names, load_backend, register_backend
 from hf_pipeline.llm.smollm2 import default_offline_model
-from hf_pipeline.llm_config import LLMConfig
+from hf_pipeline.llm.config import LLMConfig
 
 __all__ = [
     "Backend",

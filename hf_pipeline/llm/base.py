@@ -7,7 +7,7 @@
 
 Backends: `transformers` (any machine, no server), `vllm` (the production path: offline engine, continuous
 batching, prefix caching) and `openai` (any OpenAI-compatible server, e.g. a vLLM server another team runs).
-Every setting and its default lives in `LLMConfig` (hf_pipeline/llm_config.py); backends read it directly.
+Every setting and its default lives in `LLMConfig` (hf_pipeline/llm/config.py); backends read it directly.
 
 `json_schema` is one schema for every row, or a list with one schema per row (e.g. instantiate's
 `constrain_format`, where each row has its own pattern): either way the rows go to the engine in one call.
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import cache_root, split_ref
+from hf_pipeline.io.hub import cache_root, split_ref
 from hf_pipeline.llm.json_output import warn_unbounded_strings
 from hf_pipeline.llm.smollm2 import smollm2_gguf
-from hf_pipeline.llm_config import PACKAGED_SMOLLM2, LLMConfig
+from hf_pipeline.llm.config import PACKAGED_SMOLLM2, LLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ USAGE_KEYS = ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "seco
 
 @dataclass(frozen=True)
 class Sampling:
-    """Per-call sampling settings; `hf_pipeline.llm_config.sampling(config)` builds one from an LLMConfig, whose
+    """Per-call sampling settings; `hf_pipeline.llm.config.sampling(config)` builds one from an LLMConfig, whose
     defaults these are."""
 
     max_tokens: int = LLMConfig.max_tokens

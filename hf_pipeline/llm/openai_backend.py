@@ -21,7 +21,7 @@ import httpx
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm.base import Backend, BackendUnavailable, Completion, Messages, Sampling, public_url
-from hf_pipeline.llm_config import LLMConfig
+from hf_pipeline.llm.config import LLMConfig
 
 log = logging.getLogger(__name__)
 

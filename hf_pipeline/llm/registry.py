@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.llm_config import LLMConfig
+from hf_pipeline.llm.config import LLMConfig
 
 _BACKENDS: dict[str, str] = {
     "transformers": "hf_pipeline.llm.transformers_backend:TransformersBackend",

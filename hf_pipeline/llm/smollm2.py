@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.llm_config import PACKAGED_SMOLLM2, LLMConfig
+from hf_pipeline.llm.config import PACKAGED_SMOLLM2, LLMConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

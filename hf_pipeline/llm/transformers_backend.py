@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
 from hf_pipeline.llm.base import Backend, Completion, Messages, Sampling, chat_token_ids, load_path, resolve_model, resolved_dtype, split_too_long
-from hf_pipeline.llm_config import LLMConfig
+from hf_pipeline.llm.config import LLMConfig
 
 # compiled grammars kept for reuse; with a schema per row (instantiate's constrain_format) most are used once
 GRAMMAR_CACHE_BYTES = 256 * 2**20

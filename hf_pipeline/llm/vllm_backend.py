@@ -17,7 +17,7 @@ The OpenAI-compatible server for the same settings lives in `hf_pipeline.llm.vll
 from __future__ import annotations
 
 from hf_pipeline.llm.base import Backend, Completion, Messages, Sampling, chat_token_ids, load_path, resolve_model, resolved_dtype, split_too_long
-from hf_pipeline.llm_config import LLMConfig
+from hf_pipeline.llm.config import LLMConfig
 
 CPU_KV_CACHE_GIB = 1.0
 # vLLM's xgrammar backend; "auto" may fall back to guidance, which would not honour disable_any_whitespace the same way

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from hf_pipeline.stage import Stage
-from hf_pipeline.training import TrainingStage
+from hf_pipeline.run.stage import Stage
+from hf_pipeline.run.training import TrainingStage
 
 STAGE_MODULES = ["collect_queries", "genericize", "build_index", "match", "instantiate", "judge", "assemble", "analyze", "genericizer_silver", "instantiator_silver", "match_labels"]
 
 
-# training stages (silver data in, a versioned model repo out; see hf_pipeline/training.py): module -> attributes
+# training stages (silver data in, a versioned model repo out; see hf_pipeline/run/training.py): module -> attributes
 TRAINING_STAGES = {"train_llm": ("STAGE_GENERICIZER", "STAGE_INSTANTIATOR"), "train_embedder": ("STAGE",)}
 
 

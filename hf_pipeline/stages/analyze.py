@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_pipeline import analysis as an
-from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
-from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.methods import analysis as an
+from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
+from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, StageContext
-from hf_pipeline.text.budget import pair_drop_reason
+from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Stage, StageContext
+from hf_pipeline.methods.text.budget import pair_drop_reason
 
 OUTPUT_COLUMNS = {"template_id": "string", "uses": "int64", "documents": "int64", "share": "float64"}
 # per shard and template, what the reduce sums (finalize's output, partitioned by template_id)
@@ -161,7 +161,7 @@ def aligned_inputs(config: AnalyzeConfig, options: Any) -> list[AlignedInput]:
 
 def setup(ctx: StageContext) -> None:
     if ctx.config.plots:
-        from hf_pipeline.plots import check_available
+        from hf_pipeline.methods.plots import check_available
 
         check_available()  # fail before the map, not after it
 
@@ -338,8 +338,8 @@ def shard_figures(ds, ctx: StageContext):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from hf_pipeline.features import features_from_spec
-    from hf_pipeline.stage import merge_stats
+    from hf_pipeline.io.features import features_from_spec
+    from hf_pipeline.run.stage import merge_stats
 
     config: AnalyzeConfig = ctx.config
     thresholds = an.growth_thresholds(config.power_law_points_per_decade)
@@ -441,7 +441,7 @@ def sum_templates(ds, ctx: StageContext):
     """One partition's templates: their rows from every shard summed; y(t) counts, the uses histogram, top k."""
     import datasets
 
-    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.io.features import features_from_spec
 
     config: AnalyzeConfig = ctx.config
     features = features_from_spec(OUTPUT_COLUMNS)
@@ -556,7 +556,7 @@ def write_report(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     """analysis.json, the metrics table (config `metrics`) and the plots, from the summed figures only."""
     import datasets
 
-    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.io.features import features_from_spec
 
     result = actx.stats
     files: dict[str, Path] = {}
@@ -569,7 +569,7 @@ def write_report(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     table.to_parquet(str(out_dir / "metrics.parquet"))
     files["data/metrics-00000-of-00001.parquet"] = out_dir / "metrics.parquet"
     if actx.config.plots:
-        from hf_pipeline import plots
+        from hf_pipeline.methods import plots
 
         t, pw, ch = result["templates"], result["power_law"], result["chunk_position"]
         if t["histogram"]:

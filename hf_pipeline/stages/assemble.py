@@ -14,7 +14,7 @@ per pair pointing at it: a candidate (instantiated, judged at least `min_judge_s
 `Instruction: …\\n\\nAnswer: …` with its token count, or the reason it is not one.
 
 The per-shard `finalize` streams those rows in document order (one document's pairs in memory at a time), packs
-each document's candidates into its budget with rollover (`hf_pipeline.text.budget.pack_stream`: shuffle seeded
+each document's candidates into its budget with rollover (`hf_pipeline.methods.text.budget.pack_stream`: shuffle seeded
 by (seed, doc_id), greedy skip-and-continue; the carry starts at 0 at the shard's first document), and draws the
 shard's token-matched baseline: the same documents, whole, in the same order, the last one cut so that both arms
 of the shard hold exactly the same tokens. Budgets and rollover are therefore per shard: the output depends on
@@ -33,11 +33,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
-from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
+from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.stage import AlignedInput, Stage, StageContext
-from hf_pipeline.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
+from hf_pipeline.run.stage import AlignedInput, Stage, StageContext
+from hf_pipeline.methods.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
 
 PRODUCTION_TOKENIZER = "meta-llama/Meta-Llama-3-8B"
 OUTPUT_COLUMNS = {
@@ -112,7 +112,7 @@ def pairs_input(config: AssembleConfig, options: Any) -> AlignedInput:
 
 
 def setup(ctx: StageContext) -> dict[str, Any]:
-    from hf_pipeline.tokens import load_tokenizer
+    from hf_pipeline.methods.tokens import load_tokenizer
 
     return {"tokenizer": load_tokenizer(ctx.config.tokenizer)}
 
@@ -139,7 +139,7 @@ def pairs_by_position(pairs) -> dict[tuple[str, int], list[int]]:
 
 def map_documents(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     """A batch of documents -> per document: its row (text, tokens), then its pairs (formatted, or why not)."""
-    from hf_pipeline.tokens import count_tokens
+    from hf_pipeline.methods.tokens import count_tokens
 
     config: AssembleConfig = ctx.config
     tokenizer = ctx.resources["tokenizer"]
@@ -280,7 +280,7 @@ def nemotron_arm(ds, kept, ctx: StageContext):
     import datasets
     import numpy as np
 
-    from hf_pipeline.features import features_from_spec
+    from hf_pipeline.io.features import features_from_spec
 
     features = features_from_spec(NEMOTRON_COLUMNS)
     if not len(kept):
@@ -330,8 +330,8 @@ def baseline_arm(ds, total: int, matched_only: bool, ctx: StageContext):
     cut, `total` tokens in all (`iter_baseline`: documents are read only until the total is reached)."""
     import datasets
 
-    from hf_pipeline.features import features_from_spec
-    from hf_pipeline.tokens import truncate_to_tokens
+    from hf_pipeline.io.features import features_from_spec
+    from hf_pipeline.methods.tokens import truncate_to_tokens
 
     features = features_from_spec(BASELINE_COLUMNS)
     current = [-1]

@@ -16,7 +16,7 @@ published `embedding` column back and builds, in the same commit:
     index/id_map.parquet            FAISS id i = row i: template_id, num_variables, template and
                                     compatible_document_description (what `match` and `match_labels` read)
     index/complexity_weights.json   sampling weight per number of <fi> variables, with the target and
-                                    pool distributions (see hf_pipeline/matching.py)
+                                    pool distributions (see hf_pipeline/methods/matching.py)
     index/info.json                 embedding model, dimension, the index chosen and why, counts
 
 Templates not made by this pipeline (e.g. the published `fineinstructions/finetemplates`) are read through a
@@ -48,13 +48,13 @@ from typing import Any
 
 import numpy as np
 
-from hf_pipeline.datafiles import InputPart
-from hf_pipeline.embedder import PRODUCTION_EMBEDDER, load_embedder, model_ref
+from hf_pipeline.io.datafiles import InputPart
+from hf_pipeline.methods.embedder import PRODUCTION_EMBEDDER, load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.index_files import ID_MAP_FILE, INDEX_FILE, INFO_FILE, WEIGHTS_FILE
-from hf_pipeline.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
-from hf_pipeline.stage import ArtifactContext, Stage, StageContext
-from hf_pipeline.text.templates import TemplateError, count_variables, template_id
+from hf_pipeline.methods.index_files import ID_MAP_FILE, INDEX_FILE, INFO_FILE, WEIGHTS_FILE
+from hf_pipeline.methods.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
+from hf_pipeline.run.stage import ArtifactContext, Stage, StageContext
+from hf_pipeline.methods.text.templates import TemplateError, count_variables, template_id
 
 TEMPLATE_COLUMNS = {
     "template_id": "string",
@@ -161,7 +161,7 @@ def inputs(config: BuildIndexConfig, options: Any = None) -> list[InputPart]:
 
 def check_input(part, schema, config: BuildIndexConfig) -> None:
     """At plan time: the columns the config names exist (an optional column renamed from its default must too)."""
-    from hf_pipeline.documents import check_columns
+    from hf_pipeline.methods.documents import check_columns
 
     if not config.template_column or not config.description_column:
         raise PipelineError("config keys 'template_column' and 'description_column' of build_index must name columns.")
@@ -203,7 +203,7 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     model = load_embedder(ctx.config.model, ctx.config.model_revision, device=device(ctx.config))
     if model.device.type == "cuda":
         model.bfloat16()
-    from hf_pipeline.embedder import EmbedderUsage
+    from hf_pipeline.methods.embedder import EmbedderUsage
 
     return {"model": model, "embedder": EmbedderUsage(model, model_ref(ctx.config.model, ctx.config.model_revision))}
 
@@ -320,8 +320,8 @@ def write_index(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hf_pipeline.faiss_index import auto_factory, gpu_available, to_gpu
-    from hf_pipeline.matching import template_keys
+    from hf_pipeline.methods.faiss_index import auto_factory, gpu_available, to_gpu
+    from hf_pipeline.methods.matching import template_keys
 
     config: BuildIndexConfig = actx.config
     rows = actx.rows_out

@@ -28,13 +28,13 @@ from typing import Any, Literal
 
 import yaml
 
-from hf_pipeline.datafiles import InputPart
+from hf_pipeline.io.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import split_ref
-from hf_pipeline.package_data import package_file
-from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.text.decontamination import NgramIndex
-from hf_pipeline.text.queries import (
+from hf_pipeline.io.hub import split_ref
+from hf_pipeline.io.package_data import package_file
+from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.methods.text.decontamination import NgramIndex
+from hf_pipeline.methods.text.queries import (
     SourceMapping,
     check_query,
     extract_first_user_message,
@@ -182,7 +182,7 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     if config.moderation_model:
         from transformers import pipeline
 
-        from hf_pipeline.usage import TextClassifier
+        from hf_pipeline.methods.usage import TextClassifier
 
         name, revision = split_ref(config.moderation_model)
         classify = pipeline("text-classification", model=name, revision=revision, top_k=None, truncation=True)

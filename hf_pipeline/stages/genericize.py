@@ -18,16 +18,16 @@ document description; the grammar only keeps it to the format, and the template 
 a template that leaves out a query word without a variable in its place gets status `dropped_words` (the grammar
 allows it to stay linear in size; see `template_pattern`).
 
-The schema, grammar, messages and batch function are in hf_pipeline/genericizing.py: genericizer_silver's teacher
+The schema, grammar, messages and batch function are in hf_pipeline/methods/genericizing.py: genericizer_silver's teacher
 runs them too.
 """
 
 from __future__ import annotations
 
-from hf_pipeline.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch
+from hf_pipeline.methods.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch
 from hf_pipeline.llm import load_backend
-from hf_pipeline.llm_config import llm_card_ref
-from hf_pipeline.stage import Stage, StageContext
+from hf_pipeline.llm.config import llm_card_ref
+from hf_pipeline.run.stage import Stage, StageContext
 
 
 def setup(ctx: StageContext):

@@ -23,7 +23,7 @@ and row groups its pairs point at, never a lookup of the corpus. The id found at
 `doc_id` (status `document_mismatch` otherwise: the documents are not the revision match read); at plan time, a
 `documents` other than the repo and commit that the pairs' card records match read is refused. The documents'
 id and text columns are the config keys `doc_id_column` and `text_column` (a user's own corpus; checked at plan
-time, see hf_pipeline/documents.py).
+time, see hf_pipeline/methods/documents.py).
 """
 
 from __future__ import annotations
@@ -32,19 +32,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hf_pipeline.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F401  (the default document columns)
-from hf_pipeline.documents import check_documents_input, doc_id_field, text_field
+from hf_pipeline.methods.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F401  (the default document columns)
+from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
-from hf_pipeline.llm_config import LLMConfig, llm_card_ref
-from hf_pipeline.pairs import (
+from hf_pipeline.llm.config import LLMConfig, llm_card_ref
+from hf_pipeline.methods.pairs import (
     INSTANTIATE_COLUMNS, MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, teacher_prompt, user_message,
 )
-from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.text.excerpts import ExcerptError, expand_excerpts
-from hf_pipeline.text.patterns import UNSPELLABLE, escape_regex
+from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.methods.text.excerpts import ExcerptError, expand_excerpts
+from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
 
-# constrain_format: regexes for the reply's strings (what a pattern cannot spell: hf_pipeline/text/patterns.py).
+# constrain_format: regexes for the reply's strings (what a pattern cannot spell: hf_pipeline/methods/text/patterns.py).
 _FI = re.compile(r"<fi>.*?</fi>", re.S)
 # excerpt markup belongs in answers only: an instruction holding any is not a user's question
 _EXCERPT_MARKUP = re.compile(r"</?\s*excerpt\b[^>]*>|<\.\.\.>", re.I)

@@ -35,13 +35,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hf_pipeline.documents import check_documents_input, doc_id_field, text_field
+from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.pairs import MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, user_message
-from hf_pipeline.stage import Stage, StageContext
-from hf_pipeline.text.strata import bucket_of, quantile_edges, round_robin_sample
-from hf_pipeline.text.templates import TemplateError, count_variables
-from hf_pipeline.text.topics import topic_of
+from hf_pipeline.methods.pairs import MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, user_message
+from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.methods.text.strata import bucket_of, quantile_edges, round_robin_sample
+from hf_pipeline.methods.text.templates import TemplateError, count_variables
+from hf_pipeline.methods.text.topics import topic_of
 
 JUDGED_COLUMNS = ("doc_id", "template_id", "template", "doc_file", "doc_row", "instruction", "answer", "raw_answer", "status",
                   "judge_score", "judge_status")
@@ -218,7 +218,7 @@ OUTPUT_COLUMNS = {
     "answer": "string",  # raw, as the teacher wrote it: excerpt tags and all
     "judge_score": "int32",
     "num_variables": "int32",
-    "topic": "string",  # math | code | other (hf_pipeline.text.topics)
+    "topic": "string",  # math | code | other (hf_pipeline.methods.text.topics)
     "length_bucket": "int32",  # quantile bucket of the expanded answer's characters; null for null examples
     "is_null": "bool",
     "messages": "chat",

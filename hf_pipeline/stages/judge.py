@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 
 from hf_pipeline.llm import load_backend, sampling
-from hf_pipeline.llm_config import LLMConfig, llm_card_ref
-from hf_pipeline.package_data import package_file
-from hf_pipeline.pairs import INSTANTIATE_COLUMNS
-from hf_pipeline.stage import Stage, StageContext
+from hf_pipeline.llm.config import LLMConfig, llm_card_ref
+from hf_pipeline.io.package_data import package_file
+from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
+from hf_pipeline.run.stage import Stage, StageContext
 
 PROMPT = package_file("prompts", "judge_flow.txt")
 _SCORE = re.compile(r"<score>(.*?)</score>", re.S)

@@ -68,13 +68,13 @@ from typing import Any
 
 import numpy as np
 
-from hf_pipeline.datafiles import FILE_COLUMN, ROW_COLUMN
-from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
-from hf_pipeline.embedder import PRODUCTION_EMBEDDER, model_ref
+from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN
+from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.methods.embedder import PRODUCTION_EMBEDDER, model_ref
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.index_files import WEIGHTS_FILE, IdMap, index_info, index_is_empty, open_index
-from hf_pipeline.matching import ComplexityWeights, chance_baseline, document_seed, match_document, pair_scores
-from hf_pipeline.stage import Stage, StageContext
+from hf_pipeline.methods.index_files import WEIGHTS_FILE, IdMap, index_info, index_is_empty, open_index
+from hf_pipeline.methods.matching import ComplexityWeights, chance_baseline, document_seed, match_document, pair_scores
+from hf_pipeline.run.stage import Stage, StageContext
 
 
 @dataclass
@@ -185,7 +185,7 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     if len(id_map) != index.ntotal:
         raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but its id map {len(id_map)} rows.")
     weights = ComplexityWeights.from_json(ctx.download(config.index, WEIGHTS_FILE).read_text())
-    from hf_pipeline.embedder import EmbedderUsage
+    from hf_pipeline.methods.embedder import EmbedderUsage
 
     return {
         "model": model,
@@ -199,7 +199,7 @@ def setup(ctx: StageContext) -> dict[str, Any]:
 
 def open_gaussian_index(ctx: StageContext) -> tuple[Any, Any]:
     """The index's embedder with Gaussian pooling, and the FAISS index (see open_index)."""
-    from hf_pipeline.pooling import with_gaussian_pooling
+    from hf_pipeline.methods.pooling import with_gaussian_pooling
 
     config: MatchConfig = ctx.config
     model, index = open_index(ctx, "match")
@@ -226,8 +226,8 @@ def search_documents(texts: list, model, index, config: MatchConfig, usage=None)
     embedded and the time spent, for the card."""
     import time
 
-    from hf_pipeline.embedder import clip_and_count
-    from hf_pipeline.pooling import encode_gaussian
+    from hf_pipeline.methods.embedder import clip_and_count
+    from hf_pipeline.methods.pooling import encode_gaussian
 
     texts = list(texts)
     n = len(texts)
@@ -541,7 +541,7 @@ def write_plots(actx, out_dir: Path) -> dict[str, Path]:
     best = actx.stats.get("best_cosine") or {}
     if not config.plots or not best.get("documents"):
         return {}
-    from hf_pipeline import plots
+    from hf_pipeline.methods import plots
 
     try:
         path = plots.score_histogram(
@@ -616,7 +616,7 @@ def resolve_config(config: MatchConfig, plan) -> MatchConfig:
     gets. A numeric threshold is returned as is."""
     import gc
 
-    from hf_pipeline.datafiles import FileReader
+    from hf_pipeline.io.datafiles import FileReader
 
     check_config(config)
     share = auto_share(config.threshold)
@@ -681,8 +681,8 @@ def resolve_config(config: MatchConfig, plan) -> MatchConfig:
 def random_template_vectors(plan, config: MatchConfig) -> np.ndarray:
     """(T, d) embeddings of up to `calibration_sample` templates of the index, seeded, read from a few row groups of
     its published data (build_index's `embedding` column: the vectors FAISS holds, never all of them)."""
-    from hf_pipeline.datafiles import FileReader, list_files
-    from hf_pipeline.sharding import plan_shards
+    from hf_pipeline.io.datafiles import FileReader, list_files
+    from hf_pipeline.run.sharding import plan_shards
 
     pinned = plan.pinned(config.index)
     files, _ = list_files(pinned)

@@ -44,14 +44,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hf_pipeline.documents import check_mapped_documents, doc_id_field, text_field
-from hf_pipeline.embedder import model_ref, visible_texts
+from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.methods.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.index_files import IdMap, index_info, index_is_empty, open_index
+from hf_pipeline.methods.index_files import IdMap, index_info, index_is_empty, open_index
 from hf_pipeline.llm import load_backend, sampling
-from hf_pipeline.llm_config import LLMConfig, llm_card_ref
-from hf_pipeline.package_data import package_file
-from hf_pipeline.stage import Stage, StageContext
+from hf_pipeline.llm.config import LLMConfig, llm_card_ref
+from hf_pipeline.io.package_data import package_file
+from hf_pipeline.run.stage import Stage, StageContext
 
 PROMPTS = package_file("prompts")
 DESCRIBE_PROMPT = PROMPTS / "describe_document.txt"
@@ -174,7 +174,7 @@ def setup(ctx: StageContext) -> dict[str, Any]:
     templates = IdMap.open(ctx, config.index)
     if len(templates) != index.ntotal:
         raise PipelineError(f"index {config.index} holds {index.ntotal} vectors but its id map {len(templates)} rows.")
-    from hf_pipeline.embedder import EmbedderUsage
+    from hf_pipeline.methods.embedder import EmbedderUsage
 
     return {"model": model, "embedder": EmbedderUsage(model, model_ref(config.model, config.model_revision)),
             "index": index, "templates": templates, "llm": load_backend(config.llm)}
@@ -258,7 +258,7 @@ def describe_documents(documents: list[str | None], live: list[int], ctx: StageC
 def chunk_documents(documents: list[str | None], live: list[int], ctx: StageContext, placeholders: list[Placeholder]):
     """Round 2: "applying Gaussian weights at the input attention mask and only attending to tokens with a weight
     of ≥ 0.5 and producing K distinct local embeddings with these attention masks". Returns (queries, vectors)."""
-    from hf_pipeline.pooling import encode_masked_chunks
+    from hf_pipeline.methods.pooling import encode_masked_chunks
 
     import time
 

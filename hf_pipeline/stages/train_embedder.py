@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.training import (
+from hf_pipeline.run.training import (
     TrainContext,
     TrainingStage,
     TrainOutcome,
@@ -68,7 +68,7 @@ def chunk_cosine_loss_class():
     import torch
     from torch import nn
 
-    from hf_pipeline.pooling import GAUSSIAN_EMBEDDINGS
+    from hf_pipeline.methods.pooling import GAUSSIAN_EMBEDDINGS
 
     class ChunkCosineSimilarityLoss(nn.Module):
         """MSE between the label and cos(document vector `chunk_index`, description embedding).
@@ -120,7 +120,7 @@ def labelled_rows(ds, config: TrainEmbedderConfig) -> tuple[dict[str, list], dic
 
 def pair_cosines(model, rows: dict[str, list], round_: int) -> np.ndarray:
     """cos(document vector, description embedding) per row, with the vector each round trains."""
-    from hf_pipeline.pooling import encode_gaussian
+    from hf_pipeline.methods.pooling import encode_gaussian
 
     descriptions = model.encode(rows[DESCRIPTION], normalize_embeddings=True, convert_to_numpy=True)
     if round_ == 1:
@@ -151,8 +151,8 @@ def train_embedder(ds, ctx: TrainContext) -> TrainOutcome:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
-    from hf_pipeline.embedder import load_embedder
-    from hf_pipeline.pooling import with_gaussian_pooling
+    from hf_pipeline.methods.embedder import load_embedder
+    from hf_pipeline.methods.pooling import with_gaussian_pooling
 
     config: TrainEmbedderConfig = ctx.config
     if config.round not in (1, 2):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.training import (
+from hf_pipeline.run.training import (
     TINY_RANDOM_PREFIX,
     ModelPin,
     TrainContext,
@@ -116,7 +116,7 @@ def load_base(pin: ModelPin, seed: int):
 
 def tokenize_examples(ds, tokenizer, column: str, max_length: int) -> tuple[list[dict], dict[str, int]]:
     """Every conversation as {input_ids, labels}; the ones that cannot be examples are counted by reason."""
-    from hf_pipeline.chat_sft import ChatExampleError, tokenize_chat
+    from hf_pipeline.methods.chat_sft import ChatExampleError, tokenize_chat
 
     rows, drops = [], Counter()
     for messages in ds[column]:
@@ -133,7 +133,7 @@ def train_causal_lm(ds, ctx: TrainContext) -> TrainOutcome:
     import datasets
     from transformers import Trainer, TrainingArguments
 
-    from hf_pipeline.chat_sft import IGNORE_INDEX, pad_batch
+    from hf_pipeline.methods.chat_sft import IGNORE_INDEX, pad_batch
 
     config: CausalLMTrainConfig = ctx.config
     if config.messages_column not in ds.column_names:

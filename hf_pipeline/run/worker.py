@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.features import features_from_spec
-from hf_pipeline.stage import StageContext
+from hf_pipeline.io.features import features_from_spec
+from hf_pipeline.run.stage import StageContext
 
 ROW_GROUP_ROWS = 10_000  # rows per parquet row group: what readers of a slice or of a few rows fetch at once
 
@@ -48,7 +48,7 @@ class Task:
 
 
 def engines(resources: Any) -> dict[str, Any]:
-    """The engines in what a stage's `setup` returned (see hf_pipeline/usage.py): anything with a `usage` dict and a
+    """The engines in what a stage's `setup` returned (see hf_pipeline/methods/usage.py): anything with a `usage` dict and a
     `settings()` (an LLM backend, an EmbedderUsage, ...), be it the result itself or inside dicts, lists and tuples
     at any depth, named by where it is (`llm`, `models[1]`; the result itself: `engine`).
 
@@ -84,7 +84,7 @@ def engines(resources: Any) -> dict[str, Any]:
         path, obj = unaccounted[0]
         raise PipelineError(
             f"the stage's setup returned a model ({type(obj).__name__}, at '{path}') that no engine accounts for: wrap it "
-            "in one (hf_pipeline.usage.ModelUsage or a subclass) so that its tokens and seconds reach the card."
+            "in one (hf_pipeline.methods.usage.ModelUsage or a subclass) so that its tokens and seconds reach the card."
         )
     return found
 
@@ -131,7 +131,7 @@ class Worker:
 
     def read_rows(self, ref: str, path: str, rows: list[int]):
         """Rows of one data file of a declared input (e.g. a shard's documents, by the positions its pairs carry)."""
-        from hf_pipeline.datafiles import FileReader
+        from hf_pipeline.io.datafiles import FileReader
 
         pinned = self.plan.pinned(ref)
         if ref not in self._readers:
@@ -178,7 +178,7 @@ class Worker:
 
     def first_output(self, task: Task) -> list[str]:
         """The names a task's first output file can have (see write_outputs)."""
-        from hf_pipeline.hub_run import scratch_dir
+        from hf_pipeline.run.hub_run import scratch_dir
 
         stem = f"{task.index:05d}-of-{task.of:05d}"
         if task.phase == "map" and self.plan.stage.reduce is not None:
@@ -187,7 +187,7 @@ class Worker:
 
     def existing_record(self, task: Task) -> dict[str, Any] | None:
         """The task's record when its files and record are already in the PR (checked against each other)."""
-        from hf_pipeline.hub_run import shard_records, task_started, verify_files
+        from hf_pipeline.run.hub_run import shard_records, task_started, verify_files
 
         if not task_started(self.plan.run, self.first_output(task)):
             return None
@@ -207,8 +207,8 @@ class Worker:
         import pyarrow as pa
         from tqdm.auto import tqdm
 
-        from hf_pipeline.datafiles import FileReader
-        from hf_pipeline.sharding import plan_chunks
+        from hf_pipeline.io.datafiles import FileReader
+        from hf_pipeline.run.sharding import plan_chunks
 
         plan, stage, opts = self.plan, self.plan.stage, self.plan.options
         shard = plan.shards[task.index]
@@ -286,7 +286,7 @@ class Worker:
         plan = self.plan
         if not plan.aligned:
             return None
-        from hf_pipeline.datafiles import AlignedReader
+        from hf_pipeline.io.datafiles import AlignedReader
 
         readers = [
             AlignedReader(plan.pinned(spec.ref), files, list(groups), spec.file_column, spec.row_column,
@@ -305,7 +305,7 @@ class Worker:
         import datasets
         import pyarrow as pa
 
-        from hf_pipeline.hub_run import read_row_groups
+        from hf_pipeline.run.hub_run import read_row_groups
 
         plan, stage = self.plan, self.plan.stage
         tables = list(read_row_groups(plan.run, [(path, list(groups)) for path, groups in task.inputs]))
@@ -327,7 +327,7 @@ class Worker:
     def write_outputs(self, task: Task, ds, extra: dict[str, Any]) -> tuple[dict[str, Path], dict[str, dict], dict | None]:
         """({path in repo: local file}, {path in repo: its record entry}, partitions): the task's data files, or
         before a reduce its scratch file with {partition: its row groups}."""
-        from hf_pipeline.hub_run import file_entry
+        from hf_pipeline.run.hub_run import file_entry
 
         plan, opts = self.plan, self.plan.options
         out_dir = self.task_dir(task) / "out"
@@ -358,7 +358,7 @@ class Worker:
     def upload(self, task: Task, files: dict[str, Path], record: dict[str, Any]) -> None:
         """Commit the task's files and record. The title's progress is the driver's count when it handed the tasks
         out plus what this worker committed since (other workers' commits in between are not counted)."""
-        from hf_pipeline.hub_run import commit_shard, progress_title
+        from hf_pipeline.run.hub_run import commit_shard, progress_title
 
         done, rows_in = self.plan.progress.get(task.phase, (0, 0))
         done, rows_in = done + 1, rows_in + record["rows_in"]

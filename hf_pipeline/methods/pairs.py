@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from hf_pipeline.datafiles import MissingData
+from hf_pipeline.io.datafiles import MissingData
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import DatasetRef, read_card_metadata
-from hf_pipeline.package_data import package_file
-from hf_pipeline.stage import StageContext
+from hf_pipeline.io.hub import DatasetRef, read_card_metadata
+from hf_pipeline.io.package_data import package_file
+from hf_pipeline.run.stage import StageContext
 
 TEACHER_PROMPT = package_file("prompts", "instantiate_teacher.txt")
 TEACHER_PROMPT_DOCUMENT_FIRST = TEACHER_PROMPT.with_name("instantiate_teacher_document_first.txt")

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from hf_pipeline.config import build_config
+from hf_pipeline.run.config import build_config
 from hf_pipeline.errors import PipelineError
 
 
@@ -24,16 +24,16 @@ class StageSpec:
 
 
 def is_training(stage: Any) -> bool:
-    from hf_pipeline.training import TrainingStage
+    from hf_pipeline.run.training import TrainingStage
 
     return isinstance(stage, TrainingStage)
 
 
 def run_option_names(stage: Any) -> set[str]:
-    from hf_pipeline.runner import RunOptions
+    from hf_pipeline.run.runner import RunOptions
 
     if is_training(stage):
-        from hf_pipeline.training import TRAIN_OPTIONS
+        from hf_pipeline.run.training import TRAIN_OPTIONS
 
         return set(TRAIN_OPTIONS)
     return {f.name for f in dataclasses.fields(RunOptions)}
@@ -41,7 +41,7 @@ def run_option_names(stage: Any) -> set[str]:
 
 def build_spec(name: str, values: dict[str, Any], argv: list[str] | None = None, dry_run: bool = False) -> StageSpec:
     """YAML/--set values -> StageSpec; every key is a run option or a config key (nested ones dotted), else an error."""
-    from hf_pipeline.runner import RunOptions
+    from hf_pipeline.run.runner import RunOptions
     from hf_pipeline.stages import all_stages
 
     stages = all_stages()
@@ -60,9 +60,9 @@ def run_spec(spec: StageSpec):
 
     stage = all_stages()[spec.stage]
     if is_training(stage):
-        from hf_pipeline.training import run_training
+        from hf_pipeline.run.training import run_training
 
         return run_training(stage, spec.options, spec.config, argv=spec.argv, dry_run=spec.dry_run)
-    from hf_pipeline.runner import run_stage
+    from hf_pipeline.run.runner import run_stage
 
     return run_stage(stage, spec.options, spec.config, argv=spec.argv, dry_run=spec.dry_run)

@@ -3,7 +3,7 @@
     index/templates.faiss           the FAISS index (absent from an empty index: `index_is_empty`)
     index/id_map.parquet            FAISS id i = row i: template_id, num_variables, template,
                                     compatible_document_description (`IdMap`)
-    index/complexity_weights.json   sampling weight per number of <fi> variables (hf_pipeline/matching.py)
+    index/complexity_weights.json   sampling weight per number of <fi> variables (hf_pipeline/methods/matching.py)
     index/info.json                 embedding model, dimension, the index chosen and why, counts (`index_info`)
 
 What each holds and how it is built: hf_pipeline/stages/build_index.py. `open_index` loads the embedder the index
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from hf_pipeline.embedder import load_embedder, model_ref
+from hf_pipeline.methods.embedder import load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.matching import template_keys
-from hf_pipeline.stage import StageContext
+from hf_pipeline.methods.matching import template_keys
+from hf_pipeline.run.stage import StageContext
 
 INDEX_FILE = "index/templates.faiss"
 ID_MAP_FILE = "index/id_map.parquet"
@@ -58,7 +58,7 @@ def open_index(ctx: StageContext, stage: str) -> tuple[Any, Any]:
     import faiss
     import torch
 
-    from hf_pipeline.faiss_index import set_search_params, to_gpu
+    from hf_pipeline.methods.faiss_index import set_search_params, to_gpu
 
     config = ctx.config
     info = index_info(ctx, stage)
@@ -95,7 +95,7 @@ class IdMap:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from hf_pipeline.hub_io import cache_root
+        from hf_pipeline.io.hub import cache_root
 
         source = Path(ctx.download(ref, ID_MAP_FILE)).resolve()
         stat = source.stat()

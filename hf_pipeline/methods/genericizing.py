@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hf_pipeline.llm import sampling
-from hf_pipeline.llm_config import LLMConfig
-from hf_pipeline.package_data import package_file
-from hf_pipeline.stage import StageContext
-from hf_pipeline.text.patterns import UNSPELLABLE, escape_regex
-from hf_pipeline.text.templates import TemplateError, parse_template, template_id
+from hf_pipeline.llm.config import LLMConfig
+from hf_pipeline.io.package_data import package_file
+from hf_pipeline.run.stage import StageContext
+from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
+from hf_pipeline.methods.text.templates import TemplateError, parse_template, template_id
 
 TEACHER_PROMPT = package_file("prompts", "genericize_teacher.txt")
 

@@ -11,9 +11,9 @@ needs a filesystem shared by the driver and its workers.
 from __future__ import annotations
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.executors.base import Executor
+from hf_pipeline.run.executors.base import Executor
 
-EXECUTORS = {"local": "hf_pipeline.executors.local:LocalExecutor", "ray": "hf_pipeline.executors.ray:RayExecutor"}
+EXECUTORS = {"local": "hf_pipeline.run.executors.local:LocalExecutor", "ray": "hf_pipeline.run.executors.ray:RayExecutor"}
 
 
 def get_executor(name: str, options) -> Executor:

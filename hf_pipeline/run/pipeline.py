@@ -29,7 +29,7 @@ import signal
 import time
 from typing import Any
 
-from hf_pipeline.config import read_yaml
+from hf_pipeline.run.config import read_yaml
 from hf_pipeline.errors import PipelineError
 
 _REFERENCE = re.compile(r"\{([a-z0-9_]+)(?:\.(repo|tag))?\}")
@@ -54,8 +54,8 @@ def substitute(value: Any, published: dict[str, str]) -> Any:
 
 
 def run_pipeline(config_path: str, sample_size: int | None = None) -> dict[str, Any]:
-    from hf_pipeline.hub_io import push_local_dataset
-    from hf_pipeline.specs import build_spec
+    from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.run.specs import build_spec
     from hf_pipeline.stages import all_stages
 
     spec = read_yaml(config_path)
@@ -107,7 +107,7 @@ def _child(spec, conn) -> None:
     """The stage in a new session (its own process group, which the parent can end with every engine it started)."""
     import traceback
 
-    from hf_pipeline.specs import run_spec
+    from hf_pipeline.run.specs import run_spec
 
     os.setsid()
     try:
@@ -154,8 +154,8 @@ def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
     """One line per entry from its published card (so a skipped entry shows what it published), with the warnings
     its stats carry (`warnings`: sentences a stage's `summarize` adds, e.g. match's threshold that does not beat
     chance) under it; then how to load the final pairs, or why there are none."""
-    from hf_pipeline.hub_io import load_card
-    from hf_pipeline.training import TrainResult
+    from hf_pipeline.io.hub import load_card
+    from hf_pipeline.run.training import TrainResult
 
     lines = ["", f"===== pipeline done in {seconds / 60:.1f} min =====", "stage            output@tag  (rows in -> out; statuses)"]
     cards: dict[str, dict] = {}  # entry -> its dataset card's hf_pipeline metadata, in pipeline order
@@ -187,8 +187,8 @@ def show_final(final: Any, cards: dict[str, dict], n: int = 3) -> None:
     """The final pairs (the `assemble` entry's result): the calls that load both arms as published (streaming for an
     arm without rows, which `datasets` loads no other way), a few examples, or, without pairs, the entry where the
     rows ran out and why (`cards`: every dataset entry's card metadata, in pipeline order)."""
-    from hf_pipeline.hub_io import load_dataset_ref, resolve_dataset
-    from hf_pipeline.runner import RunResult
+    from hf_pipeline.io.hub import load_dataset_ref, resolve_dataset
+    from hf_pipeline.run.runner import RunResult
 
     repo_id, tag, meta = final.repo_id, final.tag, cards["assemble"]
     ds = load_dataset_ref(resolve_dataset(f"{repo_id}@{tag}"))  # also reads an output with zero rows

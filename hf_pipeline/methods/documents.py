@@ -57,7 +57,7 @@ def check_mapped_documents(stage: str):
 def side_input_schema(pinned, split: str = "train"):
     """The arrow schema of a pinned side input, from one data file only: a Hub input's first data file's parquet
     footer (a range read), or a local input's first file."""
-    from hf_pipeline import datafiles
+    from hf_pipeline.io import datafiles
 
     paths = datafiles.data_file_paths(pinned, split)
     return datafiles.describe_file(pinned, paths[0])[1] if paths else None

@@ -2,8 +2,8 @@
 
     python scripts/run_stage.py match --dry-run --estimate 1e9     # one stage, N rows (no Hub access needed)
     python scripts/run_stage.py match --input ... --output ... --dry-run --estimate   # N = the input's rows
-    python -m hf_pipeline.estimate [table|details|measured]         # the docs/SCALING.md blocks (1B docs, 18M templates)
-    python -m hf_pipeline.estimate update docs/SCALING.md           # rewrite those blocks in place
+    python -m hf_pipeline.run.estimate [table|details|measured]         # the docs/SCALING.md blocks (1B docs, 18M templates)
+    python -m hf_pipeline.run.estimate update docs/SCALING.md           # rewrite those blocks in place
 
 Every throughput below is a `Figure` that says whether it was MEASURED (where, how, on what device) or is an
 ESTIMATE (and from which assumptions). The GPU figures are estimates: no GPU was available where this was
@@ -432,7 +432,7 @@ def _bytes(x: float) -> str:
 
 def format_estimate(e: StageEstimate) -> str:
     lines = [
-        f"estimate for {e.stage} over {_n(e.rows)} {e.unit}  (hf_pipeline/estimate.py; GPU figures are estimates)",
+        f"estimate for {e.stage} over {_n(e.rows)} {e.unit}  (hf_pipeline/run/estimate.py; GPU figures are estimates)",
         *(f"  work         {x}" for x in e.work),
         f"  throughput   {_n(e.rate_rows_per_s)} {e.unit}/s per worker: {e.rate_label}",
         f"  cost         {_hours(e)}",
@@ -471,10 +471,10 @@ def parse_rows(text: str) -> float:
 
 
 def estimate_from_run(stage: str, rows: float, ref: str) -> StageEstimate:
-    """An estimate scaled from a published run of the same stage (its card's `hf_pipeline.usage`): the user's own
+    """An estimate scaled from a published run of the same stage (its card's `hf_pipeline.methods.usage`): the user's own
     small run, on their own hardware and models, predicts their big one."""
     from hf_pipeline.errors import PipelineError
-    from hf_pipeline.hub_io import read_card_metadata, split_ref
+    from hf_pipeline.io.hub import read_card_metadata, split_ref
 
     repo, revision = split_ref(ref)
     meta = read_card_metadata(repo, revision or "main").get("hf_pipeline", {})
@@ -507,7 +507,7 @@ def estimate_command(stage, options, config, rows_arg: str, argv: list[str] | No
     if estimate_from is None and stage.name not in ROW_UNITS:
         raise PipelineError(f"no cost model for stage {stage.name} (known: {', '.join(ROW_UNITS)}).")
     if rows_arg == "input":
-        from hf_pipeline.runner import plan_run, print_plan
+        from hf_pipeline.run.runner import plan_run, print_plan
 
         plan = plan_run(stage, options, config, argv)  # row counts from the parquet footers: nothing downloaded
         print_plan(plan)
@@ -527,7 +527,7 @@ def _hours(e: StageEstimate) -> str:
 
 
 def markdown_table(w: Workload = Workload()) -> str:
-    """The per-stage table of docs/SCALING.md (`python -m hf_pipeline.estimate` prints it)."""
+    """The per-stage table of docs/SCALING.md (`python -m hf_pipeline.run.estimate` prints it)."""
     lines = [
         "| stage | input rows | throughput per worker | cost | shards × rows (time of one worker each) | output → files (one per shard) |",
         "|---|---|---|---|---|---|",
@@ -581,7 +581,7 @@ if __name__ == "__main__":
     import sys
 
     args = sys.argv[1:] or ["table"]
-    if args[0] == "update":  # python -m hf_pipeline.estimate update docs/SCALING.md
+    if args[0] == "update":  # python -m hf_pipeline.run.estimate update docs/SCALING.md
         update_doc(args[1])
     else:
         print(GENERATED[args[0]]())

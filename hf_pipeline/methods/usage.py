@@ -3,7 +3,7 @@
 `settings()`.
 
 The LLM backends (`hf_pipeline.llm.base.Backend`) are engines and count their own tokens. A model that is not a
-backend is wrapped in a `ModelUsage`: `EmbedderUsage` (hf_pipeline/embedder.py), which the embedding stages feed
+backend is wrapped in a `ModelUsage`: `EmbedderUsage` (hf_pipeline/methods/embedder.py), which the embedding stages feed
 with the tokens they embed, or `TextClassifier` below, which counts as it is called. The worker finds the engines
 in whatever a stage's `setup` returned, at any depth (`worker.engines`), and refuses a torch model there that no
 engine accounts for: a stage cannot load a model whose work its card leaves out.

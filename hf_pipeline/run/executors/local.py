@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hf_pipeline.worker import Task, Worker
+from hf_pipeline.run.worker import Task, Worker
 
 
 class LocalExecutor:

@@ -34,7 +34,7 @@ def require(module: str, extra: str, why: str) -> None:
 
 def config_needs(config: Any, where: str = "") -> list[tuple[str, str, str]]:
     """(module, extra, why) for every optional package `config` (a stage's config dataclass) will use."""
-    from hf_pipeline.llm_config import LLMConfig
+    from hf_pipeline.llm.config import LLMConfig
 
     needs = []
     constrained = bool(getattr(config, "constrain_format", False))

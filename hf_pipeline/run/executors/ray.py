@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.worker import Task, Worker
+from hf_pipeline.run.worker import Task, Worker
 
 # environment the workers need to reach the same Hub the same way as the driver
 _ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_", "TOKENIZERS_", "OMP_")
@@ -117,7 +117,7 @@ class RayExecutor:
 
     def _connect(self) -> tuple[bool, bool]:
         """(started_here, local_instance): join `address`, or an already initialized Ray, or start a local one."""
-        from hf_pipeline.optional import require
+        from hf_pipeline.run.optional import require
 
         require("ray", "ray", "--executor ray")
         import ray
