@@ -15,41 +15,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from hf_pipeline.run.config import deep_merge, parse_overrides, read_yaml
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.specs import build_spec, is_training, run_option_names, run_spec
+from hf_pipeline.run.config import add_option_flags, deep_merge, option_values, parse_overrides, read_yaml
+from hf_pipeline.run.specs import build_spec, run_kind
 
-# flag -> (run option key, dotted for executor options; help)
-RUN_FLAGS = {
-    "input": ("input", "input dataset: org/name, org/name@revision, or a local path"),
-    "output": ("output", "output dataset repo (org/name) to publish to"),
-    "tag": ("tag", "tag for the published revision (default: <stage>-<config hash>)"),
-    "split": ("split", "split of the input to read"),
-    "max_rows": ("max_rows", "take only the first N rows of the input (a sample)"),
-    "num_shards": ("num_shards", "cut the input's files into this many shards (a shard is a set of files)"),
-    "shard_index": ("shard_index", "run only this shard and commit it to the run's pull request (a job array); "
-                    "the same command without it finishes and seals the run"),
-    "batch_size": ("batch_size", "rows per batch given to the stage's function"),
-    "chunk_rows": ("chunk_rows", "rows per checkpoint chunk: the most work a crash can lose"),
-    "rows_per_file": ("rows_per_file", "most rows per published parquet file"),
-    "private": ("private", "create the output repo as private"),
-    "work_dir": ("work_dir", "where a worker keeps its checkpoint chunks (default: $HF_PIPELINE_CACHE/runs)"),
-    "keep_work_dir": ("keep_work_dir", "keep checkpoint chunks after the shard is on the Hub"),
-    "allow_version_change": ("allow_version_change", "finish a run whose pull request another hf_pipeline version "
-                             "opened (its shards so far stay as they are)"),
-    "executor": ("executor", "'local' (this process) or 'ray' (Ray actors, one task at a time each)"),
-    "ray_address": ("ray.address", "Ray: address of an existing cluster ('auto', 'ray://host:10001'); default: a local instance"),
-    "num_workers": ("ray.num_workers", "Ray: number of worker actors (default: as many as the cluster fits, at most one per task)"),
-    "cpus_per_worker": ("ray.cpus_per_worker", "Ray: CPUs reserved per worker"),
-    "gpus_per_worker": ("ray.gpus_per_worker", "Ray: GPUs reserved per worker (fractions share a GPU)"),
-    "max_task_retries": ("ray.max_task_retries", "Ray: retries of a task whose worker died or whose map raised"),
-    "worker_cache_dir": ("ray.worker_cache_dir", "Ray: give each worker its own work dir and caches under DIR/worker-N"),
-}
 # boolean config keys that are also a flag (--strict-calibration = --set strict_calibration=true), on the stages
 # whose config has the key; the flag's help is the key's
 CONFIG_FLAGS = ("strict_calibration",)
-FLAG_TYPES = {"max_rows": int, "num_shards": int, "shard_index": int, "batch_size": int, "chunk_rows": int, "rows_per_file": int,
-              "num_workers": int, "max_task_retries": int, "cpus_per_worker": float, "gpus_per_worker": float}
 
 
 def _type_name(annotation: Any) -> str:
@@ -81,18 +53,6 @@ def _describe_fields(cls: type, prefix: str = "", instance: Any = None) -> list[
     return lines
 
 
-def run_flags(stage) -> dict[str, tuple[str, str]]:
-    """The run options a stage's command line takes: all of them, or for a training stage those that apply."""
-    if not is_training(stage):
-        return RUN_FLAGS
-    flags = {name: RUN_FLAGS[name] for name in run_option_names(stage)}
-    flags.update(input=("input", "training data: org/name, org/name@revision, or a local path"),
-                 output=("output", "output model repo (org/name) to publish to"),
-                 work_dir=("work_dir", "where checkpoints live until published (default: $HF_PIPELINE_CACHE/runs); "
-                           "a rerun resumes from the last one"))
-    return flags
-
-
 def _add_stage_parser(sub, stage) -> None:
     epilog = "\n".join(
         [f"config keys of {stage.name} (set in --config YAML or with --set key=value):", *_describe_fields(stage.config_class)]
@@ -104,18 +64,9 @@ def _add_stage_parser(sub, stage) -> None:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from hf_pipeline.run.runner import RunOptions
-
-    defaults = RunOptions()
-    for name, (key, doc) in run_flags(stage).items():
-        flag = "--" + name.replace("_", "-")
-        default = defaults
-        for part in key.split("."):
-            default = getattr(default, part)
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", default=None, help=f"{doc} (default: {default})")
-        else:
-            p.add_argument(flag, type=FLAG_TYPES.get(name, str), default=None, help=f"{doc} (default: {default})")
+    kind = run_kind(stage)
+    add_option_flags(p, kind.options_class)
+    kind.add_arguments(p)
     config_fields = {f.name: f for f in dataclasses.fields(stage.config_class)}
     for key in CONFIG_FLAGS:
         if key in config_fields:
@@ -124,17 +75,6 @@ def _add_stage_parser(sub, stage) -> None:
     p.add_argument("--config", help="YAML file with run options and config keys (default: none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (input rows, shards, output, tag); change nothing")
-    if not is_training(stage):
-        p.add_argument(
-            "--estimate", nargs="?", const="input", default=None, metavar="ROWS",
-            help="(implies --dry-run) print the cost estimate (device-hours, memory, shards) from measured throughputs, "
-            "for ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
-        )
-        p.add_argument(
-            "--estimate-from", default=None, metavar="REPO@TAG",
-            help="with --estimate: scale the tokens and engine-seconds measured by a published run of this stage (its "
-            "card's hf_pipeline.methods.usage) instead of the built-in figures",
-        )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -179,31 +119,17 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     from hf_pipeline.stages import all_stages
 
     stage = all_stages()[args.command]
+    kind = run_kind(stage)
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     values = deep_merge(values, parse_overrides(args.set))
-    for name, (key, _) in run_flags(stage).items():
-        flag_value = getattr(args, name)
-        if flag_value is not None:
-            values = deep_merge(values, _nested(key, flag_value))
+    values = deep_merge(values, option_values(args, kind.options_class))
+    values = deep_merge(values, kind.argument_values(args))
     for key in CONFIG_FLAGS:
         if getattr(args, key, None):
             values = deep_merge(values, {key: True})
     spec = build_spec(stage.name, values, argv=["run_stage.py", *argv], dry_run=args.dry_run)
-    if not is_training(stage) and args.estimate is not None:
-        from hf_pipeline.run.estimate import estimate_command
-
-        return estimate_command(stage, spec.options, spec.config, args.estimate, argv=spec.argv, estimate_from=args.estimate_from)
-    result = run_spec(spec)
+    result = kind.command(args, stage, spec.options, spec.config, spec.argv, spec.dry_run)
     return 0 if result is not None or args.dry_run else 1
-
-
-def _nested(key: str, value: Any) -> dict[str, Any]:
-    """"ray.address", v -> {"ray": {"address": v}}."""
-    *parents, leaf = key.split(".")
-    node: dict[str, Any] = {leaf: value}
-    for p in reversed(parents):
-        node = {p: node}
-    return node
 
 
 def hub_command(args: argparse.Namespace) -> int:

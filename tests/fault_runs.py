@@ -63,13 +63,10 @@ def quoting_instantiate() -> Stage:
 def run(spec: dict[str, Any]):
     """One run of `spec` (stage, input, output, tag, config, options) through the runner; its RunResult."""
     from hf_pipeline.run.config import build_config
-    from hf_pipeline.run.executors.ray import RayOptions
     from hf_pipeline.run.runner import RunOptions, run_stage
 
     stage, config_class = _stages()[spec["stage"]]
-    options = dict(spec.get("options") or {})
-    ray = RayOptions(**options.pop("ray", {}))
-    options = RunOptions(input=spec["input"], output=spec["output"], tag=spec.get("tag"), ray=ray, **options)
+    options = RunOptions(input=spec["input"], output=spec["output"], tag=spec.get("tag"), **(spec.get("options") or {}))
     return run_stage(stage, options, build_config(config_class, spec.get("config") or {}))
 
 

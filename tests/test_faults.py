@@ -65,7 +65,7 @@ def corpus(local_hub, tmp_path_factory) -> dict[str, str]:
 
 def pipeline(corpus: dict[str, str], name: str, executor: str = "local") -> list[dict]:
     """match (4 shards) then instantiate (4 shards) of the corpus, published to local/f-pairs-NAME, local/f-inst-NAME."""
-    options = {**OPTIONS, **({"executor": "ray", "ray": {"num_workers": 2}} if executor == "ray" else {})}
+    options = {**OPTIONS, **({"executor": "ray", "executor_options": {"num_workers": 2}} if executor == "ray" else {})}
     return [
         {"stage": "match", "input": corpus["documents"], "output": f"local/f-pairs-{name}", "tag": "t",
          "config": {**MATCH, "index": corpus["index"]}, "options": options},

@@ -480,7 +480,7 @@ def test_ray_workers_get_the_resolved_threshold(local_hub, index_repo, wiki_repo
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
     try:
         options = RunOptions(input=wiki_repo, output="local/m-auto-ray", tag="t", num_shards=2, executor="ray",
-                             ray=RayOptions(num_workers=2))
+                             executor_options=RayOptions(num_workers=2))
         run_stage(STAGE, options, config)
     finally:
         ray.shutdown()

@@ -107,7 +107,7 @@ def test_ray_workers_share_nothing_with_the_driver_and_publish_the_local_rows(ra
     local = run_stage(RAY_UPPER, RunOptions(input=rows_repo, output="local/upper-local", chunk_rows=7), UpperConfig())
     private = tmp_path / "workers"
     options = RunOptions(input=rows_repo, output="local/upper-ray", executor="ray", num_shards=4, chunk_rows=7,
-                         batch_size=5, keep_work_dir=True, ray=RayOptions(worker_cache_dir=str(private)))
+                         batch_size=5, keep_work_dir=True, executor_options=RayOptions(worker_cache_dir=str(private)))
     result = run_stage(RAY_UPPER, options, UpperConfig())
     assert result.tag == local.tag and result.rows_in == 80 and result.rows_out == 80
     assert load_rows("local/upper-ray", result.tag) == load_rows("local/upper-local", local.tag)
@@ -129,7 +129,7 @@ def test_killed_worker_shard_is_retried_and_output_complete(ray_local, rows_repo
     markers.mkdir()
     config = UpperConfig(kill_on_id=27, marker_dir=str(markers), seconds_per_batch=0.05)
     options = RunOptions(input=rows_repo, output="local/upper-killed", executor="ray", num_shards=4, chunk_rows=5,
-                         batch_size=5, work_dir=str(tmp_path / "work"), ray=RayOptions(num_workers=2))
+                         batch_size=5, work_dir=str(tmp_path / "work"), executor_options=RayOptions(num_workers=2))
     killed: list[int] = []
 
     def killer():
@@ -215,7 +215,7 @@ def test_each_input_file_is_downloaded_once_by_the_shard_that_owns_it(ray_local,
     api.create_commit(src, ops, commit_message="eight files", repo_type="dataset")
     before = len(read_access_log(HUB_ROOT))
     options = RunOptions(input=src, output=f"local/eight-out-{tmp_path.name[-10:]}", executor="ray", num_shards=4,
-                         chunk_rows=70, batch_size=70, ray=RayOptions(num_workers=2, worker_cache_dir=str(tmp_path / "workers")))
+                         chunk_rows=70, batch_size=70, executor_options=RayOptions(num_workers=2, worker_cache_dir=str(tmp_path / "workers")))
     result = run_stage(RAY_UPPER, options, UpperConfig())
     assert [r["id"] for r in load_rows(options.output, result.tag)] == list(range(1600))
     whole: dict[str, int] = {}

@@ -6,6 +6,7 @@ Unknown keys and values of the wrong type are errors that name the key, never si
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -155,3 +156,26 @@ def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any
         else:
             merged[k] = v
     return merged
+
+
+def option_flags(cls: type) -> dict[str, dataclasses.Field]:
+    """flag name -> field, for every field of an options dataclass that is a flag (metadata `flag` not False)."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls: type, help_prefix: str = "") -> None:
+    """A flag per field of an options dataclass (`--num-shards` for `num_shards`): its type from the annotation (a
+    bool is a switch), its help and default from the field."""
+    hints, defaults = typing.get_type_hints(cls), cls()
+    for name, f in option_flags(cls).items():
+        flag, default, doc = "--" + name.replace("_", "-"), getattr(defaults, name), help_prefix + f.metadata.get("help", "")
+        kind = next((t for t in (bool, int, float) if t in (hints[name], *typing.get_args(hints[name]))), str)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=f"{doc} (default: {default})")
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"{doc} (default: {default})")
+
+
+def option_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options given on the command line, by field name."""
+    return {name: getattr(args, name) for name in option_flags(cls) if getattr(args, name) is not None}

@@ -8,7 +8,10 @@
   run is an error;
 - the card records the lineage (inputs as asked and as pinned, models, package, config, command, rows) in its
   YAML under `hf_pipeline:` and in the shared `_lineage.md` section;
-- the end of a run prints one screen of summary.
+- the end of a run prints one screen of summary;
+- and every run, whatever its kind, is the one sequence `run` below: check -> plan -> published? -> dry run ->
+  execute -> card -> publish -> summary. A kind of run (`RunKind`: a dataset run in `runner.py`, a model run in
+  `training.py`) implements the steps; nothing else branches on the kind.
 
 Card templates ship inside the package (`hf_pipeline/dataset_cards`, `hf_pipeline/model_cards`) and are read
 with `importlib.resources`, so a plain `pip install` publishes the same cards as a checkout.
@@ -18,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from hf_pipeline import __version__
 from hf_pipeline.run.config import config_hash, config_to_dict
@@ -227,3 +231,73 @@ def render_card(card_class: type, card_data: Any, template_text: str, variables:
 def print_summary(title: str, seconds: float, lines: list[tuple[str, str]]) -> None:
     """The one screen a run ends with: a title, then `label  value` lines."""
     print("\n".join(["", f"== {title} done in {seconds:.1f}s =="] + [f"  {k:<9} {v}" for k, v in lines if v]))
+
+
+# ---------------------------------------------------------------- the run: one sequence for every kind of stage
+
+
+class RunKind(Protocol):
+    """One kind of run: how a stage's work is planned, done and published (a dataset run maps rows through a pull
+    request of a dataset repo; a model run trains a model into a model repo). `options_class` is its run options
+    dataclass: each field is a flag of `run_stage.py STAGE`, its metadata's help the flag's help."""
+
+    options_class: ClassVar[type]
+
+    def add_arguments(self, parser: Any) -> None:
+        """Flags of `run_stage.py STAGE` beyond the options' fields (an executor's, a cost estimate)."""
+
+    def argument_values(self, args: Any) -> dict[str, Any]:
+        """The values those flags give, as run option keys."""
+
+    def check_options(self, stage: Any, options: Any) -> Any:
+        """The options checked when the command is read (before anything runs), in their final form."""
+
+    def command(self, args: Any, stage: Any, options: Any, config: Any, argv: list[str], dry_run: bool) -> Any:
+        """`run_stage.py STAGE ...`: the run (`run` below), or what a flag of this kind asks instead."""
+
+    def check(self, stage: Any, options: Any, config: Any, writing: bool) -> None:
+        """What can be said before anything is read: output and input given, write access (when `writing`)."""
+
+    def plan(self, stage: Any, options: Any, config: Any, argv: list[str]) -> Any:
+        """Pinned inputs and models, checked columns, fingerprint, tag: everything but the work."""
+
+    def published(self, plan: Any) -> Any | None:
+        """The result already published under the plan's tag (said in one line), or None."""
+
+    def print_plan(self, plan: Any) -> None:
+        """A dry run's answer: what would run, and where it would be published."""
+
+    def execute(self, plan: Any) -> Any:
+        """The work, resumable: its outcome."""
+
+    def card(self, plan: Any, outcome: Any, seconds: float) -> str | None:
+        """The card of the outcome (None when there is nothing to publish yet: one shard of many)."""
+
+    def publish(self, plan: Any, outcome: Any, card: str | None) -> Any:
+        """One step on the Hub (a merge, a commit) and the tag: the result."""
+
+    def summary(self, plan: Any, result: Any, seconds: float) -> None:
+        """The one screen the run ends with."""
+
+
+def run(kind: RunKind, stage: Any, options: Any, config: Any, argv: list[str] | None = None,
+        dry_run: bool = False) -> Any:
+    """A stage's run, whatever its kind: the result, the published one when there is nothing to do, or None for a
+    dry run."""
+    import sys
+
+    from hf_pipeline.io.hub import token_free_argv
+
+    started = time.time()
+    kind.check(stage, options, config, writing=not dry_run)
+    plan = kind.plan(stage, options, config, token_free_argv(argv or sys.argv))
+    done = kind.published(plan)
+    if done is not None:
+        return done
+    if dry_run:
+        kind.print_plan(plan)
+        return None
+    outcome = kind.execute(plan)
+    result = kind.publish(plan, outcome, kind.card(plan, outcome, time.time() - started))
+    kind.summary(plan, result, time.time() - started)
+    return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 # ---------------------------------------------------------------- devices and figures
 
@@ -499,19 +500,16 @@ def estimate_from_run(stage: str, rows: float, ref: str) -> StageEstimate:
     )
 
 
-def estimate_command(stage, options, config, rows_arg: str, argv: list[str] | None = None, estimate_from: str | None = None) -> int:
-    """The CLI's `--estimate [ROWS]`: ROWS given -> no Hub access; else plan the run and count the input's rows.
-    With `estimate_from` (a published run of the stage, repo@tag), its measured usage replaces the constants."""
+def estimate_command(stage, rows_arg: str, count_input: Callable[[], int], estimate_from: str | None = None) -> int:
+    """The CLI's `--estimate [ROWS]`: ROWS given -> no Hub access; else `count_input()` plans the run (footers only:
+    nothing downloaded) and says the input's rows. With `estimate_from` (a published run of the stage, repo@tag),
+    its measured usage replaces the constants."""
     from hf_pipeline.errors import PipelineError
 
     if estimate_from is None and stage.name not in ROW_UNITS:
         raise PipelineError(f"no cost model for stage {stage.name} (known: {', '.join(ROW_UNITS)}).")
     if rows_arg == "input":
-        from hf_pipeline.run.runner import plan_run, print_plan
-
-        plan = plan_run(stage, options, config, argv)  # row counts from the parquet footers: nothing downloaded
-        print_plan(plan)
-        rows = float(plan.rows)
+        rows = float(count_input())
         print()
     else:
         rows = parse_rows(rows_arg)

@@ -39,12 +39,11 @@ from typing import Any, Callable, TypeVar
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.hub import endpoint, hf_api
+from hf_pipeline.run.plan import TaskRecord
 
 RECORD_MARK = "hf_pipeline shard record:"
 RUN_DIR = ".hf_pipeline"  # per-run files inside the PR (hidden: never read as data)
 MAX_FILES_PER_COMMIT = 50  # the Hub recommends < 100 files per commit over HTTP
-RECORD_KEYS = {"task": str, "phase": str, "index": int, "of": int, "fingerprint": str, "rows_in": int, "rows_out": int,
-               "files": dict, "counts": dict, "stats": dict}
 T = TypeVar("T")
 
 
@@ -262,22 +261,7 @@ def open_run(repo_id: str, stage: str, key: str, manifest: dict[str, Any], descr
 # ---------------------------------------------------------------- records
 
 
-def valid_record(record: Any) -> str | None:
-    """Why a record cannot be used (None: it can)."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    for key, kind in RECORD_KEYS.items():
-        if not isinstance(record.get(key), kind):
-            return f"no {key!r} ({kind.__name__})"
-    if record["phase"] not in ("map", "reduce"):
-        return f"phase {record['phase']!r}"
-    for path, meta in record["files"].items():
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("rows"), int):
-            return f"file {path!r} without sha256 and rows"
-    return None
-
-
-def shard_records(run: RunPR) -> list[dict[str, Any]]:
+def shard_records(run: RunPR) -> list[TaskRecord]:
     """Every usable record committed to the run's PR by this account, oldest first. A record in a commit by anyone
     else is never read; one of ours that cannot be used (another package version's) is skipped, said once."""
     me = account()
@@ -290,14 +274,9 @@ def shard_records(run: RunPR) -> list[dict[str, Any]]:
             continue
         body = text.split(RECORD_MARK, 1)[1]
         try:
-            record = json.loads(body[body.index("{"):body.rindex("}") + 1])
-        except ValueError:
-            record = None
-        problem = valid_record(record)
-        if problem:
-            print(f"skipping the record in commit {commit.commit_id[:12]} of {run.url}: {problem}", file=sys.stderr, flush=True)
-            continue
-        records.append(record)
+            records.append(TaskRecord.from_json(json.loads(body[body.index("{"):body.rindex("}") + 1])))
+        except ValueError as e:
+            print(f"skipping the record in commit {commit.commit_id[:12]} of {run.url}: {e}", file=sys.stderr, flush=True)
     return records
 
 
@@ -318,7 +297,7 @@ def task_started(run: RunPR, paths: list[str]) -> bool:
     return bool(found)
 
 
-def commit_shard(run: RunPR, files: dict[str, Path], record: dict[str, Any], title: str) -> None:
+def commit_shard(run: RunPR, files: dict[str, Path], record: TaskRecord, title: str) -> None:
     """Upload a shard's files to the run's PR (commits of <= 50 files); the record rides in the last commit, so a
     shard counts as finished only once all its files are in (and the seal checks they are the record's)."""
     from huggingface_hub import CommitOperationAdd
@@ -330,19 +309,19 @@ def commit_shard(run: RunPR, files: dict[str, Path], record: dict[str, Any], tit
         _commit_part(run, ops, record, title, k, len(batches))
 
 
-def _commit_part(run: RunPR, ops: list, record: dict[str, Any], title: str, k: int, n: int) -> None:
+def _commit_part(run: RunPR, ops: list, record: TaskRecord, title: str, k: int, n: int) -> None:
     last = k == n - 1
-    description = f"{RECORD_MARK}\n```json\n{json.dumps(record)}\n```" if last else None
+    description = f"{RECORD_MARK}\n```json\n{json.dumps(record.to_json())}\n```" if last else None
     try:
         retrying(lambda: hf_api().create_commit(
             run.repo_id, ops, commit_message=title if last else f"{title} (files {k + 1}/{n})",
             commit_description=description, repo_type="dataset", revision=run.ref,
-        ), f"uploading {record.get('task')} to {run.url}")
+        ), f"uploading {record.task} to {run.url}")
     except PipelineError:
         status = pr_status(run)
         if status != "open" and status != "draft":
             raise PipelineError(f"the run's pull request {run.url} is {status}: another driver sealed or closed the run "
-                                f"while {record.get('task')} was being committed.") from None
+                                f"while {record.task} was being committed.") from None
         raise
 
 
@@ -366,7 +345,7 @@ def listed_files(repo_id: str, revision: str, folder: str) -> dict[str, tuple[st
     return {e.path: (e.lfs.sha256 if e.lfs else None, e.size) for e in entries if isinstance(e, RepoFile)}
 
 
-def verify_files(run: RunPR, records: list[dict[str, Any]], folders: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+def verify_files(run: RunPR, records: list[TaskRecord], folders: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
     """({task: why its files in the PR are not its record's}, [files under `folders` that no record names]).
     Each of a record's files must be in the PR with the sha256 it recorded: a task whose data came from two attempts
     (two drivers, a retried worker, > 50 files in several commits) shows here and is redone."""
@@ -376,19 +355,19 @@ def verify_files(run: RunPR, records: list[dict[str, Any]], folders: tuple[str, 
     problems: dict[str, str] = {}
     named: set[str] = set()
     for record in records:
-        for path, meta in sorted(record["files"].items()):
+        for path, meta in sorted(record.files.items()):
             named.add(path)
             if path not in listing:
-                problems[record["task"]] = f"{path} is missing"
+                problems[record.task] = f"{path} is missing"
                 break
             sha, size = listing[path]
             if (sha or "") != meta["sha256"] or size != meta.get("size", size):
-                problems[record["task"]] = f"{path} has sha256 {(sha or 'none')[:12]}, its record says {meta['sha256'][:12]}"
+                problems[record.task] = f"{path} has sha256 {(sha or 'none')[:12]}, its record says {meta['sha256'][:12]}"
                 break
     return problems, sorted(set(listing) - named)
 
 
-def count_rows(run: RunPR, records: list[dict[str, Any]], threads: int = 16) -> dict[str, str]:
+def count_rows(run: RunPR, records: list[TaskRecord], threads: int = 16) -> dict[str, str]:
     """{task: why} for every record whose files' parquet footers (read by range at the PR's head) do not hold the rows
     it recorded. One footer read per file, 16 at a time."""
     from concurrent.futures import ThreadPoolExecutor
@@ -403,7 +382,7 @@ def count_rows(run: RunPR, records: list[dict[str, Any]], threads: int = 16) -> 
         with fs.open(f"hf://datasets/{run.repo_id}@{head}/{path}", "rb", block_size=1 << 16) as fh:
             return pq.read_metadata(fh).num_rows
 
-    wanted = [(r["task"], path, meta["rows"]) for r in records for path, meta in sorted(r["files"].items())]
+    wanted = [(r.task, path, meta["rows"]) for r in records for path, meta in sorted(r.files.items())]
     for folder in sorted({path.rsplit("/", 1)[0] for _, path, _ in wanted}):  # listed once, before the threads ask
         fs.ls(f"datasets/{run.repo_id}@{head}/{folder}", detail=True)
     with ThreadPoolExecutor(threads) as pool:
@@ -446,7 +425,7 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------- main moved: rebase
 
 
-def rebase_run(run: RunPR, stage: str, key: str, manifest: dict[str, Any], records: list[dict[str, Any]],
+def rebase_run(run: RunPR, stage: str, key: str, manifest: dict[str, Any], records: list[TaskRecord],
                description: str) -> tuple[RunPR, dict[str, Any]]:
     """Main moved since the run opened: merging would conflict on the card, or silently keep another run's data
     files. The run moves to a PR opened on main's current head: every record's files are copied server-side from
@@ -471,15 +450,15 @@ def rebase_run(run: RunPR, stage: str, key: str, manifest: dict[str, Any], recor
         target = run_of(run.repo_id, num, moved, time.time())
     print(f"main of {run.repo_id} moved since the run opened: moving its files to {target.url} (server-side copies)",
           flush=True)
-    copied = {r["task"] for r in shard_records(target)}
+    copied = {r.task for r in shard_records(target)}
     for record in records:
-        if record["task"] in copied:
+        if record.task in copied:
             continue
-        paths = sorted(record["files"])
+        paths = sorted(record.files)
         batches = [paths[i:i + MAX_FILES_PER_COMMIT] for i in range(0, len(paths), MAX_FILES_PER_COMMIT)] or [[]]
         for k, batch in enumerate(batches):
             ops = [CommitOperationCopy(p, p, src_revision=source) for p in batch]
-            _commit_part(target, ops, record, f"{stage}: {record['task']} copied from #{run.num}", k, len(batches))
+            _commit_part(target, ops, record, f"{stage}: {record.task} copied from #{run.num}", k, len(batches))
     retrying(lambda: api.change_discussion_status(run.repo_id, run.num, "closed", comment=f"rebased onto main as #{target.num}",
                                                   repo_type="dataset"), f"closing {run.url}")
     return target, moved

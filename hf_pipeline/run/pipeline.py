@@ -154,25 +154,13 @@ def print_pipeline_summary(results: dict[str, Any], seconds: float) -> None:
     """One line per entry from its published card (so a skipped entry shows what it published), with the warnings
     its stats carry (`warnings`: sentences a stage's `summarize` adds, e.g. match's threshold that does not beat
     chance) under it; then how to load the final pairs, or why there are none."""
-    from hf_pipeline.io.hub import load_card
-    from hf_pipeline.run.training import TrainResult
-
     lines = ["", f"===== pipeline done in {seconds / 60:.1f} min =====", "stage            output@tag  (rows in -> out; statuses)"]
     cards: dict[str, dict] = {}  # entry -> its dataset card's hf_pipeline metadata, in pipeline order
     for name, r in results.items():
-        if isinstance(r, TrainResult):  # a model repo: its card has metrics, not row statuses
-            card = load_card(r.repo_id, r.tag, repo_type="model").data.hf_pipeline
-            figures = ", ".join(f"{k} {v}" for k, v in card["metrics"].items() if "loss" in k or "margin" in k)
-            lines.append(f"{name:<16} model {r.repo_id}@{r.tag}  ({card['rows_in']} rows -> {card['rows_out']} trained on; {figures})")
-            continue
-        card = cards[name] = load_card(r.repo_id, r.tag).data.hf_pipeline  # skipped stages report their published counts
-        statuses = "; ".join(
-            f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-            for kind, counts in card["counts"].items()
-            if kind != "stats" and counts
-        )
-        lines.append(f"{name:<16} {r.repo_id}@{r.tag}  ({card['rows_in']} -> {card['rows_out']}{'; ' + statuses if statuses else ''})")
-        lines += [f"{'':<16} warning: {w}" for w in card["counts"].get("stats", {}).get("warnings", [])]
+        entry_lines, card = r.published_summary(name)  # from the published card: a skipped stage shows what it published
+        lines += entry_lines
+        if card is not None:
+            cards[name] = card
     print("\n".join(lines))
     if "assemble" in results:
         show_final(results["assemble"], cards)

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import shutil
 import sys
@@ -29,108 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import hf_pipeline
-from hf_pipeline.run import contract
-from hf_pipeline.run.config import build_config, config_to_dict
-from hf_pipeline.io.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.executors.ray import RayOptions
-from hf_pipeline.io.hub import DatasetRef, cache_root, download_file, load_dataset_ref, token_free_argv
+from hf_pipeline.io.datafiles import InputPart
+from hf_pipeline.io.hub import DatasetRef, token_free_argv
+from hf_pipeline.run import contract
+from hf_pipeline.run.config import add_option_flags, build_config, config_to_dict, option_values
+from hf_pipeline.run.executors.base import Executor
+from hf_pipeline.run.plan import RunOptions, RunPlan, Task, TaskRecord
 from hf_pipeline.run.sharding import DataFile, FileSlice, GroupRange, ShardSpec
-from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Stage, StageContext, merge_stats
-from hf_pipeline.run.worker import Task
+from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Stage, merge_stats
 
 # The Hub keeps < 10k entries per folder: each shard publishes at least one file under data/
 MAX_SHARDS = 9_999
 MANIFEST_FORMAT = 1
 
 
-@dataclass
-class RunOptions:
-    """Options of a run that are not the stage's config: where from, where to, how to split the work."""
-
-    input: str | None = None  # org/name[@revision] or a local path
-    output: str | None = None  # org/name of the output dataset repo
-    tag: str | None = None  # default: <stage>-<fingerprint>
-    split: str = "train"
-    max_rows: int | None = None  # take only the first N input rows (a sample)
-    num_shards: int = 1
-    shard_index: int | None = None  # run just this shard (commit it to the run's PR; another run seals)
-    batch_size: int = 64  # rows per map_batch call
-    chunk_rows: int = 1000  # rows per checkpoint chunk: the most work a crash can lose
-    rows_per_file: int = 1_000_000  # most rows per published parquet file (a shard's output is split beyond)
-    private: bool = False
-    work_dir: str | None = None  # default: $HF_PIPELINE_CACHE/runs (~/.cache/hf_pipeline/runs)
-    keep_work_dir: bool = False
-    allow_version_change: bool = False  # finish a run another hf_pipeline version opened
-    executor: str = "local"  # see hf_pipeline/executors
-    ray: RayOptions = field(default_factory=RayOptions)
-
-
 # what a run's manifest fixes: a later command of the same run takes these from it, not from its own options
 PLANNED_OPTIONS = ("input", "output", "tag", "split", "max_rows", "num_shards", "rows_per_file", "chunk_rows")
-
-
-@dataclass
-class RunPlan:
-    stage: Stage
-    options: RunOptions
-    config: Any
-    inputs: dict[str, DatasetRef]  # ref as written -> pinned; the mapped inputs first
-    parts: list[InputPart]
-    files: list[DataFile]  # of every part, in read order
-    shards: list[ShardSpec]
-    fingerprint: str = ""
-    tag: str = ""
-    key: str = ""  # the command's identity (before pinning): how every later command of this run finds its PR
-    num_partitions: int = 1
-    aligned: list[AlignedInput] = field(default_factory=list)  # the stage's aligned inputs, in its order
-    aligned_files: list[list[DataFile]] = field(default_factory=list)  # per aligned input: its files
-    # per aligned input, per shard: the row groups that shard reads (driver only: each map task carries its own)
-    aligned_groups: list[list[list[GroupRange]]] = field(default_factory=list)
-    models: dict[str, str] = field(default_factory=dict)  # config key -> pinned model (repo@sha)
-    package_version: str = ""  # the hf_pipeline that planned the run
-    argv: list[str] = field(default_factory=list)
-    run: Any = None  # hub_run.RunPR, once opened
-    run_stats: dict = field(default_factory=dict)  # the map shards' summed stats, for a reduce
-    strays: list[str] = field(default_factory=list)  # files in the PR's data/ no record names (deleted at the seal)
-    progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # phase -> (tasks done, rows in) for titles
-
-    @property
-    def part_refs(self) -> list[DatasetRef]:
-        return [self.inputs[p.ref] for p in self.parts]
-
-    @property
-    def work_dir(self) -> Path:
-        base = Path(self.options.work_dir) if self.options.work_dir else cache_root() / "runs"
-        return base / f"{self.stage.name}-{self.fingerprint}"
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
-
-    def for_workers(self) -> RunPlan:
-        """The plan every worker holds: without the per-shard aligned row groups, which each task carries."""
-        return dataclasses.replace(self, aligned_groups=[])
-
-    def map_task(self, index: int) -> Task:
-        return Task("map", index, self.options.num_shards, tuple(tuple(groups[index]) for groups in self.aligned_groups))
-
-    def pinned(self, ref: str) -> DatasetRef:
-        pinned = self.inputs.get(ref)
-        if pinned is None:
-            raise PipelineError(f"stage {self.stage.name} read '{ref}', which it did not declare as an input.")
-        return pinned
-
-    def context(self, resources: Any = None) -> StageContext:
-        return StageContext(config=self.config, load=self.load, download=self.download, resources=resources)
-
-    def load(self, ref: str, split: str | None = None, name: str | None = None):
-        """A small side input, loaded exactly as pinned at plan time (a branch that moves mid-run changes nothing)."""
-        return load_dataset_ref(self.pinned(ref), split=split or self.options.split, name=name)
-
-    def download(self, ref: str, filename: str) -> Path:
-        """One file of a declared input, at its pinned commit (or from the local folder it names)."""
-        return download_file(self.pinned(ref), filename)
 
 
 @dataclass
@@ -156,6 +72,18 @@ class RunResult:
             rows_in, rows_out, drops = meta["rows_in"], meta["rows_out"], meta["counts"].get("drops", {})
         call = self.load_call(self.repo_id, self.tag, rows_out)
         return call if rows_out else f"{call}  # {self.why_empty(rows_in, drops)}"
+
+    def published_summary(self, name: str) -> tuple[list[str], dict]:
+        """The pipeline summary's lines for this entry (rows, statuses, the warnings its stats carry: sentences a
+        stage's `summarize` adds), from its published card; and the card's metadata."""
+        from hf_pipeline.io.hub import load_card
+
+        card = load_card(self.repo_id, self.tag).data.hf_pipeline
+        statuses = "; ".join(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                             for kind, counts in card["counts"].items() if kind != "stats" and counts)
+        lines = [f"{name:<16} {self.repo_id}@{self.tag}  ({card['rows_in']} -> {card['rows_out']}"
+                 f"{'; ' + statuses if statuses else ''})"]
+        return lines + [f"{'':<16} warning: {w}" for w in card["counts"].get("stats", {}).get("warnings", [])], card
 
     @staticmethod
     def load_call(repo_id: str, tag: str, rows: int, config_name: str | None = None) -> str:
@@ -352,7 +280,7 @@ def check_version(plan: RunPlan) -> None:
 # ---------------------------------------------------------------- the whole run
 
 
-def run_records(plan: RunPlan) -> dict[str, dict]:
+def run_records(plan: RunPlan) -> dict[str, TaskRecord]:
     """task name -> its record on the run's PR (the latest of this account's, should a task have been committed
     twice), for the tasks whose files in the PR are the ones their record names; a task whose files differ (two
     attempts mixed) is left out, so it is redone."""
@@ -360,16 +288,16 @@ def run_records(plan: RunPlan) -> dict[str, dict]:
 
     records = {}
     for record in shard_records(plan.run):
-        if record["fingerprint"] != plan.fingerprint:
+        if record.fingerprint != plan.fingerprint:
             continue
-        expected = plan.options.num_shards if record["phase"] == "map" else plan.num_partitions
-        if record["of"] != expected:
-            what = "--num-shards" if record["phase"] == "map" else "partitions"
+        expected = plan.options.num_shards if record.phase == "map" else plan.num_partitions
+        if record.of != expected:
+            what = "--num-shards" if record.phase == "map" else "partitions"
             raise PipelineError(
-                f"the run's pull request {plan.run.url} holds tasks of {record['of']} {what}, this run asks for {expected}: "
+                f"the run's pull request {plan.run.url} holds tasks of {record.of} {what}, this run asks for {expected}: "
                 f"rerun with the same {what}, or close that pull request to start over."
             )
-        records[record["task"]] = record
+        records[record.task] = record
     if not records:
         return {}
     problems, plan.strays = verify_files(plan.run, list(records.values()), ("data", scratch_dir(plan.fingerprint)))
@@ -380,237 +308,338 @@ def run_records(plan: RunPlan) -> dict[str, dict]:
     return records
 
 
-def find_or_open_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None,
-                     dry_run: bool) -> tuple[RunPlan | None, RunResult | None, bool]:
-    """(the run's plan with its PR, or None and the result when there is nothing to run; whether the PR was opened
-    now). The run's open PR, found by
-    the command's key, gives the plan (its manifest); else a merged PR whose tag is missing is tagged; else the run
-    is planned here, checked against what is published, and opened."""
-    from hf_pipeline.io.hub import output_tags
-    from hf_pipeline.run.hub_run import find_runs, open_run, read_manifest, run_of
+# ---------------------------------------------------------------- the dataset run: the contract's steps
 
-    key = command_key(stage, options, config)
-    runs = find_runs(options.output, stage.name, key)
-    opened = [r for r in runs if r.status in ("open", "draft")]
-    if opened:
-        manifest = read_manifest(options.output, opened[0].num)
-        plan = plan_from_manifest(stage, options, manifest, argv)
-        plan.run = run_of(options.output, opened[0].num, manifest, opened[0].created_at)
-        check_version(plan)
-        if dry_run:
+
+@dataclass
+class DatasetOutcome:
+    """What a dataset run's execution left: the tasks' records, and what the seal publishes."""
+
+    records: dict[str, TaskRecord] = field(default_factory=dict)
+    partial: bool = False  # one shard of a job array (`--shard-index`): the seal is another command's
+    sealed: RunResult | None = None  # the run was merged already (another driver; a seal that died before its tag)
+    result: RunResult | None = None  # the figures the card shows (summed records), before the seal's commit
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # the published data files
+
+
+class DatasetRun:
+    """A dataset stage's run (see the module docstring): planned once as the manifest of a pull request of the
+    output repo, its tasks committed there by the workers, merged and tagged in one step."""
+
+    options_class = RunOptions
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Every executor's options (`--num-workers`, ...), and the cost estimate."""
+        from hf_pipeline.run.executors import executors
+
+        for name, cls in executors().items():
+            add_option_flags(parser, cls.Options, help_prefix=f"{name} executor: ")
+        parser.add_argument(
+            "--estimate", nargs="?", const="input", default=None, metavar="ROWS",
+            help="(implies --dry-run) print the cost estimate (device-hours, memory, shards) from measured throughputs, "
+            "for ROWS input rows (e.g. 1e9, 18M) or, without ROWS, for the input's row count",
+        )
+        parser.add_argument(
+            "--estimate-from", default=None, metavar="REPO@TAG",
+            help="with --estimate: scale the tokens and engine-seconds measured by a published run of this stage (its "
+            "card's hf_pipeline.usage) instead of the built-in figures",
+        )
+
+    def argument_values(self, args: argparse.Namespace) -> dict[str, Any]:
+        from hf_pipeline.run.executors import executors
+
+        given: dict[str, Any] = {}
+        for cls in executors().values():
+            given.update(option_values(args, cls.Options))
+        return {"executor_options": given} if given else {}
+
+    def check_options(self, stage: Stage, options: RunOptions) -> RunOptions:
+        """The options checked, the executor's typed: said when the command is read (every pipeline entry before the
+        first runs)."""
+        from hf_pipeline.run.executors import executor_options
+
+        check_options(stage, options)
+        return dataclasses.replace(options, executor_options=executor_options(options.executor, options.executor_options))
+
+    def command(self, args: argparse.Namespace, stage: Stage, options: RunOptions, config: Any, argv: list[str],
+                dry_run: bool) -> Any:
+        """`run_stage.py STAGE ...`: the run, or with --estimate its cost."""
+        from hf_pipeline.run.estimate import estimate_command
+
+        if args.estimate is None:
+            return contract.run(self, stage, options, config, argv, dry_run)
+
+        def count_input() -> int:
+            plan = plan_run(stage, options, config, argv)
             print_plan(plan)
-            return None, None, False
-        return plan, None, False
-    merged = [r for r in runs if r.status == "merged"]
-    if merged and not dry_run:  # the latest merged run of this command: tagged, unless its seal died before the tag
-        manifest = read_manifest(options.output, merged[-1].num)
-        result = None if manifest["tag"] in output_tags(options.output) else \
-            merged_run_result(options.output, merged[-1].num, manifest)
-        if result is not None:
-            return None, result, False
-    plan = plan_run(stage, options, config, argv)
-    existing = contract.published_commit(options.output, plan.tag, plan.fingerprint)
-    if existing:
-        print(f"nothing to do: {options.output}@{plan.tag} (commit {existing[:12]}) already holds {stage.name} "
+            return plan.rows
+
+        return estimate_command(stage, args.estimate, count_input, args.estimate_from)
+
+    def check(self, stage: Stage, options: RunOptions, config: Any, writing: bool) -> None:
+        from hf_pipeline.run.hub_run import check_write_access
+
+        check_options(stage, options)
+        if writing:
+            check_write_access(options.output)  # before planning, calibration or a model load
+
+    def plan(self, stage: Stage, options: RunOptions, config: Any, argv: list[str]) -> RunPlan:
+        """The run's open PR, found by the command's key, gives the plan (its manifest); a merged PR of the command
+        whose tag is missing (the seal died before it) gives its plan, to be tagged; else the run is planned here."""
+        from hf_pipeline.io.hub import output_tags
+        from hf_pipeline.run.hub_run import MergeNotTheRun, find_runs, merged_as, read_manifest, run_of
+
+        runs = find_runs(options.output, stage.name, command_key(stage, options, config))
+        for found in [r for r in runs if r.status in ("open", "draft")][:1] or [r for r in runs if r.status == "merged"][-1:]:
+            manifest = read_manifest(options.output, found.num)
+            plan = plan_from_manifest(stage, options, manifest, argv)
+            plan.run = run_of(options.output, found.num, manifest, found.created_at)
+            if found.status == "merged":
+                if manifest["tag"] in output_tags(options.output):
+                    break  # that run is done: a new plan says whether there is more to do
+                try:
+                    merged_as(plan.run)
+                except MergeNotTheRun as e:  # main moved while it merged: the run starts over
+                    print(f"{e}", file=sys.stderr, flush=True)
+                    break
+                plan.merged = True
+            check_version(plan)
+            return plan
+        return plan_run(stage, options, config, argv)
+
+    def published(self, plan: RunPlan) -> RunResult | None:
+        if plan.run is not None:  # a run in progress, or merged and to be tagged
+            return None
+        existing = contract.published_commit(plan.options.output, plan.tag, plan.fingerprint)
+        if not existing:
+            return None
+        print(f"nothing to do: {plan.options.output}@{plan.tag} (commit {existing[:12]}) already holds {plan.stage.name} "
               "for these inputs and this config.")
-        return None, RunResult(options.output, plan.tag, existing, 0, 0, {}, skipped=True), False
-    if dry_run:
+        return RunResult(plan.options.output, plan.tag, existing, 0, 0, {}, skipped=True)
+
+    def print_plan(self, plan: RunPlan) -> None:
         print_plan(plan)
-        return None, None, False
-    description = (f"`hf_pipeline` run of stage `{stage.name}` (fingerprint `{plan.fingerprint}`, tag `{plan.tag}`): "
-                   f"{plan.rows} input rows in {options.num_shards} shard(s). Workers commit their shards here; the "
-                   "run merges when every shard is in. The plan is in this PR's manifest.\n\nCommand: `"
-                   + " ".join(plan.argv) + "`")
-    run, manifest, mine = open_run(options.output, stage.name, key, manifest_of(plan), description, options.private)
-    if not mine:  # another driver opened it first: its manifest is the run's plan
-        plan = plan_from_manifest(stage, options, manifest, argv)
-    plan.run = run
-    return plan, None, mine
+
+    def execute(self, plan: RunPlan) -> DatasetOutcome:
+        """Open the run (unless a command before opened it), run the tasks not yet in (one shard with
+        `--shard-index`), then the reduce. Another driver sealing the same run meanwhile ends this one well."""
+        from hf_pipeline.run.hub_run import pr_status
+
+        if plan.merged:
+            return DatasetOutcome(sealed=merged_run_result(plan))
+        opened = plan.run is None
+        if opened:
+            plan = self._open(plan)
+        try:
+            return execute_tasks(plan, opened)
+        except PipelineError:
+            if pr_status(plan.run) != "merged":
+                raise
+            print(f"another driver sealed the run {plan.run.url} meanwhile.", flush=True)
+            return DatasetOutcome(sealed=merged_run_result(plan))
+
+    @staticmethod
+    def _open(plan: RunPlan) -> RunPlan:
+        """The run's pull request, opened with the plan as its manifest; another driver's, opened first, wins."""
+        from hf_pipeline.run.hub_run import open_run
+
+        opts = plan.options
+        description = (f"`hf_pipeline` run of stage `{plan.stage.name}` (fingerprint `{plan.fingerprint}`, tag "
+                       f"`{plan.tag}`): {plan.rows} input rows in {opts.num_shards} shard(s). Workers commit their shards "
+                       "here; the run merges when every shard is in. The plan is in this PR's manifest.\n\nCommand: `"
+                       + " ".join(plan.argv) + "`")
+        run, manifest, mine = open_run(opts.output, plan.stage.name, plan.key, manifest_of(plan), description, opts.private)
+        if not mine:
+            plan = plan_from_manifest(plan.stage, opts, manifest, plan.argv)
+        plan.run = run
+        return plan
+
+    def card(self, plan: RunPlan, outcome: DatasetOutcome, seconds: float) -> str | None:
+        """The records summed (checked against the footers first), the stage's artifacts built, the card rendered."""
+        if outcome.partial or outcome.sealed is not None:
+            return None
+        if outcome.result is None:
+            summarize_run(plan, outcome)
+        outcome.result.pull_request = plan.run.url
+        return render_card(plan, outcome.result, examples(plan, outcome.files), seconds, sorted(outcome.artifacts))
+
+    def publish(self, plan: RunPlan, outcome: DatasetOutcome, card: str | None) -> RunResult:
+        """The seal: merge and tag (moving the run onto main's head first if main moved)."""
+        from hf_pipeline.run.hub_run import MainMoved, pr_status, rebase_run, seal
+
+        if outcome.partial:
+            shard = plan.options.shard_index
+            print(f"shard {shard} of {plan.options.num_shards} is in {plan.run.url}; the run is sealed by the same command "
+                  "without --shard-index once every shard is in.")
+            return RunResult(plan.options.output, plan.tag, "", plan.shards[shard].rows, 0, {}, pull_request=plan.run.url)
+        if outcome.sealed is not None:
+            return outcome.sealed
+        result, message = outcome.result, f"{plan.stage.name}: {outcome.result.rows_out} rows from {outcome.result.rows_in} ({plan.tag})"
+        for _ in range(3):  # main may move again while the run moves onto it
+            try:
+                result.commit = seal(plan.run, card, outcome.artifacts, plan.fingerprint, plan.tag, message, plan.strays)
+                break
+            except MainMoved:
+                plan.run, _ = rebase_run(plan.run, plan.stage.name, plan.key, manifest_of(plan), list(outcome.records.values()),
+                                         f"`hf_pipeline` run of stage `{plan.stage.name}` (fingerprint `{plan.fingerprint}`).")
+                if missing_tasks(plan, run_records(plan)):
+                    raise PipelineError(f"the run's files did not all reach {plan.run.url}; rerun the same command.") from None
+                card = self.card(plan, outcome, 0.0)
+            except PipelineError:
+                if pr_status(plan.run) != "merged":
+                    raise
+                print(f"another driver sealed the run {plan.run.url} meanwhile.", flush=True)
+                return merged_run_result(plan)
+        else:
+            raise PipelineError(f"main of {plan.options.output} kept moving while the run was sealed; rerun the same command.")
+        if not plan.options.keep_work_dir:
+            shutil.rmtree(plan.work_dir, ignore_errors=True)
+        return result
+
+    def summary(self, plan: RunPlan, result: RunResult, seconds: float) -> None:
+        if result.commit:
+            print_run_summary(plan, result, seconds)
 
 
-def merged_run_result(repo_id: str, num: int, manifest: dict[str, Any]) -> RunResult | None:
-    """The result of a run whose PR is merged (by this driver's earlier seal that died before tagging, or by another
-    driver of the same command): its merge commit, checked to hold exactly the run's files, tagged if it is not yet.
-    None when the merge cannot be trusted (the run starts over)."""
-    from hf_pipeline.io.hub import read_card_metadata
-    from hf_pipeline.run.hub_run import MergeNotTheRun, RunPR, merged_as, tag_commit
-
-    run = RunPR(repo_id, num, 0.0, manifest.get("base", ""))
-    try:
-        sha = merged_as(run)
-    except MergeNotTheRun as e:
-        print(f"{e}", file=sys.stderr, flush=True)
-        return None
-    tag_commit(repo_id, manifest["tag"], sha, f"{manifest['stage']} ({manifest['tag']})")
-    meta = read_card_metadata(repo_id, sha).get("hf_pipeline", {})
-    print(f"the run {run.url} is merged as {sha[:12]}, tagged {manifest['tag']}.")
-    return RunResult(repo_id, manifest["tag"], sha, meta.get("rows_in", 0), meta.get("rows_out", 0),
-                     meta.get("counts", {}), pull_request=run.url, usage=meta.get("usage", {}))
+DATASET_RUN = DatasetRun()
 
 
 def run_stage(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None,
               dry_run: bool = False) -> RunResult | None:
-    from hf_pipeline.run.hub_run import check_write_access
-
-    started = time.time()
-    check_options(stage, options)
-    if not dry_run:
-        check_write_access(options.output)  # before planning, calibration or a model load
-    plan, result, opened = find_or_open_run(stage, options, config, argv, dry_run)
-    if plan is None:
-        return result
-    try:
-        result = execute_run(plan, options.shard_index, opened, started)
-    except PipelineError:
-        from hf_pipeline.run.hub_run import pr_status
-
-        if plan.run is None or pr_status(plan.run) != "merged":
-            raise
-        print(f"another driver sealed the run {plan.run.url} meanwhile.", flush=True)
-        result = merged_run_result(plan.run.repo_id, plan.run.num, manifest_of(plan))
-        if result is None:
-            raise
-        return result
-    if options.shard_index is None:
-        print_run_summary(plan, result, time.time() - started)
-    return result
+    """A dataset stage's run (the contract's sequence, `contract.run`)."""
+    return contract.run(DATASET_RUN, stage, options, config, argv, dry_run)
 
 
-def execute_run(plan: RunPlan, shard_index: int | None, opened: bool, started: float) -> RunResult:
-    """The tasks not yet in (one shard with `shard_index`), then the reduce and the seal."""
+def merged_run_result(plan: RunPlan) -> RunResult:
+    """The result of a run whose PR is merged: its merge commit, checked to hold exactly the run's files, tagged if it
+    is not yet, with the figures of its card."""
+    from hf_pipeline.io.hub import read_card_metadata
+    from hf_pipeline.run.hub_run import merged_as, tag_commit
+
+    sha = merged_as(plan.run)
+    tag_commit(plan.run.repo_id, plan.tag, sha, f"{plan.stage.name} ({plan.tag})")
+    meta = read_card_metadata(plan.run.repo_id, sha).get("hf_pipeline", {})
+    print(f"the run {plan.run.url} is merged as {sha[:12]}, tagged {plan.tag}.")
+    return RunResult(plan.run.repo_id, plan.tag, sha, meta.get("rows_in", 0), meta.get("rows_out", 0),
+                     meta.get("counts", {}), pull_request=plan.run.url, usage=meta.get("usage", {}))
+
+
+def execute_tasks(plan: RunPlan, opened: bool) -> DatasetOutcome:
+    """The tasks not yet in (one shard with `--shard-index`), then the reduce."""
     from hf_pipeline.run.executors import get_executor
 
     opts = plan.options
-    executor = get_executor(opts.executor, opts)
+    executor = get_executor(opts.executor, opts.executor_options)
     done = {} if opened else run_records(plan)  # a PR opened just now holds no record yet
-    tasks = [plan.map_task(i) for i in ([shard_index] if shard_index is not None else range(opts.num_shards))]
+    shards = [opts.shard_index] if opts.shard_index is not None else range(opts.num_shards)
+    tasks = [plan.map_task(i) for i in shards]
     pending = [t for t in tasks if t.name not in done]
     print(f"run {'opened' if opened else 'resumed'}: {plan.run.url} ({len(tasks) - len(pending)} of {len(tasks)} shard(s) "
           "already in)", flush=True)
     plan.progress = progress(done)
     executor.run(plan, pending)
-    if shard_index is not None:
-        print(f"shard {shard_index} of {opts.num_shards} is in {plan.run.url}; the run is sealed by the same command "
-              "without --shard-index once every shard is in.")
-        return RunResult(opts.output, plan.tag, "", plan.shards[shard_index].rows, 0, {}, pull_request=plan.run.url)
+    if opts.shard_index is not None:
+        return DatasetOutcome(partial=True)
     done = run_records(plan)
     if plan.stage.reduce is not None:
         run_reduce(plan, executor, done)
         done = run_records(plan)
-    return seal_run(plan, done, started)
+    return DatasetOutcome(done)
 
 
-def run_reduce(plan: RunPlan, executor, done: dict[str, dict]) -> None:
+def run_reduce(plan: RunPlan, executor: Executor, done: dict[str, TaskRecord]) -> None:
     """The stage's reduce, one task per partition, each reading its row groups of every shard's scratch file."""
     missing = missing_tasks(plan, done, phases=("map",))
     if missing:
         raise PipelineError(f"{len(missing)} shard(s) of the run are not in its pull request {plan.run.url} (e.g. "
                             f"{missing[0]}); rerun the same command to finish them.")
     maps = [done[Task("map", i, plan.options.num_shards).name] for i in range(plan.options.num_shards)]
-    plan.run_stats = {"rows_in": sum(r["rows_in"] for r in maps), "rows_out": sum(r["rows_out"] for r in maps)}
+    plan.run_stats = {"rows_in": sum(r.rows_in for r in maps), "rows_out": sum(r.rows_out for r in maps)}
     for r in maps:
-        plan.run_stats = merge_stats(plan.run_stats, r["stats"])
+        plan.run_stats = merge_stats(plan.run_stats, r.stats)
     inputs: dict[int, list[tuple[str, tuple[int, ...]]]] = {p: [] for p in range(plan.num_partitions)}
     for r in maps:
-        (path,) = r["files"]
-        for p, groups in r["partitions"].items():
+        (path,) = r.files
+        for p, groups in (r.partitions or {}).items():
             inputs[int(p)].append((path, tuple(groups)))
     tasks = [Task("reduce", p, plan.num_partitions, tuple(inputs[p])) for p in range(plan.num_partitions)]
     plan.progress = progress(done)
     executor.run(plan, [t for t in tasks if t.name not in done])
 
 
-def progress(done: dict[str, dict]) -> dict[str, tuple[int, int]]:
+def progress(done: dict[str, TaskRecord]) -> dict[str, tuple[int, int]]:
     """phase -> (tasks in, their input rows): where the shard commits' progress titles start counting."""
     out: dict[str, tuple[int, int]] = {}
     for r in done.values():
-        n, rows = out.get(r["phase"], (0, 0))
-        out[r["phase"]] = (n + 1, rows + r["rows_in"])
+        n, rows = out.get(r.phase, (0, 0))
+        out[r.phase] = (n + 1, rows + r.rows_in)
     return out
 
 
-def missing_tasks(plan: RunPlan, done: dict[str, dict], phases: tuple[str, ...] = ("map", "reduce")) -> list[str]:
+def missing_tasks(plan: RunPlan, done: dict[str, TaskRecord], phases: tuple[str, ...] = ("map", "reduce")) -> list[str]:
     names = [Task("map", i, plan.options.num_shards).name for i in range(plan.options.num_shards)] if "map" in phases else []
     if plan.stage.reduce is not None and "reduce" in phases:
         names += [Task("reduce", p, plan.num_partitions).name for p in range(plan.num_partitions)]
     return [n for n in names if n not in done]
 
 
-def seal_run(plan: RunPlan, done: dict[str, dict], started: float) -> RunResult:
-    """Check the PR's files against the records, sum the records, build artifacts and the card, merge the run's PR
-    (moving it onto main's head first if main moved) and tag the merge commit."""
-    from hf_pipeline.run.hub_run import MainMoved, count_rows, rebase_run, seal
+def summarize_run(plan: RunPlan, outcome: DatasetOutcome) -> None:
+    """The records checked (every task in, the footers holding the rows they recorded) and summed into the outcome's
+    result; the stage's artifacts built from the output."""
+    from hf_pipeline.run.hub_run import count_rows
 
     stage, opts = plan.stage, plan.options
-    missing = missing_tasks(plan, done)
+    missing = missing_tasks(plan, outcome.records)
     if missing:
         raise PipelineError(f"{len(missing)} task(s) of the run are not in its pull request {plan.run.url} (e.g. {missing[0]}); "
                             "rerun the same command to finish them.")
-    records = list(done.values())
+    records = list(outcome.records.values())
     data_phase = "reduce" if stage.reduce else "map"  # whose outputs are the published rows
-    data = [r for r in records if r["phase"] == data_phase]
+    data = [r for r in records if r.phase == data_phase]
     wrong = count_rows(plan.run, data)
     if wrong:
         task, why = min(wrong.items())
         raise PipelineError(f"{len(wrong)} task(s) of {plan.run.url} published other rows than they recorded, e.g. {task}: "
                             f"{why}. Redo it: `--shard-index {int(task.split('-')[1])}` (or close the pull request).")
-    maps = [r for r in records if r["phase"] == "map"]
-    rows_in, rows_out = sum(r["rows_in"] for r in maps), sum(r["rows_out"] for r in data)
+    maps = [r for r in records if r.phase == "map"]
+    rows_in, rows_out = sum(r.rows_in for r in maps), sum(r.rows_out for r in data)
     counts: dict[str, Any] = {"drops": {}}
     stats: dict[str, Any] = {}
     for r in records:
         # statuses are counted on the published rows (a reduce stage's partitions); drops come from every step
-        counts = merge_stats(counts, {k: v for k, v in r["counts"].items() if k == "drops" or r["phase"] == data_phase})
-        stats = merge_stats(stats, r["stats"])
+        counts = merge_stats(counts, {k: v for k, v in r.counts.items() if k == "drops" or r.phase == data_phase})
+        stats = merge_stats(stats, r.stats)
     if stage.summarize is not None:
         stats = stage.summarize(stats, plan.config)
     if stats:
         counts["stats"] = stats
-    usage = run_usage(records, rows_in)
-    files = sorted(f for r in data for f in r["files"] if f.startswith("data/"))
+    outcome.files = sorted(f for r in data for f in r.files if f.startswith("data/"))
     out_dir = plan.work_dir / "seal"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    artifacts: dict[str, Path] = {}
     if stage.artifacts is not None:
-        actx = ArtifactContext(plan.config, stats, counts, rows_out, output_reader(plan, files), plan.download)
-        artifacts = {k: Path(v) for k, v in stage.artifacts(actx, out_dir).items()}
-    message = f"{stage.name}: {rows_out} rows from {rows_in} ({plan.tag})"
-    for _ in range(3):  # main may move again while the run moves onto it
-        result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, pull_request=plan.run.url, usage=usage)
-        card = render_card(plan, result, examples(plan, files), time.time() - started, sorted(artifacts))
-        try:
-            result.commit = seal(plan.run, card, artifacts, plan.fingerprint, plan.tag, message, plan.strays)
-            break
-        except MainMoved:
-            plan.run, _ = rebase_run(plan.run, stage.name, plan.key, manifest_of(plan), records,
-                                     f"`hf_pipeline` run of stage `{stage.name}` (fingerprint `{plan.fingerprint}`).")
-            done = run_records(plan)
-            if missing_tasks(plan, done):
-                raise PipelineError(f"the run's files did not all reach {plan.run.url}; rerun the same command.") from None
-    else:
-        raise PipelineError(f"main of {opts.output} kept moving while the run was sealed; rerun the same command.")
-    if not opts.keep_work_dir:
-        shutil.rmtree(plan.work_dir, ignore_errors=True)
-    return result
+        actx = ArtifactContext(plan.config, stats, counts, rows_out, output_reader(plan, outcome.files), plan.download)
+        outcome.artifacts = {k: Path(v) for k, v in stage.artifacts(actx, out_dir).items()}
+    outcome.result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, usage=run_usage(records, rows_in))
 
 
-def run_usage(records: list[dict], rows_in: int) -> dict[str, Any]:
+def run_usage(records: list[TaskRecord], rows_in: int) -> dict[str, Any]:
     """What the run's engines spent, summed over its shards: `prompt_tokens`, `cached_prompt_tokens`,
     `generated_tokens`, `seconds` (engine time, summed over workers: device-seconds with one device per worker),
     and derived figures per 1,000 input rows; `engines` gives each engine's backend and settings."""
     tokens: dict[str, float] = {}
     engines: dict[str, Any] = {}
     for r in records:
-        for key, value in (r.get("usage") or {}).get("tokens", {}).items():
+        for key, value in (r.usage or {}).get("tokens", {}).items():
             tokens[key] = tokens.get(key, 0) + value
-        engines.update((r.get("usage") or {}).get("engines", {}))
+        engines.update((r.usage or {}).get("engines", {}))
     if not engines:
         return {}
     seconds = tokens.get("seconds", 0.0)
     usage: dict[str, Any] = {k: int(v) for k, v in tokens.items() if k != "seconds"}
     usage["seconds"] = round(seconds, 2)
-    usage["worker_seconds"] = round(sum(r.get("seconds", 0.0) for r in records if r["phase"] == "map"), 2)
+    usage["worker_seconds"] = round(sum(r.seconds for r in records if r.phase == "map"), 2)
     if seconds:
         usage["tokens_per_second"] = round((tokens.get("prompt_tokens", 0) + tokens.get("generated_tokens", 0)) / seconds, 1)
         usage["generated_tokens_per_second"] = round(tokens.get("generated_tokens", 0) / seconds, 1)

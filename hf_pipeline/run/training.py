@@ -13,10 +13,9 @@ stages hand it to `Trainer` as `output_dir` and resume from its last checkpoint 
 
 from __future__ import annotations
 
+import argparse
 import random
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,7 @@ from typing import Any, Callable
 from hf_pipeline.run import contract
 from hf_pipeline.run.contract import TINY_RANDOM_PREFIX, ModelPin, pin_model  # noqa: F401  (the stages' names for them)
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.io.hub import DatasetRef, cache_root, load_dataset_ref, publish_model, token_free_argv
+from hf_pipeline.io.hub import DatasetRef, cache_root, load_dataset_ref, publish_model
 
 
 @dataclass
@@ -68,9 +67,19 @@ class TrainResult:
     rows_out: int
     metrics: dict[str, Any]
     skipped: bool = False
+    drops: dict[str, int] = field(default_factory=dict)  # rows not trained on, by reason
 
     def load_hint(self) -> str:
         return f'"{self.repo_id}@{self.tag}"'
+
+    def published_summary(self, name: str) -> tuple[list[str], None]:
+        """The pipeline summary's line for this entry, from the model card: rows and the final losses and margins."""
+        from hf_pipeline.io.hub import load_card
+
+        card = load_card(self.repo_id, self.tag, repo_type="model").data.hf_pipeline
+        figures = ", ".join(f"{k} {v}" for k, v in card["metrics"].items() if "loss" in k or "margin" in k)
+        return [f"{name:<16} model {self.repo_id}@{self.tag}  ({card['rows_in']} rows -> {card['rows_out']} trained on; "
+                f"{figures})"], None
 
 
 def trainer_arguments(config: Any, checkpoint_dir: Path) -> dict[str, Any]:
@@ -122,81 +131,160 @@ def last_checkpoint(folder) -> tuple[str | None, int]:
     return path, int(path.rsplit("-", 1)[1]) if path else 0
 
 
-# run options that mean something for a training run (the rest are about mapping rows)
-TRAIN_OPTIONS = ("input", "output", "tag", "split", "max_rows", "private", "work_dir", "keep_work_dir")
+@dataclass
+class TrainOptions:
+    """Options of a model run that are not the stage's config; each is a flag of `run_stage.py STAGE`."""
+
+    input: str | None = field(default=None, metadata={"help": "training data: org/name, org/name@revision, or a local path"})
+    output: str | None = field(default=None, metadata={"help": "output model repo (org/name) to publish to"})
+    tag: str | None = field(default=None, metadata={"help": "tag for the published revision (default: <stage>-<config hash>)"})
+    split: str = field(default="train", metadata={"help": "split of the training data to read"})
+    max_rows: int | None = field(default=None, metadata={"help": "train on only the first N rows (a sample)"})
+    private: bool = field(default=False, metadata={"help": "create the output repo as private"})
+    work_dir: str | None = field(default=None, metadata={
+        "help": "where checkpoints live until published (default: $HF_PIPELINE_CACHE/runs); a rerun resumes from the last one"})
+    keep_work_dir: bool = field(default=False, metadata={"help": "keep the checkpoints after the model is published"})
 
 
-def run_training(stage: TrainingStage, options: Any, config: Any, argv: list[str] | None = None,
-                 dry_run: bool = False) -> TrainResult | None:
-    """The run contract (pins, fingerprint, tag, published check, card, summary: `contract.py`) around `train`."""
-    started = time.time()
-    if not options.output:
-        raise PipelineError(f"stage {stage.name} needs --output org/name (the model repo to publish to).")
-    if not options.input:
-        raise PipelineError(f"stage {stage.name} needs --input (the training data: org/name[@revision] or a local path).")
-    data = contract.pin_datasets([options.input])[options.input]
-    base = pin_model(stage.base_model(config))
-    fp = contract.fingerprint(stage.name, stage.version, config, data.pinned, base.pinned, options.split, options.max_rows)
-    tag = options.tag or contract.default_tag(stage.name, fp)
-    existing = contract.published_commit(options.output, tag, fp, repo_type="model")
-    if existing:
-        print(f"nothing to do: model {options.output}@{tag} (commit {existing[:12]}) already holds {stage.name} "
-              "for this data, base model and config.")
-        meta = contract.read_card_metadata(options.output, existing, repo_type="model").get("hf_pipeline", {})
-        return TrainResult(options.output, tag, existing, 0, 0, meta.get("metrics", {}), skipped=True)
+@dataclass
+class TrainPlan:
+    stage: TrainingStage
+    options: TrainOptions
+    config: Any
+    data: DatasetRef  # the training data, pinned
+    base: ModelPin  # the base model, pinned
+    fingerprint: str
+    tag: str
+    argv: list[str]
 
-    # training reads its whole (silver, ~100K-row) dataset: the one stage kind that truly needs every row at once
-    ds = load_dataset_ref(data, split=options.split)
-    missing = [c for c in stage.input_columns if c not in ds.column_names]
-    if missing:
-        raise PipelineError(
-            f"input {options.input} lacks column '{missing[0]}' required by stage {stage.name} "
-            f"(it has: {', '.join(ds.column_names)})."
-        )
-    if options.max_rows is not None and options.max_rows < len(ds):
-        ds = ds.select(range(options.max_rows))
-    work_dir = (Path(options.work_dir) if options.work_dir else cache_root() / "runs") / f"{stage.name}-{fp}"
-    if dry_run:
+    @property
+    def work_dir(self) -> Path:
+        base = Path(self.options.work_dir) if self.options.work_dir else cache_root() / "runs"
+        return base / f"{self.stage.name}-{self.fingerprint}"
+
+    def dataset(self):
+        """The whole training set (a silver set of ~100K rows: the one stage kind that truly needs every row at once),
+        its columns checked, cut to `max_rows`."""
+        ds = load_dataset_ref(self.data, split=self.options.split)
+        missing = [c for c in self.stage.input_columns if c not in ds.column_names]
+        if missing:
+            raise PipelineError(
+                f"input {self.options.input} lacks column '{missing[0]}' required by stage {self.stage.name} "
+                f"(it has: {', '.join(ds.column_names)})."
+            )
+        if self.options.max_rows is not None and self.options.max_rows < len(ds):
+            ds = ds.select(range(self.options.max_rows))
+        return ds
+
+
+@dataclass
+class TrainRun:
+    """What a model run's training left: the rows it read, the model folder, the stage's outcome."""
+
+    rows_in: int
+    output_dir: Path
+    outcome: TrainOutcome
+
+
+class ModelRun:
+    """A training stage's run: the contract's steps around `train` (pins, fingerprint, tag, published check, card,
+    summary: `contract.py`), one commit + tag of a model repo."""
+
+    options_class = TrainOptions
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """A model run has no flag beyond its options."""
+
+    def argument_values(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {}
+
+    def check_options(self, stage: TrainingStage, options: TrainOptions) -> TrainOptions:
+        return options
+
+    def command(self, args: argparse.Namespace, stage: TrainingStage, options: TrainOptions, config: Any,
+                argv: list[str], dry_run: bool) -> TrainResult | None:
+        return contract.run(self, stage, options, config, argv, dry_run)
+
+    def check(self, stage: TrainingStage, options: TrainOptions, config: Any, writing: bool) -> None:
+        if not options.output:
+            raise PipelineError(f"stage {stage.name} needs --output org/name (the model repo to publish to).")
+        if not options.input:
+            raise PipelineError(f"stage {stage.name} needs --input (the training data: org/name[@revision] or a local path).")
+
+    def plan(self, stage: TrainingStage, options: TrainOptions, config: Any, argv: list[str]) -> TrainPlan:
+        data = contract.pin_datasets([options.input])[options.input]
+        base = pin_model(stage.base_model(config))
+        fp = contract.fingerprint(stage.name, stage.version, config, data.pinned, base.pinned, options.split, options.max_rows)
+        return TrainPlan(stage, options, config, data, base, fp, options.tag or contract.default_tag(stage.name, fp), argv)
+
+    def published(self, plan: TrainPlan) -> TrainResult | None:
+        existing = contract.published_commit(plan.options.output, plan.tag, plan.fingerprint, repo_type="model")
+        if not existing:
+            return None
+        print(f"nothing to do: model {plan.options.output}@{plan.tag} (commit {existing[:12]}) already holds "
+              f"{plan.stage.name} for this data, base model and config.")
+        meta = contract.read_card_metadata(plan.options.output, existing, repo_type="model").get("hf_pipeline", {})
+        return TrainResult(plan.options.output, plan.tag, existing, 0, 0, meta.get("metrics", {}), skipped=True)
+
+    def print_plan(self, plan: TrainPlan) -> None:
         print("\n".join([
-            f"plan for training stage {stage.name} (dry run: nothing is written)",
-            f"  data         {options.input} -> {data.pinned} ({len(ds)} rows)",
-            f"  base model   {base.ref} -> {base.pinned}",
-            f"  output       model {options.output} tag {tag}",
-            f"  work dir     {work_dir}",
+            f"plan for training stage {plan.stage.name} (dry run: nothing is written)",
+            f"  data         {plan.options.input} -> {plan.data.pinned} ({len(plan.dataset())} rows)",
+            f"  base model   {plan.base.ref} -> {plan.base.pinned}",
+            f"  output       model {plan.options.output} tag {plan.tag}",
+            f"  work dir     {plan.work_dir}",
         ]))
-        return None
 
-    output_dir = work_dir / "model"
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # a half-saved model from a crash; checkpoints are elsewhere
-    ctx = TrainContext(config, base, output_dir, work_dir / "checkpoints")
-    outcome = stage.train(ds, ctx)
-    if not (output_dir / "config.json").exists():
-        raise PipelineError(f"stage {stage.name} saved no model to {output_dir}.")
-    result = TrainResult(options.output, tag, "", len(ds), outcome.rows_used, outcome.metrics)
-    card = render_model_card(stage, config, data, base, fp, tag, result, outcome,
-                             token_free_argv(argv or sys.argv), time.time() - started, options)
-    result.commit = publish_model(
-        options.output, output_dir, card, tag,
-        commit_message=f"{stage.name}: trained on {outcome.rows_used} rows of {data.pinned} ({tag})",
-        private=options.private,
-    )
-    if not options.keep_work_dir:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    print_training_summary(stage, data, base, result, outcome, time.time() - started)
-    return result
+    def execute(self, plan: TrainPlan) -> TrainRun:
+        ds = plan.dataset()
+        output_dir = plan.work_dir / "model"
+        if output_dir.exists():
+            shutil.rmtree(output_dir)  # a half-saved model from a crash; checkpoints are elsewhere
+        outcome = plan.stage.train(ds, TrainContext(plan.config, plan.base, output_dir, plan.work_dir / "checkpoints"))
+        if not (output_dir / "config.json").exists():
+            raise PipelineError(f"stage {plan.stage.name} saved no model to {output_dir}.")
+        return TrainRun(len(ds), output_dir, outcome)
+
+    def card(self, plan: TrainPlan, trained: TrainRun, seconds: float) -> str:
+        return render_model_card(plan, trained, seconds)
+
+    def publish(self, plan: TrainPlan, trained: TrainRun, card: str | None) -> TrainResult:
+        outcome = trained.outcome
+        commit = publish_model(
+            plan.options.output, trained.output_dir, card, plan.tag,
+            commit_message=f"{plan.stage.name}: trained on {outcome.rows_used} rows of {plan.data.pinned} ({plan.tag})",
+            private=plan.options.private,
+        )
+        if not plan.options.keep_work_dir:
+            shutil.rmtree(plan.work_dir, ignore_errors=True)
+        return TrainResult(plan.options.output, plan.tag, commit, trained.rows_in, outcome.rows_used, outcome.metrics,
+                           drops=outcome.drops)
+
+    def summary(self, plan: TrainPlan, result: TrainResult, seconds: float) -> None:
+        contract.print_summary(plan.stage.name, seconds, [
+            ("data", plan.data.pinned),
+            ("base", plan.base.pinned),
+            ("rows", f"{result.rows_in} in -> {result.rows_out} trained on"),
+            ("drops", ", ".join(f"{k}: {v}" for k, v in result.drops.items())),
+            ("metrics", ", ".join(f"{k}: {v}" for k, v in result.metrics.items())),
+            ("output", f"model {result.repo_id}@{result.tag} (commit {result.commit[:12]})"),
+            ("use with", f"--set llm.model={result.repo_id}@{result.tag}  (or model={result.repo_id} model_revision={result.tag})"),
+        ])
 
 
-def render_model_card(stage: TrainingStage, config: Any, data: DatasetRef, base: ModelPin, fp: str, tag: str,
-                      result: TrainResult, outcome: TrainOutcome, argv: list[str], seconds: float, options: Any) -> str:
+MODEL_RUN = ModelRun()
+
+
+def render_model_card(plan: TrainPlan, trained: TrainRun, seconds: float) -> str:
     """The model card from the package's model_cards/<stage>.md; the lineage section is the one every card shares."""
     from dataclasses import asdict
 
     from huggingface_hub import ModelCard, ModelCardData
 
+    stage, outcome, data, base = plan.stage, trained.outcome, plan.data, plan.base
     lineage = contract.lineage(
-        stage.name, stage.version, fp, tag, [data.card_dict()], {"base": base.pinned}, config,
-        {k: v for k, v in asdict(options).items() if k in TRAIN_OPTIONS}, argv, result.rows_in, result.rows_out,
+        stage.name, stage.version, plan.fingerprint, plan.tag, [data.card_dict()], {"base": base.pinned}, plan.config,
+        asdict(plan.options), plan.argv, trained.rows_in, outcome.rows_used,
         base_model={"ref": base.ref, "pinned": base.pinned}, drops=outcome.drops, metrics=outcome.metrics,
     )
     card_data = ModelCardData(
@@ -208,22 +296,9 @@ def render_model_card(stage: TrainingStage, config: Any, data: DatasetRef, base:
         hf_pipeline=lineage,
     )
     variables = dict(
-        repo_id=result.repo_id, tag=tag, lineage=lineage, inputs=[data], models=lineage["models"], base=base, data=data,
-        metrics=outcome.metrics, drops=outcome.drops, rows_in=result.rows_in, rows_out=result.rows_out,
+        repo_id=plan.options.output, tag=plan.tag, lineage=lineage, inputs=[data], models=lineage["models"], base=base,
+        data=data, metrics=outcome.metrics, drops=outcome.drops, rows_in=trained.rows_in, rows_out=outcome.rows_used,
         seconds=round(seconds, 1),
     )
     template = contract.card_template("model", stage.card_name or stage.name)
     return contract.render_card(ModelCard, card_data, template, variables)
-
-
-def print_training_summary(stage: TrainingStage, data: DatasetRef, base: ModelPin, result: TrainResult,
-                           outcome: TrainOutcome, seconds: float) -> None:
-    contract.print_summary(stage.name, seconds, [
-        ("data", data.pinned),
-        ("base", base.pinned),
-        ("rows", f"{result.rows_in} in -> {result.rows_out} trained on"),
-        ("drops", ", ".join(f"{k}: {v}" for k, v in outcome.drops.items())),
-        ("metrics", ", ".join(f"{k}: {v}" for k, v in outcome.metrics.items())),
-        ("output", f"model {result.repo_id}@{result.tag} (commit {result.commit[:12]})"),
-        ("use with", f"--set llm.model={result.repo_id}@{result.tag}  (or model={result.repo_id} model_revision={result.tag})"),
-    ])

@@ -21,30 +21,15 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.features import features_from_spec
+from hf_pipeline.run.plan import RunPlan, Task, TaskRecord
 from hf_pipeline.run.stage import StageContext
 
 ROW_GROUP_ROWS = 10_000  # rows per parquet row group: what readers of a slice or of a few rows fetch at once
-
-
-@dataclass(frozen=True)
-class Task:
-    phase: str  # "map" (a shard of the input) or "reduce" (a partition of the shards' outputs)
-    index: int
-    of: int
-    # what this task alone reads besides its shard, shipped with the task rather than in the plan every worker
-    # holds: a map task's row groups of each aligned input; a reduce task's (scratch file, row groups) of each shard
-    inputs: tuple = field(default=(), compare=False, repr=False)
-
-    @property
-    def name(self) -> str:
-        kind = "shard" if self.phase == "map" else "partition"
-        return f"{kind}-{self.index:05d}-of-{self.of:05d}"
 
 
 def engines(resources: Any) -> dict[str, Any]:
@@ -115,7 +100,7 @@ def status_counts(ds) -> dict[str, dict[str, int]]:
 class Worker:
     """One process's view of a run: its plan, its models (loaded once, on the first map task) and its readers."""
 
-    def __init__(self, plan, resources: Any = None):
+    def __init__(self, plan: RunPlan, resources: Any = None):
         self.plan = plan
         self.resources = resources
         self._readers: dict[str, Any] = {}
@@ -143,7 +128,7 @@ class Worker:
             self.resources = self.plan.stage.setup(self.context())
 
     # ------------------------------------------------------------------ tasks
-    def run(self, task: Task) -> dict[str, Any]:
+    def run(self, task: Task) -> TaskRecord:
         """Run one task to its commit on the run's PR; returns its record. A task whose output another attempt (a
         second driver, a retry) already put in the PR is not redone: one request tells, the records are read only
         then."""
@@ -161,16 +146,9 @@ class Worker:
             out, counts, stats, rows_in = self.reduce_partition(task)
             extra = {}
         files, entries, partitions = self.write_outputs(task, out, extra)
-        record = {
-            "task": task.name, "phase": task.phase, "index": task.index, "of": task.of,
-            "fingerprint": self.plan.fingerprint, "rows_in": rows_in, "rows_out": len(out),
-            "files": entries, "counts": counts, "stats": stats, "seconds": round(time.time() - started, 2),
-        }
-        if partitions is not None:
-            record["partitions"] = partitions
-        usage = usage_delta(usage_before, self.resources) if task.phase == "map" else {}
-        if usage:
-            record["usage"] = usage
+        record = TaskRecord(task.name, task.phase, task.index, task.of, self.plan.fingerprint, rows_in, len(out),
+                            entries, counts, stats, round(time.time() - started, 2), partitions,
+                            (usage_delta(usage_before, self.resources) if task.phase == "map" else {}) or None)
         self.upload(task, files, record)
         if not self.plan.options.keep_work_dir:
             shutil.rmtree(self.task_dir(task), ignore_errors=True)
@@ -185,16 +163,16 @@ class Worker:
             return [f"{scratch_dir(self.plan.fingerprint)}/map-{stem}.parquet"]
         return [f"data/train-{stem}.parquet", f"data/train-{stem}-part-000.parquet"]
 
-    def existing_record(self, task: Task) -> dict[str, Any] | None:
+    def existing_record(self, task: Task) -> TaskRecord | None:
         """The task's record when its files and record are already in the PR (checked against each other)."""
         from hf_pipeline.run.hub_run import shard_records, task_started, verify_files
 
         if not task_started(self.plan.run, self.first_output(task)):
             return None
-        mine = [r for r in shard_records(self.plan.run) if r["fingerprint"] == self.plan.fingerprint and r["task"] == task.name]
+        mine = [r for r in shard_records(self.plan.run) if r.fingerprint == self.plan.fingerprint and r.task == task.name]
         if not mine:
             return None  # another attempt is committing it, or died halfway: this one commits it whole
-        problems, _ = verify_files(self.plan.run, mine[-1:], tuple(sorted({p.split("/", 1)[0] for p in mine[-1]["files"]})))
+        problems, _ = verify_files(self.plan.run, mine[-1:], tuple(sorted({p.split("/", 1)[0] for p in mine[-1].files})))
         return None if problems else mine[-1]
 
     def task_dir(self, task: Task) -> Path:
@@ -355,13 +333,13 @@ class Worker:
         files = {path: local for path, (local, _) in written.items()}
         return files, {path: file_entry(local, rows) for path, (local, rows) in written.items()}, partitions
 
-    def upload(self, task: Task, files: dict[str, Path], record: dict[str, Any]) -> None:
+    def upload(self, task: Task, files: dict[str, Path], record: TaskRecord) -> None:
         """Commit the task's files and record. The title's progress is the driver's count when it handed the tasks
         out plus what this worker committed since (other workers' commits in between are not counted)."""
         from hf_pipeline.run.hub_run import commit_shard, progress_title
 
         done, rows_in = self.plan.progress.get(task.phase, (0, 0))
-        done, rows_in = done + 1, rows_in + record["rows_in"]
+        done, rows_in = done + 1, rows_in + record.rows_in
         self.plan.progress[task.phase] = (done, rows_in)
         what = f"{'shard' if task.phase == 'map' else 'partition'} {task.index + 1} of {task.of}"
         title = progress_title(self.plan.stage.name, what, done, task.of, rows_in, self.plan.run.created_at)

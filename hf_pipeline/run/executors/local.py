@@ -1,16 +1,30 @@
-"""The local executor: every task in this process, in order, with the stage's models loaded once."""
+"""The local executor: every task in this process, in order, with the stage's models loaded once (a laptop, one
+GPU, or one task per machine with `--shard-index`, e.g. a job array)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from hf_pipeline.run.worker import Task, Worker
+from hf_pipeline.run.executors.base import ExecutorOptions
+from hf_pipeline.run.plan import RunPlan, Task, TaskRecord
+from hf_pipeline.run.worker import Worker
+
+
+@dataclass
+class LocalOptions(ExecutorOptions):
+    """The local executor has no option of its own."""
 
 
 class LocalExecutor:
-    def __init__(self, options: Any = None):
+    name = "local"
+    Options = LocalOptions
+
+    def __init__(self, options: LocalOptions) -> None:
         self.options = options
 
-    def run(self, plan: Any, tasks: list[Task]) -> list[dict]:
+    def run(self, plan: RunPlan, tasks: list[Task]) -> list[TaskRecord]:
         worker = Worker(plan)
         return [worker.run(task) for task in tasks]
+
+
+EXECUTOR = LocalExecutor

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.worker import Task, Worker
+from hf_pipeline.run.executors.base import ExecutorOptions
+from hf_pipeline.run.plan import RunPlan, Task, TaskRecord
+from hf_pipeline.run.worker import Worker
 
 # environment the workers need to reach the same Hub the same way as the driver
 _ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_", "TOKENIZERS_", "OMP_")
@@ -42,8 +44,8 @@ _PATH_VARS = ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE", "HF_PIPELINE_CACHE
 
 
 @dataclass
-class RayOptions:
-    address: str | None = field(default=None, metadata={"help": "an existing Ray cluster ('auto', 'ray://host:10001'); default: a local instance"})
+class RayOptions(ExecutorOptions):
+    ray_address: str | None = field(default=None, metadata={"help": "an existing Ray cluster ('auto', 'ray://host:10001'); default: a local instance"})
     num_workers: int | None = field(default=None, metadata={"help": "Ray actors; default: as many as the cluster's resources fit, at most one per task"})
     cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved by each actor"})
     gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs reserved by each actor"})
@@ -56,7 +58,7 @@ class RayOptions:
 class _Actor:
     """One Ray actor: a Worker (models loaded once) running any number of tasks."""
 
-    def __init__(self, plan: Any, cache_dir: str | None):
+    def __init__(self, plan: RunPlan, cache_dir: str | None):
         if cache_dir:  # this actor's own caches: nothing it writes is read by the driver or another actor
             os.makedirs(cache_dir, exist_ok=True)
             for var, sub in (("HF_HOME", "hf_home"), ("HF_HUB_CACHE", "hf_home/hub"), ("HF_DATASETS_CACHE", "datasets"), ("HF_PIPELINE_CACHE", "hf_pipeline")):
@@ -67,9 +69,8 @@ class _Actor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, task: Task) -> dict[str, Any]:
-        record = self.worker.run(task)
-        return {**record, "pid": os.getpid()}
+    def run(self, task: Task) -> TaskRecord:
+        return dataclasses.replace(self.worker.run(task), pid=os.getpid())
 
 
 def worker_env(local_instance: bool) -> dict[str, str]:
@@ -82,7 +83,7 @@ def worker_env(local_instance: bool) -> dict[str, str]:
     return env
 
 
-def _ship_stage_code(plan: Any) -> None:
+def _ship_stage_code(plan: RunPlan) -> None:
     """Stages outside the installed package (tests, notebooks) travel to the workers by value."""
     from ray import cloudpickle
 
@@ -112,8 +113,11 @@ def _describe(error: BaseException) -> tuple[str, str]:
 
 
 class RayExecutor:
-    def __init__(self, options: Any):
-        self.options: RayOptions = options.ray
+    name = "ray"
+    Options = RayOptions
+
+    def __init__(self, options: RayOptions) -> None:
+        self.options = options
 
     def _connect(self) -> tuple[bool, bool]:
         """(started_here, local_instance): join `address`, or an already initialized Ray, or start a local one."""
@@ -123,10 +127,10 @@ class RayExecutor:
         import ray
 
         if ray.is_initialized():
-            return False, not self.options.address
+            return False, not self.options.ray_address
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        if self.options.address:
-            ray.init(address=self.options.address, include_dashboard=False, log_to_driver=True)
+        if self.options.ray_address:
+            ray.init(address=self.options.ray_address, include_dashboard=False, log_to_driver=True)
             return True, False
         ray.init(include_dashboard=False, log_to_driver=True)
         return True, True
@@ -151,7 +155,7 @@ class RayExecutor:
             wanted = max(1, fits)
         return max(1, min(wanted, pending))
 
-    def run(self, plan: Any, tasks: list[Task]) -> list[dict]:
+    def run(self, plan: RunPlan, tasks: list[Task]) -> list[TaskRecord]:
         opts = self.options
         if opts.max_task_retries < 0:
             raise PipelineError("--max-task-retries must be 0 or more.")
@@ -168,7 +172,7 @@ class RayExecutor:
 
                 ray.shutdown()
 
-    def _run(self, plan: Any, tasks: list[Task], local_instance: bool) -> list[dict]:
+    def _run(self, plan: RunPlan, tasks: list[Task], local_instance: bool) -> list[TaskRecord]:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
@@ -195,7 +199,7 @@ class RayExecutor:
         attempts: dict[Task, int] = {}
         failed_on: dict[Task, set[int]] = {}  # task -> ids of live workers where it raised
         failures: dict[Task, tuple[str, str]] = {}
-        records: dict[Task, dict] = {}
+        records: dict[Task, TaskRecord] = {}
         stop = False
 
         def retry_or_fail(task: Task, line: str, full: str, where: str) -> bool:
@@ -245,8 +249,8 @@ class RayExecutor:
                     continue
                 records[task] = record
                 idle.append((wid, actor))
-                print(f"[ray] {task.name} done on worker {wid} (pid {record['pid']}): {record['rows_in']} rows in, "
-                      f"{record['rows_out']} out, {record['seconds']}s; {len(records)}/{len(tasks)} tasks", flush=True)
+                print(f"[ray] {task.name} done on worker {wid} (pid {record.pid}): {record.rows_in} rows in, "
+                      f"{record.rows_out} out, {record.seconds}s; {len(records)}/{len(tasks)} tasks", flush=True)
         finally:
             for _, actor in idle + [(w, a) for w, a, _ in in_flight.values()]:
                 ray.kill(actor, no_restart=True)
@@ -260,3 +264,6 @@ class RayExecutor:
                 f"{len(pending)} were not started; rerun the same command to resume."
             )
         return [records[t] for t in tasks]
+
+
+EXECUTOR = RayExecutor
