@@ -102,6 +102,6 @@ def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_
 
     estimate = estimate_from_run("match", 1e6, f"local/est-run@{result.tag}")
     assert estimate.device_hours == pytest.approx(1e6 * 0.5 / 3600) and estimate.measured
-    assert estimate_command(stage, None, None, "1M", estimate_from=f"local/est-run@{result.tag}") == 0
+    assert estimate_command(stage, "1M", lambda: 0, estimate_from=f"local/est-run@{result.tag}") == 0
     out = capsys.readouterr().out
     assert "measured on local/est-run@" in out and "0.10B prompt tokens (0.04B from the prefix cache)" in out

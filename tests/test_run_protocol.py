@@ -498,8 +498,8 @@ def test_hole9_two_drivers_of_the_same_command_publish_one_run(local_hub, tmp_pa
     files = {f.path: f.lfs.sha256 for f in HfApi().list_repo_tree(out, "data", repo_type="dataset", revision=merged)}
     from hf_pipeline.run.hub_run import RunPR, shard_records
 
-    latest = {r["task"]: r for r in shard_records(RunPR(out, pr.num, 0.0))}
-    assert {p: m["sha256"] for r in latest.values() for p, m in r["files"].items()} == files
+    latest = {r.task: r for r in shard_records(RunPR(out, pr.num, 0.0))}
+    assert {p: m["sha256"] for r in latest.values() for p, m in r.files.items()} == files
     mapped_twice = {p.parent.name for p in (tmp_path / "m1").rglob("chunk-*.arrow")} & \
                    {p.parent.name for p in (tmp_path / "m2").rglob("chunk-*.arrow")}
     assert len(mapped_twice) < 4  # the second driver skipped the shards it found in the PR

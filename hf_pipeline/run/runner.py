@@ -106,8 +106,7 @@ class RunResult:
 
 
 def check_options(stage: Stage, options: RunOptions) -> None:
-    if not options.output:
-        raise PipelineError(f"stage {stage.name} needs --output org/name (the dataset repo to publish to).")
+    """The options' values (a run also needs its output: `DatasetRun.check`)."""
     if not 1 <= options.num_shards <= MAX_SHARDS:
         raise PipelineError(f"--num-shards must be in [1, {MAX_SHARDS}] (the Hub keeps fewer than 10,000 files per folder, "
                             f"and every shard publishes one), got {options.num_shards}.")
@@ -380,6 +379,8 @@ class DatasetRun:
     def check(self, stage: Stage, options: RunOptions, config: Any, writing: bool) -> None:
         from hf_pipeline.run.hub_run import check_write_access
 
+        if not options.output:
+            raise PipelineError(f"stage {stage.name} needs --output org/name (the dataset repo to publish to).")
         check_options(stage, options)
         if writing:
             check_write_access(options.output)  # before planning, calibration or a model load
