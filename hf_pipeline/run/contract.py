@@ -190,7 +190,7 @@ def card_template(kind: str, name: str, override: str | None = None) -> str:
         return path.read_text()
     resource = package_file(f"{kind}_cards", f"{name}.md")
     if not resource.is_file():
-        raise PipelineError(f"no {kind} card template '{name}.md' ships with hf_pipeline.")
+        raise PipelineError(f"stage {name} has no card template: add {kind}_cards/{name}.md (every run publishes a card).")
     return resource.read_text()
 
 

@@ -381,6 +381,7 @@ class DatasetRun:
 
         if not options.output:
             raise PipelineError(f"stage {stage.name} needs --output org/name (the dataset repo to publish to).")
+        contract.card_template("dataset", stage.name, stage.card_template)  # said now, not after the work
         check_options(stage, options)
         if writing:
             check_write_access(options.output)  # before planning, calibration or a model load

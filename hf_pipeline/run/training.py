@@ -210,6 +210,7 @@ class ModelRun:
             raise PipelineError(f"stage {stage.name} needs --output org/name (the model repo to publish to).")
         if not options.input:
             raise PipelineError(f"stage {stage.name} needs --input (the training data: org/name[@revision] or a local path).")
+        contract.card_template("model", stage.card_name or stage.name)  # said now, not after the training
 
     def plan(self, stage: TrainingStage, options: TrainOptions, config: Any, argv: list[str]) -> TrainPlan:
         data = contract.pin_datasets([options.input])[options.input]

@@ -1,21 +1,26 @@
-"""The registry of stages. Stage modules import heavy libraries inside their functions, so listing is cheap."""
+"""The registry of stages: every module of this package, each declaring its stage(s) as module attributes (a
+`Stage`, or a `TrainingStage` for a model run). Adding a stage is adding its module (and its card template): the
+registry finds it. Stage modules import heavy libraries inside their functions, so listing is cheap."""
 
 from __future__ import annotations
 
+import pkgutil
+from functools import lru_cache
 from importlib import import_module
 
+from hf_pipeline.errors import PipelineError
 from hf_pipeline.run.stage import Stage
 from hf_pipeline.run.training import TrainingStage
 
-STAGE_MODULES = ["collect_queries", "genericize", "build_index", "match", "instantiate", "judge", "assemble", "analyze", "genericizer_silver", "instantiator_silver", "match_labels"]
 
-
-# training stages (silver data in, a versioned model repo out; see hf_pipeline/run/training.py): module -> attributes
-TRAINING_STAGES = {"train_llm": ("STAGE_GENERICIZER", "STAGE_INSTANTIATOR"), "train_embedder": ("STAGE",)}
-
-
+@lru_cache(maxsize=None)
 def all_stages() -> dict[str, Stage | TrainingStage]:
-    stages: list[Stage | TrainingStage] = [import_module(f"hf_pipeline.stages.{m}").STAGE for m in STAGE_MODULES]
-    for module, names in TRAINING_STAGES.items():
-        stages += [getattr(import_module(f"hf_pipeline.stages.{module}"), n) for n in names]
-    return {s.name: s for s in stages}
+    """name -> stage, by name, for every stage declared by a module of this package."""
+    found: dict[str, Stage | TrainingStage] = {}
+    for module in pkgutil.iter_modules(__path__):
+        for value in vars(import_module(f"{__name__}.{module.name}")).values():
+            if isinstance(value, (Stage, TrainingStage)):
+                if found.get(value.name, value) is not value:
+                    raise PipelineError(f"two stages are named '{value.name}' (one in hf_pipeline.stages.{module.name}).")
+                found[value.name] = value
+    return dict(sorted(found.items()))
