@@ -432,7 +432,7 @@ class DatasetRun:
             return DatasetOutcome(sealed=merged_run_result(plan))
         opened = plan.run is None
         if opened:
-            plan = self._open(plan)
+            self._open(plan)
         try:
             return execute_tasks(plan, opened)
         except PipelineError:
@@ -442,8 +442,9 @@ class DatasetRun:
             return DatasetOutcome(sealed=merged_run_result(plan))
 
     @staticmethod
-    def _open(plan: RunPlan) -> RunPlan:
-        """The run's pull request, opened with the plan as its manifest; another driver's, opened first, wins."""
+    def _open(plan: RunPlan) -> None:
+        """The run's pull request, opened with the plan as its manifest; another driver's, opened first, wins: its
+        manifest becomes this plan (in place: the later steps hold this object)."""
         from hf_pipeline.run.hub_run import open_run
 
         opts = plan.options
@@ -453,9 +454,10 @@ class DatasetRun:
                        + " ".join(plan.argv) + "`")
         run, manifest, mine = open_run(opts.output, plan.stage.name, plan.key, manifest_of(plan), description, opts.private)
         if not mine:
-            plan = plan_from_manifest(plan.stage, opts, manifest, plan.argv)
+            adopted = plan_from_manifest(plan.stage, opts, manifest, plan.argv)
+            for f in dataclasses.fields(plan):
+                setattr(plan, f.name, getattr(adopted, f.name))
         plan.run = run
-        return plan
 
     def card(self, plan: RunPlan, outcome: DatasetOutcome, seconds: float) -> str | None:
         """The records summed (checked against the footers first), the stage's artifacts built, the card rendered."""
