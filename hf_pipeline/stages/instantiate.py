@@ -36,7 +36,7 @@ from hf_pipeline.methods.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F4
 from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
-from hf_pipeline.llm.config import LLMConfig, llm_card_ref
+from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.methods.pairs import (
     INSTANTIATE_COLUMNS, MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, teacher_prompt, user_message,
 )
@@ -127,10 +127,7 @@ class InstantiateConfig:
     mode: Literal["student", "teacher"] = field(
         default="student", metadata={"help": "student (template_instantiator contract) | teacher (prompted instruct LLM)"}
     )
-    llm: LLMConfig = field(
-        default_factory=lambda: LLMConfig(model="fineinstructions/template_instantiator", max_tokens=1024),
-        metadata={"help": "the model and how to run it (llm.model, llm.backend, ...)"},
-    )
+    llm: LLMConfig = llm_field(role="student", model="fineinstructions/template_instantiator", max_tokens=1024)
     min_excerpt_ratio: float = field(default=0.80, metadata={"help": "answers with a smaller excerpted share get status low_excerpt_ratio"})
     max_document_chars: int = field(default=MAX_DOCUMENT_CHARS, metadata={"help": "longer documents are cut to this many characters in the prompt"})
     prompt_layout: PromptLayout = field(

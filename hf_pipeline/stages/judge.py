@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from hf_pipeline.llm import load_backend, sampling
-from hf_pipeline.llm.config import LLMConfig, llm_card_ref
+from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.io.package_data import package_file
 from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
 from hf_pipeline.run.stage import Stage, StageContext
@@ -28,10 +28,7 @@ _FEEDBACK = re.compile(r"<feedback>\s*(.*?)\s*</feedback>", re.S)
 
 @dataclass
 class JudgeConfig:
-    llm: LLMConfig = field(
-        default_factory=lambda: LLMConfig(model="flowaicom/Flow-Judge-v0.1", max_tokens=512),
-        metadata={"help": "the judge model and how to run it (llm.model, llm.backend, ...)"},
-    )
+    llm: LLMConfig = llm_field(role="judge", model="flowaicom/Flow-Judge-v0.1")
     # For small stand-in judges that do not write Flow Judge's reply format from the prompt alone. The model still
     # writes the feedback and picks the score; the grammar only keeps the reply to the format.
     constrain_format: bool = field(

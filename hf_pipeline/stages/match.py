@@ -71,6 +71,7 @@ import numpy as np
 from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.methods.embedder import PRODUCTION_EMBEDDER, model_ref
+from hf_pipeline.methods.histograms import Grid, histogram_median
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.index_files import WEIGHTS_FILE, IdMap, index_info, index_is_empty, open_index
 from hf_pipeline.methods.matching import ComplexityWeights, chance_baseline, document_seed, match_document, pair_scores
@@ -368,14 +369,8 @@ def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
 # ---------------------------------------------------------------- per-shard figures and their summary
 
 # best cosines binned over [-1, 1]: a fixed grid, so shards' histograms add bin by bin
-HISTOGRAM_BINS = 400
-HISTOGRAM_WIDTH = 2.0 / HISTOGRAM_BINS
+COSINE_GRID = Grid(-1.0, 1.0, 400)
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-
-
-def histogram_of(values: np.ndarray) -> list[int]:
-    bins = np.clip(np.floor((np.asarray(values, dtype=np.float64) + 1.0) / HISTOGRAM_WIDTH), 0, HISTOGRAM_BINS - 1).astype(int)
-    return np.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
 
 
 def keep_pairs(ds, ctx: StageContext):
@@ -412,7 +407,7 @@ def keep_pairs(ds, ctx: StageContext):
         "candidates_histogram": {str(int(v)): int(n) for v, n in zip(values, counts)},  # candidates -> documents
         "best_cosine_documents": len(best),  # documents searched (with text, not dropped as too long)
         "best_cosine_sum": float(best.sum()),
-        "best_cosine_histogram": histogram_of(best),
+        "best_cosine_histogram": COSINE_GRID.counts(best),
         "min_best_cosine": float(best.min()) if len(best) else None,
         "max_best_cosine": float(best.max()) if len(best) else None,
         "calibration": {
@@ -426,40 +421,6 @@ def keep_pairs(ds, ctx: StageContext):
     }
     keep = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
     return ds.select(keep), drops, stats
-
-
-def histogram_median(histogram: dict) -> float:
-    """The median of values given as {value: count} (the mean of the two middle values for an even count)."""
-    items = sorted((int(v), int(n)) for v, n in histogram.items())
-    total = sum(n for _, n in items)
-    if not total:
-        return 0.0
-    cumulative = np.cumsum([n for _, n in items])
-    values = [v for v, _ in items]
-    lo = values[int(np.searchsorted(cumulative, (total - 1) // 2, side="right"))]
-    hi = values[int(np.searchsorted(cumulative, total // 2, side="right"))]
-    return (lo + hi) / 2
-
-
-def histogram_quantile(counts: list[int], q: float, lo: float | None = None, hi: float | None = None) -> float | None:
-    """The q-quantile of values binned on the fixed grid (linear within the bin holding it), kept within [lo, hi]
-    (the exact min and max): precise to a bin's width, HISTOGRAM_WIDTH."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    if not total:
-        return None
-    cumulative = np.cumsum(counts)
-    target = q * total
-    b = int(np.searchsorted(cumulative, target, side="left"))
-    b = min(b, len(counts) - 1)
-    before = cumulative[b - 1] if b else 0.0
-    inside = (target - before) / counts[b] if counts[b] else 0.0
-    value = -1.0 + (b + inside) * HISTOGRAM_WIDTH
-    if lo is not None:
-        value = max(value, lo)
-    if hi is not None:
-        value = min(value, hi)
-    return round(float(value), 4)
 
 
 def summarize(stats: dict, config: MatchConfig) -> dict:
@@ -476,18 +437,19 @@ def summarize(stats: dict, config: MatchConfig) -> dict:
         warning = calibration_warning(config.threshold_auto, float(config.threshold))
         if warning:  # shown under the stage's line by the pipeline's end summary too
             stats["warnings"] = [warning]
-    bins = stats.pop("best_cosine_histogram", None) or [0] * HISTOGRAM_BINS
+    bins = stats.pop("best_cosine_histogram", None) or [0] * COSINE_GRID.bins
     scored = stats.pop("best_cosine_documents", 0)
     lo, hi = stats.pop("min_best_cosine", None), stats.pop("max_best_cosine", None)
     total = stats.pop("best_cosine_sum", 0.0)
+    quantiles = {f"p{round(q * 100):02d}": COSINE_GRID.quantile(bins, q, lo, hi) for q in QUANTILES}
     stats["best_cosine"] = {
         "documents": scored,
         "mean": round(total / scored, 4) if scored else None,
         "min": None if lo is None else round(lo, 4),
         "max": None if hi is None else round(hi, 4),
-        "quantiles": {f"p{round(q * 100):02d}": histogram_quantile(bins, q, lo, hi) for q in QUANTILES},
-        "histogram": {"bin_width": HISTOGRAM_WIDTH,  # documents per bin [start, start + bin_width), non-empty bins
-                      "counts": {f"{-1.0 + b * HISTOGRAM_WIDTH:.3f}": int(c) for b, c in enumerate(bins) if c}},
+        "quantiles": {key: None if value is None else round(value, 4) for key, value in quantiles.items()},
+        "histogram": {"bin_width": COSINE_GRID.width,  # documents per bin [start, start + bin_width), non-empty bins
+                      "counts": {f"{COSINE_GRID.bin_start(b):.3f}": int(c) for b, c in enumerate(bins) if c}},
     }
     table = []
     for key, row in sorted(stats.pop("calibration", {}).items(), key=lambda kv: float(kv[0])):

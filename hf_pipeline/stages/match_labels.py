@@ -49,15 +49,13 @@ from hf_pipeline.methods.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.index_files import IdMap, index_info, index_is_empty, open_index
 from hf_pipeline.llm import load_backend, sampling
-from hf_pipeline.llm.config import LLMConfig, llm_card_ref
+from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.io.package_data import package_file
 from hf_pipeline.run.stage import Stage, StageContext
 
 PROMPTS = package_file("prompts")
 DESCRIBE_PROMPT = PROMPTS / "describe_document.txt"
 JUDGE_PROMPT = PROMPTS / "judge_compatibility.txt"
-# §3: "The LLM we use to generate silver-standard data is Llama-3.3 70B Instruct."
-TEACHER = "meta-llama/Llama-3.3-70B-Instruct"
 # Round 1 starts from the stock embedder the paper fine-tunes ("the BGE-M3 embedding model"); round 2 uses the
 # round-1 fine-tune, whose Hub id the user sets (with the index rebuilt by it).
 BASE_EMBEDDER = "BAAI/bge-m3"
@@ -91,10 +89,7 @@ class MatchLabelsConfig:
     )
     max_description_chars: int = field(default=1000, metadata={"help": "maxLength of the document description in the JSON schema"})
     max_reason_chars: int = field(default=500, metadata={"help": "maxLength of the judge's reason in the JSON schema"})
-    llm: LLMConfig = field(
-        default_factory=lambda: LLMConfig(model=TEACHER, max_tokens=512),
-        metadata={"help": "the teacher LLM and how to run it (llm.model, llm.backend, ...)"},
-    )
+    llm: LLMConfig = llm_field(role="teacher")
     search_params: str = field(default="", metadata={"help": "FAISS search parameters, e.g. 'nprobe=32' (IVF) or 'efSearch=128' (HNSW)"})
     max_seq_length: int | None = field(default=None, metadata={"help": "tokens the embedder sees per document; default: the model's own"})
     encode_batch_size: int = field(default=32, metadata={"help": "texts per forward pass of the embedder"})
