@@ -13,8 +13,9 @@
   execute -> card -> publish -> summary. A kind of run (`RunKind`: a dataset run in `runner.py`, a model run in
   `training.py`) implements the steps; nothing else branches on the kind.
 
-Card templates ship inside the package (`hf_pipeline/dataset_cards`, `hf_pipeline/model_cards`) and are read
-with `importlib.resources`, so a plain `pip install` publishes the same cards as a checkout.
+Card templates live at the repository root (`dataset_cards/`, `model_cards/`), where people who write cards look
+for them, and ship inside the wheel as package data (`io/package_data.py`), so a plain `pip install` publishes the
+same cards as a checkout.
 """
 
 from __future__ import annotations
