@@ -110,7 +110,7 @@ def main() -> int:
     resources = {"benchmarks": bench_index, "moderator": None, "mappings": mappings(config)}
     ctx = StageContext(config=config, load=None, download=None, resources=resources, part=InputPart("unused", label="bench"))
     batch = {"text": rows}
-    results["collect_queries_rows_per_s_1core"] = len(rows) / best_of(lambda: CQ.map_batch(batch, ctx))
+    results["collect_queries_rows_per_s_1core"] = len(rows) / best_of(lambda: CQ.map.batch(batch, ctx))
 
     print(f"\n== measured on {os.cpu_count()} CPU cores (load average {load:.1f} before, {os.getloadavg()[0]:.1f} after), "
           f"torch {torch.__version__}, faiss {faiss.__version__}, {time.strftime('%Y-%m-%d')} ==")

@@ -51,7 +51,7 @@ def quoting_setup(ctx: StageContext) -> dict:
 def _stages() -> dict[str, tuple[Stage, type]]:
     from hf_pipeline.stages import instantiate, match
 
-    quoting = dataclasses.replace(instantiate.STAGE, setup=quoting_setup)
+    quoting = dataclasses.replace(instantiate.STAGE, map=dataclasses.replace(instantiate.STAGE.map, setup=quoting_setup))
     return {"match": (match.STAGE, match.MatchConfig), "instantiate": (quoting, instantiate.InstantiateConfig)}
 
 

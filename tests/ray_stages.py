@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_pipeline.run.stage import Stage
+from hf_pipeline.run.stage import Card, Inputs, Map, Stage
 
 
 @dataclass
@@ -50,7 +50,7 @@ RAY_UPPER = Stage(
     description="upper-cases text; fails or waits to be killed on request (Ray executor tests)",
     config_class=UpperConfig,
     output_columns={"id": "int64", "loud": "string"},
-    input_columns=("id", "text"),
-    map_batch=upper,
-    card_template=str(Path(__file__).parent / "cards" / "ray_upper.md"),
+    inputs=Inputs(columns=("id", "text")),
+    map=Map(batch=upper),
+    card=Card(template=str(Path(__file__).parent / "cards" / "ray_upper.md")),
 )

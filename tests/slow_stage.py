@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf_pipeline.run.runner import RunOptions, run_stage
-from hf_pipeline.run.stage import Stage
+from hf_pipeline.run.stage import Card, Inputs, Map, Stage
 
 
 @dataclass
@@ -30,9 +30,9 @@ SLOW = Stage(
     description="upper-cases text, slowly",
     config_class=SlowConfig,
     output_columns={"id": "int64", "loud": "string"},
-    input_columns=("id", "text"),
-    map_batch=shout,
-    card_template=str(Path(__file__).parent / "cards" / "slow_upper.md"),
+    inputs=Inputs(columns=("id", "text")),
+    map=Map(batch=shout),
+    card=Card(template=str(Path(__file__).parent / "cards" / "slow_upper.md")),
 )
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ TOY_STAGE = '''
 
 from dataclasses import dataclass, field
 
-from hf_pipeline.run.stage import Stage
+from hf_pipeline.run.stage import Inputs, Map, Stage
 
 
 @dataclass
@@ -106,8 +106,14 @@ def add_suffix(batch, ctx):
     return {"text": [t + ctx.config.suffix for t in batch["text"]]}
 
 
-STAGE = Stage(name="toy", description="appends a suffix to every text", config_class=ToyConfig,
-              output_columns={"text": "string"}, input_columns=("text",), map_batch=add_suffix)
+STAGE = Stage(
+    name="toy",
+    description="appends a suffix to every text",
+    config_class=ToyConfig,
+    output_columns={"text": "string"},
+    inputs=Inputs(columns=("text",)),
+    map=Map(batch=add_suffix),
+)
 '''
 
 TOY_EXECUTOR = '''

@@ -253,7 +253,7 @@ def test_partitioned_dedupe_equals_one_pass_for_any_cut(mode):
             text = text.upper() + "?"
         texts.append(text)
     cfg = CollectQueriesConfig(sources=[{"name": "src", "dataset": "x/y", "column": "text"}], dedupe=mode, max_chars=15)
-    features = features_from_spec(STAGE.map_columns)
+    features = features_from_spec(STAGE.map.columns)
 
     def run(cuts: list[int], partitions: int):
         shards = [texts[a:b] for a, b in zip([0, *cuts], [*cuts, len(texts)])]

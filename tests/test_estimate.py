@@ -8,7 +8,8 @@ import pytest
 
 from hf_pipeline.cli import main
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.estimate import MEASURED, ROW_UNITS, estimate_stage, markdown_table, parse_rows, stage_details
+from hf_pipeline.run.estimate import MEASURED, estimate_stage, markdown_table, parse_rows, stage_details
+from hf_pipeline.stages import all_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,11 +22,12 @@ def test_parse_rows():
 
 
 def test_estimates_scale_with_rows_and_label_their_figures():
-    one, two = estimate_stage("match", 1e9), estimate_stage("match", 2e9)
+    stages = all_stages()
+    one, two = estimate_stage(stages["match"], 1e9), estimate_stage(stages["match"], 2e9)
     assert two.device_hours == pytest.approx(2 * one.device_hours)
     assert two.num_shards >= 2 * one.num_shards - 1
     assert not one.measured and "ESTIMATE" in one.rate_label  # no GPU here: GPU figures say so
-    assert estimate_stage("collect_queries").measured and estimate_stage("assemble").measured
+    assert estimate_stage(stages["collect_queries"]).measured and estimate_stage(stages["assemble"]).measured
     assert all(f.measured and f.device for f in MEASURED.values())
 
 
@@ -38,9 +40,11 @@ def test_cli_dry_run_estimate_for_a_given_size(capsys):
 
 def test_scaling_md_holds_the_generated_table():
     doc = (ROOT / "docs" / "SCALING.md").read_text()
-    assert markdown_table() in doc, "regenerate: python -m hf_pipeline.run.estimate update docs/SCALING.md"
-    assert stage_details() in doc, "regenerate: python -m hf_pipeline.run.estimate update docs/SCALING.md"
-    assert all(stage in doc for stage in ROW_UNITS)
+    stages = list(all_stages().values())
+    assert markdown_table(stages) in doc, "regenerate: python scripts/update_scaling_doc.py"
+    assert stage_details(stages) in doc, "regenerate: python scripts/update_scaling_doc.py"
+    costed = [s.name for s in stages if s.cost is not None]
+    assert len(costed) == 8 and all(f"| {name} |" in doc for name in costed)  # every stage with a cost model
 
 
 def test_cli_estimate_counts_the_input_rows(local_hub, tmp_path, capsys):
@@ -68,7 +72,7 @@ def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_
     from hf_pipeline.run.estimate import estimate_command, estimate_from_run
     from hf_pipeline.io.hub import load_card, push_local_dataset
     from hf_pipeline.run.runner import RunOptions, run_stage
-    from hf_pipeline.run.stage import Stage
+    from hf_pipeline.run.stage import Card, Inputs, Map, Stage
 
     class Engine:  # accounts like an LLM backend: 100 prompt tokens (40 cached), 10 generated, 0.5 s per row
         def __init__(self):
@@ -89,9 +93,18 @@ def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_
         ctx.resources["llm"].run(len(batch["id"]))
         return {"id": batch["id"]}
 
-    stage = Stage(name="match", description="a stand-in measured stage", config_class=Config, output_columns={"id": "int64"},
-                  map_batch=work, setup=lambda ctx: {"llm": Engine()}, input_columns=("id",),
-                  card_template=str(Path(__file__).parent / "cards" / "slow_upper.md"))
+    stage = Stage(
+        name="match",
+        description="a stand-in measured stage",
+        config_class=Config,
+        output_columns={"id": "int64"},
+        inputs=Inputs(columns=("id",)),
+        map=Map(
+            batch=work,
+            setup=lambda ctx: {"llm": Engine()},
+        ),
+        card=Card(template=str(Path(__file__).parent / "cards" / "slow_upper.md")),
+    )
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(40)))
     push_local_dataset(str(src), "local/est-in", tag="v1")
@@ -100,7 +113,7 @@ def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_
     assert (usage["prompt_tokens"], usage["cached_prompt_tokens"], usage["generated_tokens"]) == (4000, 1600, 400)
     assert usage["seconds"] == 20.0 and usage["device_seconds_per_1k_rows"] == 500.0
 
-    estimate = estimate_from_run("match", 1e6, f"local/est-run@{result.tag}")
+    estimate = estimate_from_run(stage, 1e6, f"local/est-run@{result.tag}")
     assert estimate.device_hours == pytest.approx(1e6 * 0.5 / 3600) and estimate.measured
     assert estimate_command(stage, "1M", lambda: 0, estimate_from=f"local/est-run@{result.tag}") == 0
     out = capsys.readouterr().out

@@ -213,7 +213,7 @@ def test_hole3_shard_jobs_and_the_seal_read_the_manifest_instead_of_planning(loc
         resolved.append(plan.inputs)
         return dataclasses.replace(config, seconds_per_batch=0.0)
 
-    stage = dataclasses.replace(SLOW, resolve_config=resolve)
+    stage = dataclasses.replace(SLOW, inputs=dataclasses.replace(SLOW.inputs, resolve_config=resolve))
     src, out = names(tmp_path, "h3-in", "h3")
     first = publish_rows(src, tmp_path, ROWS[:40]).split("@")[0]  # the job array reads the branch `main`
     from huggingface_hub import HfApi
@@ -287,12 +287,20 @@ def test_hole6_every_shard_loads_the_model_sha_pinned_at_plan_time(local_hub, tm
 
     from hf_pipeline.io.hub import load_card
     from hf_pipeline.run.runner import run_stage
-    from hf_pipeline.run.stage import Stage
+    from hf_pipeline.run.stage import Card, Inputs, Map, Stage
 
-    stage = Stage(name="model_probe", description="which model revision each shard was given", config_class=ModelConfig,
-                  output_columns={"id": "int64", "model_revision": "string"}, input_columns=("id",),
-                  map_batch=_model_revision, models=lambda config: {"model": f"{config.model}@{config.model_revision}"},
-                  card_template=str(ROOT / "tests" / "cards" / "slow_upper.md"))
+    stage = Stage(
+        name="model_probe",
+        description="which model revision each shard was given",
+        config_class=ModelConfig,
+        output_columns={"id": "int64", "model_revision": "string"},
+        inputs=Inputs(
+            columns=("id",),
+            models=lambda config: {"model": f"{config.model}@{config.model_revision}"},
+        ),
+        map=Map(batch=_model_revision),
+        card=Card(template=str(ROOT / "tests" / "cards" / "slow_upper.md")),
+    )
     src, out, model = names(tmp_path, "h6-in", "h6", "h6-model")
     source = publish_rows(src, tmp_path)
     api = HfApi()

@@ -340,7 +340,7 @@ def test_genericizer_silver_finalize_teaches_only_drawn_rows_and_counts_every_dr
     drawn_ids = {"w1", "w3", "g1", "b1"}
     mapped = datasets.Dataset.from_list(
         [{**q, "query": q["query"] if q["query_id"] in drawn_ids else None, "drawn": q["query_id"] in drawn_ids} for q in queries],
-        features=features_from_spec(STAGE.map_columns),
+        features=features_from_spec(STAGE.map.columns),
     )
     teacher = ScriptedTeacher()
     ctx = StageContext(config=GenericizerSilverConfig(queries="q", sample_size=4), load=None, download=None, resources={"llm": teacher})

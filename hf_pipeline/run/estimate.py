@@ -2,8 +2,10 @@
 
     python scripts/run_stage.py match --dry-run --estimate 1e9     # one stage, N rows (no Hub access needed)
     python scripts/run_stage.py match --input ... --output ... --dry-run --estimate   # N = the input's rows
-    python -m hf_pipeline.run.estimate [table|details|measured]         # the docs/SCALING.md blocks (1B docs, 18M templates)
-    python -m hf_pipeline.run.estimate update docs/SCALING.md           # rewrite those blocks in place
+    python scripts/update_scaling_doc.py docs/SCALING.md            # rewrite its blocks (1B docs, 18M templates)
+
+Each stage declares its own cost model (`Stage.cost`, a `CostModel`: its row unit, how many rows a Workload has,
+and its estimate, built from the figures and helpers here); this module holds the figures and the shared parts.
 
 Every throughput below is a `Figure` that says whether it was MEASURED (where, how, on what device) or is an
 ESTIMATE (and from which assumptions). The GPU figures are estimates: no GPU was available where this was
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 # ---------------------------------------------------------------- devices and figures
 
@@ -169,17 +171,6 @@ class Workload:
         return self.documents * self.templates_per_document
 
 
-# what one input row of each stage is, and how many there are for a Workload
-ROW_UNITS = {
-    "collect_queries": ("raw user queries", lambda w: w.queries_in),
-    "genericize": ("queries", lambda w: w.templates),
-    "build_index": ("templates", lambda w: w.templates),
-    "match": ("documents", lambda w: w.documents),
-    "instantiate": ("(document, template) pairs", lambda w: w.pairs),
-    "judge": ("instantiated pairs", lambda w: w.pairs * w.instantiate_ok_rate),
-    "assemble": ("documents (their judged pairs aligned by position)", lambda w: w.documents),
-    "analyze": ("documents (their pairs aligned by position)", lambda w: w.documents),
-}
 SHARD_TARGET_S = 1800  # one shard ≈ 30 minutes of one worker: a lost worker costs little, the queue stays balanced
 CHUNK_TARGET_S = 120  # one checkpoint chunk ≈ 2 minutes: the most work a crash loses
 FILE_MAX_BYTES = 5e9  # a shard's output is one parquet file unless it would pass this (Hub: < 5-20 GB per file)
@@ -247,35 +238,40 @@ class StageEstimate:
         return self.num_shards * max(1, math.ceil(self.output_rows / self.num_shards / self.rows_per_file))
 
 
-def _h(seconds: float) -> float:
+def hours(seconds: float) -> float:
     return seconds / 3600
 
 
-def estimate_stage(stage: str, rows: float | None = None, w: Workload = Workload()) -> StageEstimate:
-    """The estimate for `stage` over `rows` input rows (default: the Workload's count for that stage)."""
-    if stage not in ROW_UNITS:
-        raise KeyError(stage)
-    unit, count = ROW_UNITS[stage]
+@dataclass(frozen=True)
+class CostModel:
+    """A stage's cost at scale, declared by the stage (`Stage.cost`): what one input row is, how many a Workload
+    has, and the estimate for a number of them."""
+
+    unit: str  # what one input row is ("documents", "(document, template) pairs", ...)
+    rows: Callable[[Workload], float]  # how many the Workload has
+    scales: str  # "documents" or "queries": which side of the Workload a given row count rescales
+    estimate: Callable[[float, str, Workload], StageEstimate]  # (rows, unit, workload) -> the estimate
+    step: int  # the stage's place in the pipeline: the order of the tables
+
+
+def estimate_stage(stage: Any, rows: float | None = None, w: Workload = Workload()) -> StageEstimate:
+    """The estimate for `stage` (a Stage with a cost model) over `rows` input rows (default: the Workload's)."""
+    from hf_pipeline.errors import PipelineError
+
+    cost = getattr(stage, "cost", None)
+    if cost is None:
+        raise PipelineError(f"stage {stage.name} declares no cost model (Stage.cost).")
     if rows is not None:  # rescale the workload so that this stage gets `rows` rows
-        scale = rows / count(w)
-        w = replace(w, documents=w.documents * scale) if stage in ("match", "instantiate", "judge", "assemble", "analyze") \
+        scale = rows / cost.rows(w)
+        w = replace(w, documents=w.documents * scale) if cost.scales == "documents" \
             else replace(w, templates=w.templates * scale, queries_in=w.queries_in * scale)
-    rows = count(w)
-    return _ESTIMATORS[stage](rows, unit, w)
+    return cost.estimate(cost.rows(w), cost.unit, w)
 
 
-def _collect_queries(rows, unit, w):
-    rate = MEASURED["collect_queries_rows_per_s"]
-    return StageEstimate(
-        "collect_queries", rows, unit, [f"{rows:,.0f} queries normalised, 8-gram decontaminated, deduped"], "CPU core",
-        rate.value, _h(rows / rate.value), f"{rate.value:,.0f} rows/s/core, {rate.label} on {rate.device}", True,
-        memory=["dedupe sets per reduce partition: ~100 B per kept query (~2 GB for 18M, over dedupe_partitions = 8 by default)"],
-        output_rows=rows * 0.72, output_bytes_per_row=120,
-        unmeasured=["moderation model (a classifier per query; GPU) not included", "reading the source datasets from the Hub"],
-    )
-
-
-def _llm_stage(name, rows, unit, model, prompt_tokens, output_tokens, w, work, out_bytes, out_rows, extra_unmeasured, cached_prefix=0.0):
+def llm_stage_estimate(name: str, rows: float, unit: str, model: Model, prompt_tokens: float, output_tokens: float,
+                       work: list[str], out_bytes: float, out_rows: float, extra_unmeasured: list[str],
+                       cached_prefix: float = 0.0) -> StageEstimate:
+    """An LLM stage on H100s: prefill and decode at the model's estimated throughputs, a CPU alternative beside."""
     prefill = gpu_tokens_per_s(model, "prefill")
     decode = gpu_tokens_per_s(model, "decode")
     prefill_tokens = rows * prompt_tokens - cached_prefix
@@ -285,11 +281,11 @@ def _llm_stage(name, rows, unit, model, prompt_tokens, output_tokens, w, work, o
     return StageEstimate(
         name, rows, unit,
         work + [f"{prefill_tokens / 1e9:,.1f}B prompt tokens, {decode_tokens / 1e9:,.1f}B generated tokens ({model.name})"],
-        "H100", rows / seconds, _h(seconds),
+        "H100", rows / seconds, hours(seconds),
         f"prefill {prefill.value:,.0f} tok/s ({prefill.how}) + decode {decode.value:,.0f} tok/s ({decode.how}) per H100: "
         f"{prefill.label}", False,
         cpu_alternative=f"CPU: ~{cpu.value:,.1f} decode tok/s on {cpu.device} ({cpu.how}) -> "
-        f"{_n(_h(decode_tokens / cpu.value))} machine-hours for decode alone",
+        f"{human(hours(decode_tokens / cpu.value))} machine-hours for decode alone",
         memory=[f"weights {model.params * 2 / 1e9:.1f} GB bf16 + vLLM KV cache (rest of the 80 GB)"],
         output_rows=out_rows, output_bytes_per_row=out_bytes,
         unmeasured=[f"every GPU figure ({GPU_ASSUMPTIONS['prefill_mfu']:.0%} prefill / {GPU_ASSUMPTIONS['decode_mfu']:.0%} "
@@ -297,127 +293,10 @@ def _llm_stage(name, rows, unit, model, prompt_tokens, output_tokens, w, work, o
     )
 
 
-def _genericize(rows, unit, w):
-    return _llm_stage("genericize", rows, unit, GENERICIZER, w.genericize_prompt_tokens, w.genericize_output_tokens, w,
-                      [f"{rows:,.0f} queries -> templates"], 350, rows, ["prompt/output token counts per query"])
-
-
-def _build_index(rows, unit, w):
-    tokens = rows * w.description_tokens
-    enc = gpu_tokens_per_s(BGE_M3, "encode", int(w.description_tokens))
-    seconds = tokens / enc.value
-    d = w.embedding_dim
-    flat32, flat16 = rows * d * 4, rows * d * 2
-    ivfpq = rows * (w.pq_bytes + 8) + w.faiss_nlist * d * 4
-    cpu_enc = cpu_encoder_tokens_per_s(BGE_M3, int(w.description_tokens))
-    return StageEstimate(
-        "build_index", rows, unit, [f"{tokens / 1e9:,.2f}B description tokens embedded (BGE-M3, d={d})",
-                                    f"FAISS index over {rows / 1e6:,.1f}M vectors"],
-        "H100", rows / seconds, _h(seconds), f"{enc.value:,.0f} tok/s per H100 ({enc.label}: {enc.how})", False,
-        cpu_alternative=f"CPU: {cpu_enc.value:,.0f} tok/s on {cpu_enc.device} ({cpu_enc.how}) -> "
-        f"{_n(_h(tokens / cpu_enc.value))} machine-hours",
-        memory=[f"Flat fp32 {flat32 / 1e9:,.1f} GB", f"Flat fp16 {flat16 / 1e9:,.1f} GB (fits one 80 GB H100)",
-                f"IVF{w.faiss_nlist},PQ{w.pq_bytes} {ivfpq / 1e9:,.1f} GB (fits any worker's RAM)",
-                f"embeddings column in the published rows: {flat32 / 1e9:,.1f} GB"],
-        output_rows=rows, output_bytes_per_row=d * 4 + 300,
-        unmeasured=["GPU embedding throughput", "IVF-PQ training time on 1M samples and its recall at this scale "
-                    "(scripts/bench_faiss.py measures recall on the sample only)"],
-    )
-
-
-def _match(rows, unit, w):
-    tokens = rows * w.tokens_per_document
-    enc = gpu_tokens_per_s(BGE_M3, "encode", int(w.tokens_per_document))
-    queries = rows * w.vectors_per_document
-    flat_flops = queries * w.templates * 2 * w.embedding_dim
-    flat_rate = GPU_ASSUMPTIONS["faiss_flat_fp16_efficiency"] * H100_BF16_FLOPS
-    seconds = tokens / enc.value + flat_flops / flat_rate
-    # CPU alternative: IVF-PQ scan at the measured codes/s, plus the coarse quantizer (nlist x d per vector)
-    scanned = queries * w.templates * w.faiss_nprobe / w.faiss_nlist
-    codes = MEASURED["faiss_ivfpq_codes_per_s"]
-    coarse = queries * w.faiss_nlist * 2 * w.embedding_dim / (MEASURED["faiss_flat_gflops"].value * 1e9)
-    cpu_search_h = _h(scanned / codes.value + coarse)
-    cpu_enc = cpu_encoder_tokens_per_s(BGE_M3, int(w.tokens_per_document))
-    return StageEstimate(
-        "match", rows, unit,
-        [f"{tokens / 1e9:,.0f}B document tokens embedded once (BGE-M3, Gaussian pooling: {w.vectors_per_document} vectors/doc)",
-         f"{queries / 1e9:,.1f}B vectors searched against {w.templates / 1e6:,.0f}M templates "
-         f"(Flat: {flat_flops / 1e18:,.0f} EFLOP)"],
-        "H100", rows / seconds, _h(seconds),
-        f"embed {enc.value:,.0f} tok/s ({enc.label}: {enc.how}); Flat fp16 search at "
-        f"{GPU_ASSUMPTIONS['faiss_flat_fp16_efficiency']:.0%} of peak (ESTIMATE, unmeasured)", False,
-        cpu_alternative=f"CPU: embedding {_n(_h(tokens / cpu_enc.value))} machine-hours ({cpu_enc.how}); "
-        f"IVF{w.faiss_nlist},PQ{w.pq_bytes} nprobe={w.faiss_nprobe} search {_n(cpu_search_h)} machine-hours "
-        f"(measured {codes.value:,.0f} codes/s and {MEASURED['faiss_flat_gflops'].value:,.0f} GFLOP/s on {codes.device})",
-        memory=[f"Flat fp16 index {w.templates * w.embedding_dim * 2 / 1e9:,.1f} GB on the GPU + BGE-M3 1.1 GB bf16",
-                f"or IVF-PQ {(w.templates * (w.pq_bytes + 8)) / 1e9:,.1f} GB in RAM",
-                f"template ids and texts: a memory-mapped Arrow copy of index/id_map.parquet (~{w.templates * 200 / 1e9:,.1f} GB on disk, paged in as used)"],
-        output_rows=rows * w.templates_per_document * 0.9, output_bytes_per_row=30,
-        unmeasured=["GPU embedding and GPU FAISS throughput", "recall of IVF-PQ vs Flat at 18M (changes which pairs exist)",
-                    f"measured here only with MiniLM: {MEASURED['match_minilm_docs_per_s'].value:,.1f} docs/s end to end on {CPU_HERE}"],
-    )
-
-
-def _instantiate(rows, unit, w):
-    prompt = w.tokens_per_document + w.instantiate_prompt_tokens
-    # document-first prompts + vLLM prefix caching: each document is prefilled once for its six templates
-    cached = rows * w.tokens_per_document * (1 - 1 / w.templates_per_document)
-    est = _llm_stage("instantiate", rows, unit, INSTANTIATOR, prompt, w.instantiate_output_tokens, w,
-                     [f"{rows / 1e9:,.1f}B pairs instantiated (prompt = document + template, document first, prefix-cached)"],
-                     PARQUET_TEXT_RATIO * CHARS_PER_TOKEN * (40 + w.expanded_answer_tokens) + 60, rows * w.instantiate_ok_rate,
-                     ["prefix-cache hit rate (assumed: every document prefilled once)",
-                      f"generated tokens per pair with <excerpt> tags (assumed {w.instantiate_output_tokens:.0f}; "
-                      f"{w.expanded_answer_tokens:.0f} after expansion)"], cached_prefix=cached)
-    no_tags = replace(w, instantiate_output_tokens=w.instantiate_output_tokens + w.expanded_answer_tokens * 0.8)
-    decode = gpu_tokens_per_s(INSTANTIATOR, "decode").value
-    extra = _h(rows * (no_tags.instantiate_output_tokens - w.instantiate_output_tokens) / decode)
-    est.work.append(f"without excerpt tags: +{extra:,.0f} GPU-h of decode; without prefix caching: "
-                    f"+{_h(cached / gpu_tokens_per_s(INSTANTIATOR, 'prefill').value):,.0f} GPU-h of prefill")
-    return est
-
-
-def _judge(rows, unit, w):
-    return _llm_stage("judge", rows, unit, JUDGE, w.judge_prompt_tokens + w.expanded_answer_tokens, w.judge_output_tokens, w,
-                      [f"{rows / 1e9:,.1f}B pairs judged (rubric + instruction + expanded answer)"],
-                      PARQUET_TEXT_RATIO * CHARS_PER_TOKEN * w.judge_output_tokens + 20, rows,
-                      ["judge prompt/feedback lengths (output counted as score + feedback only)",
-                                 "judging only the pairs the token budget can keep (~3 of 6 per document) would halve this"])
-
-
-def _assemble(rows, unit, w):
-    # every document's tokens (the budget) and every candidate pair's (instantiated ok, judged >= 4)
-    candidates = w.templates_per_document * w.instantiate_ok_rate * w.judge_keep_rate
-    tokens = rows * (w.tokens_per_document + candidates * (w.expanded_answer_tokens + 40))
-    rate = MEASURED["tokenizer_tokens_per_s"]
-    per_row = rows / (tokens / rate.value)
-    return StageEstimate(
-        "assemble", rows, unit, [f"{tokens / 1e9:,.0f}B tokens counted (Llama-3 tokenizer): documents for the budget, candidate pairs"],
-        "CPU core", per_row, _h(tokens / rate.value), f"{rate.value:,.0f} tokens/s/core, {rate.label} ({rate.how})", True,
-        memory=["a chunk of documents and the pairs pointing at them (aligned by position); the shard's (doc, tokens) columns for packing"],
-        output_rows=w.documents * 3, output_bytes_per_row=PARQUET_TEXT_RATIO * CHARS_PER_TOKEN * (w.expanded_answer_tokens + 40) + 40,
-        unmeasured=["the Llama-3 tokenizer's speed (measured: MiniLM's WordPiece)"],
-    )
-
-
-def _analyze(rows, unit, w):
-    rate = MEASURED["collect_queries_rows_per_s"]
-    return StageEstimate(
-        "analyze", rows, unit, [f"{rows / 1e9:,.1f}B documents and their pairs counted by template, chunk and excerpt position"], "CPU core",
-        rate.value * 5, _h(rows / (rate.value * 5)), "assumed 5x collect_queries' per-row speed (counting only): ESTIMATE", False,
-        output_rows=0, unmeasured=["everything (not measured)"],
-    )
-
-
-_ESTIMATORS = {
-    "collect_queries": _collect_queries, "genericize": _genericize, "build_index": _build_index, "match": _match,
-    "instantiate": _instantiate, "judge": _judge, "assemble": _assemble, "analyze": _analyze,
-}
-
-
 # ---------------------------------------------------------------- output
 
 
-def _n(x: float) -> str:
+def human(x: float) -> str:
     for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= div:
             return f"{x / div:,.1f}{suffix}"
@@ -433,30 +312,30 @@ def _bytes(x: float) -> str:
 
 def format_estimate(e: StageEstimate) -> str:
     lines = [
-        f"estimate for {e.stage} over {_n(e.rows)} {e.unit}  (hf_pipeline/run/estimate.py; GPU figures are estimates)",
+        f"estimate for {e.stage} over {human(e.rows)} {e.unit}  (hf_pipeline/run/estimate.py; GPU figures are estimates)",
         *(f"  work         {x}" for x in e.work),
-        f"  throughput   {_n(e.rate_rows_per_s)} {e.unit}/s per worker: {e.rate_label}",
-        f"  cost         {_hours(e)}",
+        f"  throughput   {human(e.rate_rows_per_s)} {e.unit}/s per worker: {e.rate_label}",
+        f"  cost         {cost_label(e)}",
     ]
     if e.cpu_alternative:
         lines.append(f"  on CPU       {e.cpu_alternative}")
     lines += [f"  memory       {m}" for m in e.memory]
     lines.append(
-        f"  shards       --num-shards {e.num_shards} ({_n(e.rows_per_shard)} rows ≈ {_duration(e.shard_hours)} of one worker "
+        f"  shards       --num-shards {e.num_shards} ({human(e.rows_per_shard)} rows ≈ {_duration(e.shard_hours)} of one worker "
         f"each), --chunk-rows {e.chunk_rows}; one commit per shard: at most {e.max_workers:,} workers at once keep "
         f"the run under the Hub's {HUB_COMMITS_PER_HOUR} commits/hour"
     )
     if e.output_rows:
         lines.append(
-            f"  output       {_n(e.output_rows)} rows, ~{_bytes(e.output_bytes)} parquet -> {e.files} files of "
+            f"  output       {human(e.output_rows)} rows, ~{_bytes(e.output_bytes)} parquet -> {e.files} files of "
             f"~{_bytes(e.output_bytes / e.files)} (one per shard{', split' if e.files > e.num_shards else ''})"
         )
     lines += [f"  unmeasured   {u}" for u in e.unmeasured]
     return "\n".join(lines)
 
 
-def _duration(hours: float) -> str:
-    return f"{hours * 60:,.0f} min" if hours < 2 else f"{hours:,.1f} h"
+def _duration(h: float) -> str:
+    return f"{h * 60:,.0f} min" if h < 2 else f"{h:,.1f} h"
 
 
 def parse_rows(text: str) -> float:
@@ -471,16 +350,17 @@ def parse_rows(text: str) -> float:
         raise PipelineError(f"--estimate expects a number of rows such as 1e9, 1B or 300M, got '{text}'.") from None
 
 
-def estimate_from_run(stage: str, rows: float, ref: str) -> StageEstimate:
-    """An estimate scaled from a published run of the same stage (its card's `hf_pipeline.methods.usage`): the user's own
+def estimate_from_run(stage: Any, rows: float, ref: str) -> StageEstimate:
+    """An estimate scaled from a published run of the same stage (its card's `hf_pipeline.usage`): the user's own
     small run, on their own hardware and models, predicts their big one."""
     from hf_pipeline.errors import PipelineError
     from hf_pipeline.io.hub import read_card_metadata, split_ref
 
     repo, revision = split_ref(ref)
     meta = read_card_metadata(repo, revision or "main").get("hf_pipeline", {})
-    if meta.get("stage") != stage:
-        raise PipelineError(f"{ref} holds a run of stage {meta.get('stage')!r}, not {stage}: estimate from a run of {stage}.")
+    if meta.get("stage") != stage.name:
+        raise PipelineError(f"{ref} holds a run of stage {meta.get('stage')!r}, not {stage.name}: estimate from a run of "
+                            f"{stage.name}.")
     usage, rows_in = meta.get("usage") or {}, meta.get("rows_in") or 0
     if not usage.get("seconds") or not rows_in:
         raise PipelineError(f"{ref}'s card records no engine usage (tokens and seconds): rerun that stage with this "
@@ -488,12 +368,12 @@ def estimate_from_run(stage: str, rows: float, ref: str) -> StageEstimate:
     per_row = usage["seconds"] / rows_in
     engines = "; ".join(f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in usage.get("engines", {}).items())
     scale = rows / rows_in
-    unit = ROW_UNITS[stage][0] if stage in ROW_UNITS else "rows"
+    unit = stage.cost.unit if stage.cost is not None else "rows"
     return StageEstimate(
-        stage, rows, unit,
+        stage.name, rows, unit,
         [f"{scale * usage.get('prompt_tokens', 0) / 1e9:,.2f}B prompt tokens ({scale * usage.get('cached_prompt_tokens', 0) / 1e9:,.2f}B "
          f"from the prefix cache), {scale * usage.get('generated_tokens', 0) / 1e9:,.2f}B generated tokens"],
-        "device of that run", 1 / per_row, _h(rows * per_row),
+        "device of that run", 1 / per_row, hours(rows * per_row),
         f"measured on {ref}: {rows_in:,} rows in {usage['seconds']:,.1f} engine-seconds ({engines})", True,
         unmeasured=[f"scaled linearly from {rows_in:,} rows: batch sizes, prefix-cache hit rates and document lengths of "
                     "the big run may differ"],
@@ -506,50 +386,55 @@ def estimate_command(stage, rows_arg: str, count_input: Callable[[], int], estim
     its measured usage replaces the constants."""
     from hf_pipeline.errors import PipelineError
 
-    if estimate_from is None and stage.name not in ROW_UNITS:
-        raise PipelineError(f"no cost model for stage {stage.name} (known: {', '.join(ROW_UNITS)}).")
+    if estimate_from is None and stage.cost is None:
+        raise PipelineError(f"stage {stage.name} declares no cost model: estimate it from a run of yours with --estimate-from.")
     if rows_arg == "input":
         rows = float(count_input())
         print()
     else:
         rows = parse_rows(rows_arg)
-    estimate = estimate_from_run(stage.name, rows, estimate_from) if estimate_from else estimate_stage(stage.name, rows)
+    estimate = estimate_from_run(stage, rows, estimate_from) if estimate_from else estimate_stage(stage, rows)
     print(format_estimate(estimate))
     return 0
 
 
-def _hours(e: StageEstimate) -> str:
+def cost_label(e: StageEstimate) -> str:
     h = f"{e.device_hours:,.1f}" if e.device_hours < 10 else f"{e.device_hours:,.0f}"
     kind = {"H100": "H100 GPU-h", "CPU core": "CPU core-h"}.get(e.device, f"device-h ({e.device})")
     return f"{h} {kind} ({'measured' if e.measured else 'estimate'})"
 
 
-def markdown_table(w: Workload = Workload()) -> str:
-    """The per-stage table of docs/SCALING.md (`python -m hf_pipeline.run.estimate` prints it)."""
+def costed(stages: Iterable[Any]) -> list[Any]:
+    """The stages that declare a cost model, in pipeline order."""
+    return sorted((s for s in stages if s.cost is not None), key=lambda s: s.cost.step)
+
+
+def markdown_table(stages: Iterable[Any], w: Workload = Workload()) -> str:
+    """The per-stage table of docs/SCALING.md (`python scripts/update_scaling_doc.py` writes it)."""
     lines = [
         "| stage | input rows | throughput per worker | cost | shards × rows (time of one worker each) | output → files (one per shard) |",
         "|---|---|---|---|---|---|",
     ]
     total_gpu = total_cpu = 0.0
-    for stage in ROW_UNITS:
+    for stage in costed(stages):
         e = estimate_stage(stage, w=w)
         if e.device == "H100":
             total_gpu += e.device_hours
         else:
             total_cpu += e.device_hours
         where = "H100" if e.device == "H100" else "CPU core"
-        output = f"{_n(e.output_rows)} rows, {_bytes(e.output_bytes)} → {e.files}" if e.output_rows else "a report"
+        output = f"{human(e.output_rows)} rows, {_bytes(e.output_bytes)} → {e.files}" if e.output_rows else "a report"
         lines.append(
-            f"| {stage} | {_n(e.rows)} {e.unit} | {_n(e.rate_rows_per_s)} rows/s per {where} "
-            f"({'measured' if e.measured else 'estimate'}) | **{_hours(e)}** | {e.num_shards:,} × {_n(e.rows_per_shard)} ({_duration(e.shard_hours)}) | {output} |"
+            f"| {stage.name} | {human(e.rows)} {e.unit} | {human(e.rate_rows_per_s)} rows/s per {where} "
+            f"({'measured' if e.measured else 'estimate'}) | **{cost_label(e)}** | {e.num_shards:,} × {human(e.rows_per_shard)} ({_duration(e.shard_hours)}) | {output} |"
         )
     lines.append(f"| **total** | | | **~{total_gpu:,.0f} H100 GPU-h** (estimate) + ~{total_cpu:,.0f} CPU core-h | | |")
     return "\n".join(lines)
 
 
-def stage_details(w: Workload = Workload()) -> str:
+def stage_details(stages: Iterable[Any], w: Workload = Workload()) -> str:
     """Every stage's full estimate, as `--dry-run --estimate` prints it, for docs/SCALING.md."""
-    return "\n\n".join(format_estimate(estimate_stage(stage, w=w)) for stage in ROW_UNITS)
+    return "\n\n".join(format_estimate(estimate_stage(stage, w=w)) for stage in costed(stages))
 
 
 def measured_table() -> str:
@@ -557,29 +442,3 @@ def measured_table() -> str:
     for name, f in MEASURED.items():
         lines.append(f"| `{name}` | {f.value:,.1f} {f.unit} | {f.device} | {f.how} |")
     return "\n".join(lines)
-
-
-GENERATED = {"table": markdown_table, "details": lambda: f"```\n{stage_details()}\n```", "measured": measured_table}
-
-
-def update_doc(path: str) -> None:
-    """Rewrite the generated blocks of a markdown file (between `<!-- BEGIN estimate:NAME -->` and `<!-- END ... -->`)."""
-    import re
-    from pathlib import Path
-
-    doc = Path(path)
-    text = doc.read_text()
-    for name, make in GENERATED.items():
-        pattern = re.compile(rf"(<!-- BEGIN estimate:{name} -->\n)(?:.*?\n)?(<!-- END estimate:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
-    doc.write_text(text)
-
-
-if __name__ == "__main__":
-    import sys
-
-    args = sys.argv[1:] or ["table"]
-    if args[0] == "update":  # python -m hf_pipeline.run.estimate update docs/SCALING.md
-        update_doc(args[1])
-    else:
-        print(GENERATED[args[0]]())

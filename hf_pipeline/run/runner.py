@@ -117,9 +117,9 @@ def check_options(stage: Stage, options: RunOptions) -> None:
 
 
 def mapped_parts(stage: Stage, options: RunOptions, config: Any) -> list[InputPart]:
-    if stage.inputs is not None:
-        return list(stage.inputs(config, options))
-    if not stage.needs_input:
+    if stage.inputs.parts is not None:
+        return list(stage.inputs.parts(config, options))
+    if not stage.inputs.needs_input:
         return []
     if not options.input:
         raise PipelineError(f"stage {stage.name} needs --input (org/name[@revision] or a local path).")
@@ -127,7 +127,7 @@ def mapped_parts(stage: Stage, options: RunOptions, config: Any) -> list[InputPa
 
 
 def aligned_inputs(stage: Stage, config: Any, options: RunOptions) -> list[AlignedInput]:
-    aligned = stage.aligned(config, options)
+    aligned = stage.inputs.aligned(config, options)
     return [] if aligned is None else [aligned] if isinstance(aligned, AlignedInput) else list(aligned)
 
 
@@ -135,7 +135,7 @@ def check_columns(stage: Stage, part: InputPart, schema, path: str | None = None
     """The mapped input has the stage's columns (in every data file): said now, before a model loads or a shard
     starts."""
     names = list(schema.names) if schema is not None else []
-    missing = [c for c in stage.input_columns if c not in names]
+    missing = [c for c in stage.inputs.columns if c not in names]
     if missing:
         where = f" (file {path})" if path else ""
         raise PipelineError(
@@ -148,9 +148,9 @@ def command_key(stage: Stage, options: RunOptions, config: Any) -> str:
     """What the user asked for, before anything is pinned: stage, config and inputs as written, and the options that
     shape the run. A later command of the same run (a shard job, the seal, a rerun) has the same key however the
     inputs' branches moved meanwhile, and finds the run's PR by it."""
-    refs = ([p.ref for p in mapped_parts(stage, options, config)] + list(stage.input_refs(config))
+    refs = ([p.ref for p in mapped_parts(stage, options, config)] + list(stage.inputs.side(config))
             + [a.ref for a in aligned_inputs(stage, config, options)])
-    prompts = contract.prompt_digests(stage.prompts(config))
+    prompts = contract.prompt_digests(stage.inputs.prompts(config))
     return contract.fingerprint(stage.name, stage.version, config, refs, "command", options.split, options.max_rows,
                                 options.num_shards, options.tag, options.output, prompts or None)
 
@@ -166,16 +166,16 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     key = command_key(stage, options, config)
     parts = mapped_parts(stage, options, config)
     aligned = aligned_inputs(stage, config, options)
-    refs = [p.ref for p in parts] + list(stage.input_refs(config)) + [a.ref for a in aligned]
+    refs = [p.ref for p in parts] + list(stage.inputs.side(config)) + [a.ref for a in aligned]
     inputs = contract.pin_datasets(refs)
     files: list[DataFile] = []
     for k, part in enumerate(parts):
         part_files, schemas = list_files(inputs[part.ref], part.split, part.name, part=k)
         # every file's footer was read: a column missing from the 900th file is said now, not hours in
         for path, schema in _distinct_schemas(part_files, schemas):
-            if stage.check_input is not None:
-                stage.check_input(part, schema, config)
-            elif stage.inputs is None:
+            if stage.inputs.check is not None:
+                stage.inputs.check(part, schema, config)
+            elif stage.inputs.parts is None:
                 check_columns(stage, part, schema, path if len(part_files) > 1 else None)
         files += part_files
     config, models = contract.pin_models(config)  # after the columns are checked: every worker loads these commits
@@ -189,15 +189,15 @@ def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | N
     plan = RunPlan(stage, options, config, inputs, parts, files, shards, key=key, aligned=aligned,
                    aligned_files=aligned_files, aligned_groups=aligned_groups, models=models,
                    package_version=hf_pipeline.__version__, argv=token_free_argv(argv or sys.argv))
-    if stage.resolve_config is not None:  # once, here: the config the fingerprint names and every worker gets
-        plan.config = config = stage.resolve_config(config, plan)
-    prompts = contract.prompt_digests(stage.prompts(config))
+    if stage.inputs.resolve_config is not None:  # once, here: the config the fingerprint names and every worker gets
+        plan.config = config = stage.inputs.resolve_config(config, plan)
+    prompts = contract.prompt_digests(stage.inputs.prompts(config))
     plan.fingerprint = contract.fingerprint(
         stage.name, stage.version, config, [p.pinned for p in inputs.values()], options.split, options.max_rows,
-        prompts or None, options.num_shards if stage.sharding_changes_output else None,
+        prompts or None, options.num_shards if stage.map.sharding_changes_output else None,
     )
     plan.tag = options.tag or contract.default_tag(stage.name, plan.fingerprint)
-    plan.num_partitions = stage.partitions(config) if stage.reduce else 1
+    plan.num_partitions = stage.reduce.partitions(config) if stage.reduce else 1
     return plan
 
 
@@ -381,7 +381,7 @@ class DatasetRun:
 
         if not options.output:
             raise PipelineError(f"stage {stage.name} needs --output org/name (the dataset repo to publish to).")
-        contract.card_template("dataset", stage.name, stage.card_template)  # said now, not after the work
+        contract.card_template("dataset", stage.name, stage.card.template)  # said now, not after the work
         check_options(stage, options)
         if writing:
             check_write_access(options.output)  # before planning, calibration or a model load
@@ -614,17 +614,17 @@ def summarize_run(plan: RunPlan, outcome: DatasetOutcome) -> None:
         # statuses are counted on the published rows (a reduce stage's partitions); drops come from every step
         counts = merge_stats(counts, {k: v for k, v in r.counts.items() if k == "drops" or r.phase == data_phase})
         stats = merge_stats(stats, r.stats)
-    if stage.summarize is not None:
-        stats = stage.summarize(stats, plan.config)
+    if stage.card.summarize is not None:
+        stats = stage.card.summarize(stats, plan.config)
     if stats:
         counts["stats"] = stats
     outcome.files = sorted(f for r in data for f in r.files if f.startswith("data/"))
     out_dir = plan.work_dir / "seal"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    if stage.artifacts is not None:
+    if stage.card.artifacts is not None:
         actx = ArtifactContext(plan.config, stats, counts, rows_out, output_reader(plan, outcome.files), plan.download)
-        outcome.artifacts = {k: Path(v) for k, v in stage.artifacts(actx, out_dir).items()}
+        outcome.artifacts = {k: Path(v) for k, v in stage.card.artifacts(actx, out_dir).items()}
     outcome.result = RunResult(opts.output, plan.tag, "", rows_in, rows_out, counts, usage=run_usage(records, rows_in))
 
 
@@ -681,7 +681,7 @@ def render_card(plan: RunPlan, result: RunResult, rows: list[dict], seconds: flo
     stage = plan.stage
     lineage = contract.lineage(
         stage.name, stage.version, plan.fingerprint, plan.tag, [p.card_dict() for p in plan.inputs.values()],
-        stage.models(plan.config), plan.config, asdict(plan.options), plan.argv, result.rows_in, result.rows_out,
+        stage.inputs.models(plan.config), plan.config, asdict(plan.options), plan.argv, result.rows_in, result.rows_out,
         counts=result.counts, shards=plan.options.num_shards, pull_request=result.pull_request,
         **({"usage": result.usage} if result.usage else {}),
     )
@@ -689,7 +689,7 @@ def render_card(plan: RunPlan, result: RunResult, rows: list[dict], seconds: flo
         pretty_name=f"{result.repo_id.split('/')[-1]} ({stage.name})",
         tags=["fineinstructions", "hf_pipeline", stage.name],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
-        + [{"config_name": n, "data_files": [{"split": "train", "path": p}]} for n, p in stage.extra_configs(plan.config).items()],
+        + [{"config_name": n, "data_files": [{"split": "train", "path": p}]} for n, p in stage.card.extra_configs(plan.config).items()],
         hf_pipeline=lineage,
     )
     variables = dict(
@@ -697,7 +697,7 @@ def render_card(plan: RunPlan, result: RunResult, rows: list[dict], seconds: flo
         counts=result.counts, rows_in=result.rows_in, rows_out=result.rows_out, seconds=round(seconds, 1),
         examples=rows, load_hint=result.load_hint(), artifacts=list(artifacts), usage=result.usage,
     )
-    template = contract.card_template("dataset", stage.name, stage.card_template)
+    template = contract.card_template("dataset", stage.name, stage.card.template)
     return contract.render_card(DatasetCard, card_data, template, variables)
 
 
@@ -723,8 +723,8 @@ def print_run_summary(plan: RunPlan, result: RunResult, seconds: float) -> None:
     for kind, counts in result.counts.items():
         if counts and kind != "stats":
             lines.append((kind, ", ".join(f"{k}: {v}" for k, v in counts.items())))
-    if plan.stage.report is not None and result.counts.get("stats"):
-        lines += plan.stage.report(result.counts["stats"], plan.config)
+    if plan.stage.card.report is not None and result.counts.get("stats"):
+        lines += plan.stage.card.report(result.counts["stats"], plan.config)
     if result.usage:
         u = result.usage
         lines.append(("tokens", f"{u.get('prompt_tokens', 0):,} prompt ({u.get('cached_prompt_tokens', 0):,} from the prefix "

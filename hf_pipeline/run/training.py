@@ -18,12 +18,15 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from hf_pipeline.run import contract
 from hf_pipeline.run.contract import TINY_RANDOM_PREFIX, ModelPin, pin_model  # noqa: F401  (the stages' names for them)
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.hub import DatasetRef, cache_root, load_dataset_ref, publish_model
+
+if TYPE_CHECKING:
+    from hf_pipeline.run.estimate import CostModel
 
 
 @dataclass
@@ -56,6 +59,7 @@ class TrainingStage:
     version: int = 1
     card_name: str | None = None  # the package's model_cards/<card_name>.md; default the stage's name
     needs_input: bool = True  # the training data (the pipeline command passes the previous stage's output)
+    cost: CostModel | None = None  # its cost at scale (see run/estimate.py); none declared yet
 
 
 @dataclass

@@ -124,8 +124,8 @@ class Worker:
         return self._readers[ref].read_rows(path, rows)
 
     def ensure_setup(self) -> None:
-        if self.resources is None and self.plan.stage.setup is not None:
-            self.resources = self.plan.stage.setup(self.context())
+        if self.resources is None and self.plan.stage.map.setup is not None:
+            self.resources = self.plan.stage.map.setup(self.context())
 
     # ------------------------------------------------------------------ tasks
     def run(self, task: Task) -> TaskRecord:
@@ -203,13 +203,13 @@ class Worker:
         readers = [FileReader(ref, plan.files, whole=owned) for ref in plan.part_refs]
         ctx = self.context(task)
         ctx.aligned_rows = self.aligned_reader(task)
-        features = features_from_spec(stage.map_columns or stage.output_columns)
+        features = features_from_spec(stage.map.columns or stage.output_columns)
         files = [shard_dir / f"chunk-{c.index:05d}.arrow" for c in chunks]
         done_rows = sum(c.rows for c, f in zip(chunks, files) if f.exists())
         bar = tqdm(total=shard.rows, initial=done_rows, unit="row", desc=f"{stage.name} {task.name}")
 
         def map_fn(batch: dict[str, list]) -> dict[str, list]:
-            out = stage.map_batch(batch, ctx)
+            out = stage.map.batch(batch, ctx)
             bar.update(len(next(iter(batch.values()))) if batch else 0)
             return out
 
@@ -244,10 +244,10 @@ class Worker:
         parts = [datasets.Dataset.from_file(str(f)) for f in files]  # memory-mapped
         ds = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({}, features=features)
         drops, stats = {}, {}
-        if stage.finalize is not None:
-            ds, drop_counts, *more = stage.finalize(ds, ctx)
+        if stage.map.finalize is not None:
+            ds, drop_counts, *more = stage.map.finalize(ds, ctx)
             drops, stats = {k: int(v) for k, v in drop_counts.items()}, dict(more[0]) if more else {}
-        extra = dict(stage.shard_outputs(ctx)) if stage.shard_outputs is not None else {}
+        extra = dict(stage.map.shard_outputs(ctx)) if stage.map.shard_outputs is not None else {}
         if stage.reduce is None:
             ds = self.check_output(ds)
         return ds, {"drops": drops, **status_counts(ds)}, stats, extra, shard.rows
@@ -287,7 +287,7 @@ class Worker:
 
         plan, stage = self.plan, self.plan.stage
         tables = list(read_row_groups(plan.run, [(path, list(groups)) for path, groups in task.inputs]))
-        features = features_from_spec(stage.map_columns or stage.output_columns)
+        features = features_from_spec(stage.map.columns or stage.output_columns)
         if tables:
             table = pa.concat_tables(tables, promote_options="default").drop_columns([PARTITION_COLUMN])
             ds = datasets.Dataset(datasets.table.InMemoryTable(table))
@@ -296,7 +296,7 @@ class Worker:
         rows_in = len(ds)
         ctx = self.context(task)
         ctx.run_stats = plan.run_stats
-        ds, drop_counts, *more = stage.reduce(ds, ctx)
+        ds, drop_counts, *more = stage.reduce.step(ds, ctx)
         ds = self.check_output(ds)
         counts = {"drops": {k: int(v) for k, v in drop_counts.items()}, **status_counts(ds)}
         return ds, counts, dict(more[0]) if more else {}, rows_in
@@ -316,7 +316,7 @@ class Worker:
         partitions = None
         if task.phase == "map" and plan.stage.reduce is not None:
             path = out_dir / "map.parquet"
-            partitions = write_partitioned(ds, plan.stage.partition_key, plan.num_partitions, path)
+            partitions = write_partitioned(ds, plan.stage.reduce.key, plan.num_partitions, path)
             written[self.first_output(task)[0]] = (path, len(ds))
         else:
             n_files = max(1, math.ceil(len(ds) / opts.rows_per_file))

@@ -44,7 +44,8 @@ from hf_pipeline.methods import analysis as an
 from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Stage, StageContext
+from hf_pipeline.run.estimate import CostModel, MEASURED, StageEstimate, Workload, hours
+from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Card, Inputs, Map, Reduce, Stage, StageContext
 from hf_pipeline.methods.text.budget import pair_drop_reason
 
 OUTPUT_COLUMNS = {"template_id": "string", "uses": "int64", "documents": "int64", "share": "float64"}
@@ -588,23 +589,42 @@ def write_report(actx: ArtifactContext, out_dir: Path) -> dict[str, Path]:
     return files
 
 
+def estimate_cost(rows: float, unit: str, w: Workload) -> StageEstimate:
+    """The stage's cost for `rows` input rows of the workload `w` (see run/estimate.py)."""
+    rate = MEASURED["collect_queries_rows_per_s"]
+    return StageEstimate(
+        "analyze", rows, unit, [f"{rows / 1e9:,.1f}B documents and their pairs counted by template, chunk and excerpt position"], "CPU core",
+        rate.value * 5, hours(rows / (rate.value * 5)), "assumed 5x collect_queries' per-row speed (counting only): ESTIMATE", False,
+        output_rows=0, unmeasured=["everything (not measured)"],
+    )
+
+
 STAGE = Stage(
     name="analyze",
     description="template usage and power-law diversity, chunk-index vs excerpt-position correlation, distributions, plots (§6.1, §3.2)",
     config_class=AnalyzeConfig,
     output_columns=OUTPUT_COLUMNS,
-    map_columns=MAP_COLUMNS,
-    map_batch=map_documents,
-    inputs=documents_part,
-    check_input=check_input,  # the documents' doc_id_column and text_column, or the nemotron layout, at plan time
-    aligned=aligned_inputs,
-    setup=setup,
-    finalize=shard_figures,
-    reduce=sum_templates,
-    partitions=lambda config: config.partitions,
-    partition_key="template_id",
-    summarize=summarize,
-    artifacts=write_report,
-    extra_configs=lambda config: {"metrics": "data/metrics-*"},
+    inputs=Inputs(
+        parts=documents_part,
+        check=check_input,  # the documents' doc_id_column and text_column, or the nemotron layout, at plan time
+        aligned=aligned_inputs,
+    ),
+    map=Map(
+        batch=map_documents,
+        columns=MAP_COLUMNS,
+        setup=setup,
+        finalize=shard_figures,
+    ),
+    reduce=Reduce(
+        step=sum_templates,
+        partitions=lambda config: config.partitions,
+        key="template_id",
+    ),
+    card=Card(
+        summarize=summarize,
+        artifacts=write_report,
+        extra_configs=lambda config: {"metrics": "data/metrics-*"},
+    ),
+    cost=CostModel("documents (their pairs aligned by position)", lambda w: w.documents, "documents", estimate_cost, step=8),
     version=2,
 )

@@ -36,7 +36,9 @@ from typing import Any
 from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.stage import AlignedInput, Stage, StageContext
+from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, CostModel, MEASURED, PARQUET_TEXT_RATIO, StageEstimate,
+                                      Workload, hours)
+from hf_pipeline.run.stage import AlignedInput, Card, Inputs, Map, Stage, StageContext
 from hf_pipeline.methods.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
 
 PRODUCTION_TOKENIZER = "meta-llama/Meta-Llama-3-8B"
@@ -380,24 +382,47 @@ def summarize(stats: dict, config: AssembleConfig) -> dict:
     }
 
 
+def estimate_cost(rows: float, unit: str, w: Workload) -> StageEstimate:
+    """The stage's cost for `rows` input rows of the workload `w` (see run/estimate.py)."""
+    # every document's tokens (the budget) and every candidate pair's (instantiated ok, judged >= 4)
+    candidates = w.templates_per_document * w.instantiate_ok_rate * w.judge_keep_rate
+    tokens = rows * (w.tokens_per_document + candidates * (w.expanded_answer_tokens + 40))
+    rate = MEASURED["tokenizer_tokens_per_s"]
+    per_row = rows / (tokens / rate.value)
+    return StageEstimate(
+        "assemble", rows, unit, [f"{tokens / 1e9:,.0f}B tokens counted (Llama-3 tokenizer): documents for the budget, candidate pairs"],
+        "CPU core", per_row, hours(tokens / rate.value), f"{rate.value:,.0f} tokens/s/core, {rate.label} ({rate.how})", True,
+        memory=["a chunk of documents and the pairs pointing at them (aligned by position); the shard's (doc, tokens) columns for packing"],
+        output_rows=w.documents * 3, output_bytes_per_row=PARQUET_TEXT_RATIO * CHARS_PER_TOKEN * (w.expanded_answer_tokens + 40) + 40,
+        unmeasured=["the Llama-3 tokenizer's speed (measured: MiniLM's WordPiece)"],
+    )
+
+
 STAGE = Stage(
     name="assemble",
     description="keep judged pairs (score >= 4), pack them token-for-token per document with rollover (per shard, in document order); publish with the token-matched baseline (§4.2)",
     config_class=AssembleConfig,
     output_columns=OUTPUT_COLUMNS,
-    map_columns=MAP_COLUMNS,
-    map_batch=map_documents,
-    inputs=documents_part,
-    check_input=check_mapped_documents("assemble"),  # the config's doc_id_column and text_column, at plan time
-    aligned=pairs_input,
-    setup=setup,
-    finalize=pack,
-    shard_outputs=shard_outputs,
-    summarize=summarize,
-    extra_configs=lambda config: {
-        **({"baseline": BASELINE_FILES} if config.baseline else {}), **({"nemotron": NEMOTRON_FILES} if config.nemotron_layout else {}),
-    },
-    models=lambda config: {"tokenizer": config.tokenizer},
-    sharding_changes_output=True,
+    inputs=Inputs(
+        parts=documents_part,
+        check=check_mapped_documents("assemble"),  # the config's doc_id_column and text_column, at plan time
+        aligned=pairs_input,
+        models=lambda config: {"tokenizer": config.tokenizer},
+    ),
+    map=Map(
+        batch=map_documents,
+        columns=MAP_COLUMNS,
+        setup=setup,
+        finalize=pack,
+        shard_outputs=shard_outputs,
+        sharding_changes_output=True,
+    ),
+    card=Card(
+        summarize=summarize,
+        extra_configs=lambda config: {
+            **({"baseline": BASELINE_FILES} if config.baseline else {}), **({"nemotron": NEMOTRON_FILES} if config.nemotron_layout else {}),
+        },
+    ),
+    cost=CostModel("documents (their judged pairs aligned by position)", lambda w: w.documents, "documents", estimate_cost, step=7),
     version=2,
 )

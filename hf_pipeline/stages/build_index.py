@@ -53,7 +53,9 @@ from hf_pipeline.methods.embedder import PRODUCTION_EMBEDDER, load_embedder, mod
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.index_files import ID_MAP_FILE, INDEX_FILE, INFO_FILE, WEIGHTS_FILE
 from hf_pipeline.methods.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
-from hf_pipeline.run.stage import ArtifactContext, Stage, StageContext
+from hf_pipeline.run.estimate import (BGE_M3, CostModel, StageEstimate, Workload, cpu_encoder_tokens_per_s,
+                                      gpu_tokens_per_s, hours, human)
+from hf_pipeline.run.stage import ArtifactContext, Card, Inputs, Map, Stage, StageContext
 from hf_pipeline.methods.text.templates import TemplateError, count_variables, template_id
 
 TEMPLATE_COLUMNS = {
@@ -480,20 +482,51 @@ def report(stats: dict, config: BuildIndexConfig) -> list[tuple[str, str]]:
                         f"{stats.get('top_up_offered', 0)} valid top-up templates offered)")]
 
 
+def estimate_cost(rows: float, unit: str, w: Workload) -> StageEstimate:
+    """The stage's cost for `rows` input rows of the workload `w` (see run/estimate.py)."""
+    tokens = rows * w.description_tokens
+    enc = gpu_tokens_per_s(BGE_M3, "encode", int(w.description_tokens))
+    seconds = tokens / enc.value
+    d = w.embedding_dim
+    flat32, flat16 = rows * d * 4, rows * d * 2
+    ivfpq = rows * (w.pq_bytes + 8) + w.faiss_nlist * d * 4
+    cpu_enc = cpu_encoder_tokens_per_s(BGE_M3, int(w.description_tokens))
+    return StageEstimate(
+        "build_index", rows, unit, [f"{tokens / 1e9:,.2f}B description tokens embedded (BGE-M3, d={d})",
+                                    f"FAISS index over {rows / 1e6:,.1f}M vectors"],
+        "H100", rows / seconds, hours(seconds), f"{enc.value:,.0f} tok/s per H100 ({enc.label}: {enc.how})", False,
+        cpu_alternative=f"CPU: {cpu_enc.value:,.0f} tok/s on {cpu_enc.device} ({cpu_enc.how}) -> "
+        f"{human(hours(tokens / cpu_enc.value))} machine-hours",
+        memory=[f"Flat fp32 {flat32 / 1e9:,.1f} GB", f"Flat fp16 {flat16 / 1e9:,.1f} GB (fits one 80 GB H100)",
+                f"IVF{w.faiss_nlist},PQ{w.pq_bytes} {ivfpq / 1e9:,.1f} GB (fits any worker's RAM)",
+                f"embeddings column in the published rows: {flat32 / 1e9:,.1f} GB"],
+        output_rows=rows, output_bytes_per_row=d * 4 + 300,
+        unmeasured=["GPU embedding throughput", "IVF-PQ training time on 1M samples and its recall at this scale "
+                    "(scripts/bench_faiss.py measures recall on the sample only)"],
+    )
+
+
 STAGE = Stage(
     name="build_index",
     description="embed templates' compatible document descriptions; publish a FAISS index and complexity weights (§3.2)",
     config_class=BuildIndexConfig,
     output_columns={**TEMPLATE_COLUMNS, "origin": "string", "embedding": "list<float32>"},
-    inputs=inputs,  # the --input, then the top-up templates (config key top_up)
-    check_input=check_input,  # the config's column mapping, on each part
-    map_batch=embed_batch,
-    setup=setup,
-    finalize=keep_indexable,
-    summarize=summarize,
-    report=report,
-    artifacts=write_index,
-    input_refs=lambda config: check_config(config) or [],  # a bad config is said before the run starts
+    inputs=Inputs(
+        parts=inputs,  # the --input, then the top-up templates (config key top_up)
+        check=check_input,  # the config's column mapping, on each part
+        side=lambda config: check_config(config) or [],  # a bad config is said before the run starts
+        models=lambda config: {"embedder": model_ref(config.model, config.model_revision)},
+    ),
+    map=Map(
+        batch=embed_batch,
+        setup=setup,
+        finalize=keep_indexable,
+    ),
+    card=Card(
+        summarize=summarize,
+        report=report,
+        artifacts=write_index,
+    ),
+    cost=CostModel("templates", lambda w: w.templates, "queries", estimate_cost, step=3),
     version=3,
-    models=lambda config: {"embedder": model_ref(config.model, config.model_revision)},
 )

@@ -27,11 +27,19 @@ from __future__ import annotations
 from hf_pipeline.methods.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch
 from hf_pipeline.llm import load_backend
 from hf_pipeline.llm.config import llm_card_ref
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.run.estimate import CostModel, GENERICIZER, StageEstimate, Workload, llm_stage_estimate
+from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext
 
 
 def setup(ctx: StageContext):
     return load_backend(ctx.config.llm)
+
+
+def estimate_cost(rows: float, unit: str, w: Workload) -> StageEstimate:
+    """The stage's cost for `rows` input rows of the workload `w` (see run/estimate.py)."""
+    return llm_stage_estimate("genericize", rows, unit, GENERICIZER, w.genericize_prompt_tokens,
+                              w.genericize_output_tokens, [f"{rows:,.0f} queries -> templates"], 350, rows,
+                              ["prompt/output token counts per query"])
 
 
 STAGE = Stage(
@@ -39,9 +47,14 @@ STAGE = Stage(
     description="turn queries into <fi> instruction templates + compatible document descriptions with an LLM (§3.1)",
     config_class=GenericizeConfig,
     output_columns=GENERICIZE_COLUMNS,
-    input_columns=("query_id", "query", "source"),
-    map_batch=genericize_batch,
-    setup=setup,
-    models=lambda config: {"genericizer": llm_card_ref(config.llm)},
-    prompts=lambda config: [TEACHER_PROMPT] if config.mode == "teacher" else [],
+    inputs=Inputs(
+        columns=("query_id", "query", "source"),
+        models=lambda config: {"genericizer": llm_card_ref(config.llm)},
+        prompts=lambda config: [TEACHER_PROMPT] if config.mode == "teacher" else [],
+    ),
+    map=Map(
+        batch=genericize_batch,
+        setup=setup,
+    ),
+    cost=CostModel("queries", lambda w: w.templates, "queries", estimate_cost, step=2),
 )

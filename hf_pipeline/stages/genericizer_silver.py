@@ -48,7 +48,7 @@ from hf_pipeline.io.features import features_from_spec
 from hf_pipeline.methods.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch, messages_for
 from hf_pipeline.llm import load_backend
 from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext
 from hf_pipeline.methods.text.strata import draw_rates, draw_tolerance, drawn, equal_shares
 
 QUERY_COLUMNS = ("query_id", "query", "source")
@@ -238,15 +238,19 @@ STAGE = Stage(
         "num_variables": "int32",
         "messages": "chat",
     },
-    map_columns={"query_id": "string", "source": "string", "query": "string", "drawn": "bool"},
-    map_batch=draw_batch,
-    setup=setup,  # the draw's rates, then the teacher (ctx.config.llm)
-    inputs=inputs,
-    check_input=check_input,
-    finalize=teach_and_keep,
-    summarize=summarize,
-    models=lambda config: {"teacher": llm_card_ref(config.llm)},
-    prompts=lambda config: [TEACHER_PROMPT],  # always teacher mode: the prompt's content is part of the fingerprint
+    inputs=Inputs(
+        needs_input=False,
+        parts=inputs,
+        check=check_input,
+        models=lambda config: {"teacher": llm_card_ref(config.llm)},
+        prompts=lambda config: [TEACHER_PROMPT],  # always teacher mode: the prompt's content is part of the fingerprint
+    ),
+    map=Map(
+        batch=draw_batch,
+        columns={"query_id": "string", "source": "string", "query": "string", "drawn": "bool"},
+        setup=setup,  # the draw's rates, then the teacher (ctx.config.llm)
+        finalize=teach_and_keep,
+    ),
+    card=Card(summarize=summarize),
     version=2,
-    needs_input=False,
 )

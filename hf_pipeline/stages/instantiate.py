@@ -29,7 +29,7 @@ time, see hf_pipeline/methods/documents.py).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from hf_pipeline.methods.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F401  (the default document columns)
@@ -40,7 +40,9 @@ from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.methods.pairs import (
     INSTANTIATE_COLUMNS, MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, teacher_prompt, user_message,
 )
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, INSTANTIATOR, PARQUET_TEXT_RATIO, CostModel, StageEstimate, Workload,
+                                      gpu_tokens_per_s, hours, llm_stage_estimate)
+from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext
 from hf_pipeline.methods.text.excerpts import ExcerptError, expand_excerpts
 from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
 
@@ -250,16 +252,41 @@ STATUSES = (
     "unknown_template",
 )
 
+def estimate_cost(rows: float, unit: str, w: Workload) -> StageEstimate:
+    """The stage's cost for `rows` input rows of the workload `w` (see run/estimate.py)."""
+    prompt = w.tokens_per_document + w.instantiate_prompt_tokens
+    # document-first prompts + vLLM prefix caching: each document is prefilled once for its six templates
+    cached = rows * w.tokens_per_document * (1 - 1 / w.templates_per_document)
+    est = llm_stage_estimate(
+        "instantiate", rows, unit, INSTANTIATOR, prompt, w.instantiate_output_tokens,
+        [f"{rows / 1e9:,.1f}B pairs instantiated (prompt = document + template, document first, prefix-cached)"],
+        PARQUET_TEXT_RATIO * CHARS_PER_TOKEN * (40 + w.expanded_answer_tokens) + 60, rows * w.instantiate_ok_rate,
+        ["prefix-cache hit rate (assumed: every document prefilled once)",
+         f"generated tokens per pair with <excerpt> tags (assumed {w.instantiate_output_tokens:.0f}; "
+         f"{w.expanded_answer_tokens:.0f} after expansion)"], cached_prefix=cached)
+    no_tags = replace(w, instantiate_output_tokens=w.instantiate_output_tokens + w.expanded_answer_tokens * 0.8)
+    decode = gpu_tokens_per_s(INSTANTIATOR, "decode").value
+    extra = hours(rows * (no_tags.instantiate_output_tokens - w.instantiate_output_tokens) / decode)
+    est.work.append(f"without excerpt tags: +{extra:,.0f} GPU-h of decode; without prefix caching: "
+                    f"+{hours(cached / gpu_tokens_per_s(INSTANTIATOR, 'prefill').value):,.0f} GPU-h of prefill")
+    return est
+
+
 STAGE = Stage(
     name="instantiate",
     description="fill each matched template from its document and answer with document excerpts (§3.3)",
     config_class=InstantiateConfig,
     output_columns=INSTANTIATE_COLUMNS,
-    input_columns=("doc_id", "template_id", "template", "doc_file", "doc_row", "chunk_index", "score"),
-    map_batch=instantiate_batch,
-    setup=setup,
-    input_refs=check_config,
-    resolve_config=resolve_config,
-    models=lambda config: {"instantiator": llm_card_ref(config.llm)},
-    prompts=lambda config: [teacher_prompt(config.prompt_layout)] if config.mode == "teacher" else [],
+    inputs=Inputs(
+        columns=("doc_id", "template_id", "template", "doc_file", "doc_row", "chunk_index", "score"),
+        side=check_config,
+        resolve_config=resolve_config,
+        models=lambda config: {"instantiator": llm_card_ref(config.llm)},
+        prompts=lambda config: [teacher_prompt(config.prompt_layout)] if config.mode == "teacher" else [],
+    ),
+    map=Map(
+        batch=instantiate_batch,
+        setup=setup,
+    ),
+    cost=CostModel("(document, template) pairs", lambda w: w.pairs, "documents", estimate_cost, step=5),
 )

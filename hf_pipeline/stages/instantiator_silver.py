@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.pairs import MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, user_message
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.run.stage import Inputs, Map, Reduce, Stage, StageContext
 from hf_pipeline.methods.text.strata import bucket_of, quantile_edges, round_robin_sample
 from hf_pipeline.methods.text.templates import TemplateError, count_variables
 from hf_pipeline.methods.text.topics import topic_of
@@ -235,11 +235,17 @@ STAGE = Stage(
     description="silver data for the instantiator: judged teacher instantiations ≥ min_score plus null examples, stratified (§3.3)",
     config_class=InstantiatorSilverConfig,
     output_columns=OUTPUT_COLUMNS,
-    map_columns=MAP_COLUMNS,
-    input_columns=JUDGED_COLUMNS,
-    map_batch=silver_batch,
-    reduce=select_examples,
-    partitions=lambda config: 1,  # one global selection over ~100K judged rows
-    input_refs=check_config,
-    resolve_config=resolve_config,
+    inputs=Inputs(
+        columns=JUDGED_COLUMNS,
+        side=check_config,
+        resolve_config=resolve_config,
+    ),
+    map=Map(
+        batch=silver_batch,
+        columns=MAP_COLUMNS,
+    ),
+    reduce=Reduce(
+        step=select_examples,
+        partitions=lambda config: 1,  # one global selection over ~100K judged rows
+    ),
 )

@@ -18,7 +18,9 @@ from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.io.package_data import package_file
 from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, CostModel, JUDGE, PARQUET_TEXT_RATIO, StageEstimate, Workload,
+                                      llm_stage_estimate)
+from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext
 
 PROMPT = package_file("prompts", "judge_flow.txt")
 _SCORE = re.compile(r"<score>(.*?)</score>", re.S)
@@ -103,14 +105,29 @@ def judge_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
     return {**kept, "judge_score": scores, "judge_feedback": feedbacks, "judge_status": statuses}
 
 
+def estimate_cost(rows: float, unit: str, w: Workload) -> StageEstimate:
+    """The stage's cost for `rows` input rows of the workload `w` (see run/estimate.py)."""
+    return llm_stage_estimate(
+        "judge", rows, unit, JUDGE, w.judge_prompt_tokens + w.expanded_answer_tokens, w.judge_output_tokens,
+        [f"{rows / 1e9:,.1f}B pairs judged (rubric + instruction + expanded answer)"],
+        PARQUET_TEXT_RATIO * CHARS_PER_TOKEN * w.judge_output_tokens + 20, rows,
+        ["judge prompt/feedback lengths (output counted as score + feedback only)",
+         "judging only the pairs the token budget can keep (~3 of 6 per document) would halve this"])
+
+
 STAGE = Stage(
     name="judge",
     description="score each instruction-answer pair 1-5 with a Flow Judge rubric (§3.4)",
     config_class=JudgeConfig,
     output_columns={**INSTANTIATE_COLUMNS, "judge_score": "int32", "judge_feedback": "string", "judge_status": "string"},
-    input_columns=tuple(INSTANTIATE_COLUMNS),
-    map_batch=judge_batch,
-    setup=lambda ctx: {"llm": load_backend(ctx.config.llm), "prompt": PROMPT.read_text()},
-    models=lambda config: {"judge": llm_card_ref(config.llm)},
-    prompts=lambda config: [PROMPT],
+    inputs=Inputs(
+        columns=tuple(INSTANTIATE_COLUMNS),
+        models=lambda config: {"judge": llm_card_ref(config.llm)},
+        prompts=lambda config: [PROMPT],
+    ),
+    map=Map(
+        batch=judge_batch,
+        setup=lambda ctx: {"llm": load_backend(ctx.config.llm), "prompt": PROMPT.read_text()},
+    ),
+    cost=CostModel("instantiated pairs", lambda w: w.pairs * w.instantiate_ok_rate, "documents", estimate_cost, step=6),
 )

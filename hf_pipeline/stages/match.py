@@ -75,7 +75,10 @@ from hf_pipeline.methods.histograms import Grid, histogram_median
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.index_files import WEIGHTS_FILE, IdMap, index_info, index_is_empty, open_index
 from hf_pipeline.methods.matching import ComplexityWeights, chance_baseline, document_seed, match_document, pair_scores
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.run.estimate import (BGE_M3, CPU_HERE, CostModel, GPU_ASSUMPTIONS, H100_BF16_FLOPS, MEASURED,
+                                      StageEstimate, Workload, cpu_encoder_tokens_per_s, gpu_tokens_per_s, hours,
+                                      human)
+from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext
 
 
 @dataclass
@@ -695,21 +698,62 @@ MAP_COLUMNS = {
 }
 
 
+def estimate_cost(rows: float, unit: str, w: Workload) -> StageEstimate:
+    """The stage's cost for `rows` input rows of the workload `w` (see run/estimate.py)."""
+    tokens = rows * w.tokens_per_document
+    enc = gpu_tokens_per_s(BGE_M3, "encode", int(w.tokens_per_document))
+    queries = rows * w.vectors_per_document
+    flat_flops = queries * w.templates * 2 * w.embedding_dim
+    flat_rate = GPU_ASSUMPTIONS["faiss_flat_fp16_efficiency"] * H100_BF16_FLOPS
+    seconds = tokens / enc.value + flat_flops / flat_rate
+    # CPU alternative: IVF-PQ scan at the measured codes/s, plus the coarse quantizer (nlist x d per vector)
+    scanned = queries * w.templates * w.faiss_nprobe / w.faiss_nlist
+    codes = MEASURED["faiss_ivfpq_codes_per_s"]
+    coarse = queries * w.faiss_nlist * 2 * w.embedding_dim / (MEASURED["faiss_flat_gflops"].value * 1e9)
+    cpu_search_h = hours(scanned / codes.value + coarse)
+    cpu_enc = cpu_encoder_tokens_per_s(BGE_M3, int(w.tokens_per_document))
+    return StageEstimate(
+        "match", rows, unit,
+        [f"{tokens / 1e9:,.0f}B document tokens embedded once (BGE-M3, Gaussian pooling: {w.vectors_per_document} vectors/doc)",
+         f"{queries / 1e9:,.1f}B vectors searched against {w.templates / 1e6:,.0f}M templates "
+         f"(Flat: {flat_flops / 1e18:,.0f} EFLOP)"],
+        "H100", rows / seconds, hours(seconds),
+        f"embed {enc.value:,.0f} tok/s ({enc.label}: {enc.how}); Flat fp16 search at "
+        f"{GPU_ASSUMPTIONS['faiss_flat_fp16_efficiency']:.0%} of peak (ESTIMATE, unmeasured)", False,
+        cpu_alternative=f"CPU: embedding {human(hours(tokens / cpu_enc.value))} machine-hours ({cpu_enc.how}); "
+        f"IVF{w.faiss_nlist},PQ{w.pq_bytes} nprobe={w.faiss_nprobe} search {human(cpu_search_h)} machine-hours "
+        f"(measured {codes.value:,.0f} codes/s and {MEASURED['faiss_flat_gflops'].value:,.0f} GFLOP/s on {codes.device})",
+        memory=[f"Flat fp16 index {w.templates * w.embedding_dim * 2 / 1e9:,.1f} GB on the GPU + BGE-M3 1.1 GB bf16",
+                f"or IVF-PQ {(w.templates * (w.pq_bytes + 8)) / 1e9:,.1f} GB in RAM",
+                f"template ids and texts: a memory-mapped Arrow copy of index/id_map.parquet (~{w.templates * 200 / 1e9:,.1f} GB on disk, paged in as used)"],
+        output_rows=rows * w.templates_per_document * 0.9, output_bytes_per_row=30,
+        unmeasured=["GPU embedding and GPU FAISS throughput", "recall of IVF-PQ vs Flat at 18M (changes which pairs exist)",
+                    f"measured here only with MiniLM: {MEASURED['match_minilm_docs_per_s'].value:,.1f} docs/s end to end on {CPU_HERE}"],
+    )
+
+
 STAGE = Stage(
     name="match",
     description="Gaussian-pooled document vectors -> FAISS -> cosine threshold -> complexity-weighted template draw (§3.2, App. B)",
     config_class=MatchConfig,
     output_columns=OUTPUT_COLUMNS,
-    map_columns=MAP_COLUMNS,
-    check_input=check_mapped_documents("match"),  # the config's doc_id_column and text_column
-    resolve_config=resolve_config,
-    map_batch=match_batch,
-    setup=setup,
-    finalize=keep_pairs,
-    summarize=summarize,
-    report=report,
-    artifacts=write_plots,
+    inputs=Inputs(
+        check=check_mapped_documents("match"),  # the config's doc_id_column and text_column
+        side=input_refs,
+        resolve_config=resolve_config,
+        models=lambda config: {"embedder": model_ref(config.model, config.model_revision)},
+    ),
+    map=Map(
+        batch=match_batch,
+        columns=MAP_COLUMNS,
+        setup=setup,
+        finalize=keep_pairs,
+    ),
+    card=Card(
+        summarize=summarize,
+        report=report,
+        artifacts=write_plots,
+    ),
+    cost=CostModel("documents", lambda w: w.documents, "documents", estimate_cost, step=4),
     version=3,
-    input_refs=input_refs,
-    models=lambda config: {"embedder": model_ref(config.model, config.model_revision)},
 )

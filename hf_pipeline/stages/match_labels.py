@@ -51,7 +51,7 @@ from hf_pipeline.methods.index_files import IdMap, index_info, index_is_empty, o
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.io.package_data import package_file
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext
 
 PROMPTS = package_file("prompts")
 DESCRIBE_PROMPT = PROMPTS / "describe_document.txt"
@@ -438,12 +438,16 @@ STAGE = Stage(
     description="silver data for the matching embedder: teacher-judged hard positives/negatives (§3.2, rounds 1-2)",
     config_class=MatchLabelsConfig,
     output_columns=OUTPUT_COLUMNS,
-    map_columns=MAP_COLUMNS,
-    check_input=check_mapped_documents("match_labels"),  # the config's doc_id_column and text_column
-    map_batch=label_batch,
-    setup=setup,
-    finalize=keep_pairs,
-    summarize=summarize,
-    input_refs=input_refs,
-    models=lambda config: {"embedder": model_ref(config.model, config.model_revision), "teacher": llm_card_ref(config.llm)},
+    inputs=Inputs(
+        check=check_mapped_documents("match_labels"),  # the config's doc_id_column and text_column
+        side=input_refs,
+        models=lambda config: {"embedder": model_ref(config.model, config.model_revision), "teacher": llm_card_ref(config.llm)},
+    ),
+    map=Map(
+        batch=label_batch,
+        columns=MAP_COLUMNS,
+        setup=setup,
+        finalize=keep_pairs,
+    ),
+    card=Card(summarize=summarize),
 )

@@ -87,8 +87,15 @@ def _ship_stage_code(plan: RunPlan) -> None:
     """Stages outside the installed package (tests, notebooks) travel to the workers by value."""
     from ray import cloudpickle
 
-    funcs = [getattr(plan.stage, f.name) for f in dataclasses.fields(plan.stage)]
-    modules = {getattr(f, "__module__", None) for f in funcs if callable(f)} | {type(plan.config).__module__}
+    def hooks(declaration: object):  # every callable of the declaration, its groups' included
+        for f in dataclasses.fields(declaration):
+            value = getattr(declaration, f.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                yield from hooks(value)
+            elif callable(value):
+                yield value
+
+    modules = {getattr(f, "__module__", None) for f in hooks(plan.stage)} | {type(plan.config).__module__}
     for name in modules:
         if not name or name == "__main__" or name.split(".")[0] in ("hf_pipeline", "builtins"):
             continue
