@@ -145,8 +145,8 @@ def constrained_rows(n: int, max_tokens: int):
     rows adjacent (two templates per document): (messages, one schema per row, the stage config)."""
     import json
 
-    from hf_pipeline.llm.json_output import nullable
     from hf_pipeline.llm.config import LLMConfig
+    from hf_pipeline.llm.json_output import nullable
     from hf_pipeline.methods.pairs import user_message
     from hf_pipeline.stages.instantiate import InstantiateConfig, pair_schema
 

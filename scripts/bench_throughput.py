@@ -95,10 +95,10 @@ def main() -> int:
     scanned = len(queries) * n_db * nprobe / nlist
     results["faiss_ivfpq_codes_per_s"] = scanned / seconds
 
+    from hf_pipeline.methods.text.decontamination import NgramIndex
     from hf_pipeline.run.config import build_config
     from hf_pipeline.run.stage import StageContext
     from hf_pipeline.stages.collect_queries import STAGE as CQ
-    from hf_pipeline.methods.text.decontamination import NgramIndex
 
     config = build_config(CQ.config_class, {"sources": [{"name": "bench", "dataset": "unused", "column": "text"}]})
     rows = [json.loads(line)["text"] for line in (ROOT / "samples" / "queries" / "chatterbot.jsonl").open()] * 20

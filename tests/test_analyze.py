@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.methods import analysis as an
 from hf_pipeline.cli import main
+from hf_pipeline.methods import analysis as an
 
 # ---------------------------------------------------------------- pure
 

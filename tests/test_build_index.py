@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.run.config import build_config
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.matching import ComplexityWeights, complexity_weights, source_complexity_counts, weights_from_counts
+from hf_pipeline.methods.text.templates import count_variables, template_id
+from hf_pipeline.run.config import build_config
 from hf_pipeline.run.runner import RunOptions, run_stage
 from hf_pipeline.run.stage import merge_stats
 from hf_pipeline.stages.build_index import STAGE, BuildIndexConfig
-from hf_pipeline.methods.text.templates import count_variables, template_id
 
 # Hand-written fixture templates: several topics, 1-4 variables, real-chat and other sources, and three
 # rows that must not be indexed (a non-ok status, an empty description, a repeated template_id).

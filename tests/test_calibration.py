@@ -38,12 +38,12 @@ AUTO = {"threshold": "auto:0.5"}
 @pytest.fixture(scope="module")
 def faq_index(local_hub, tmp_path_factory) -> str:
     """An index of the software-FAQ templates, built by build_index with MiniLM."""
-    from hf_pipeline.run.config import build_config
     from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.methods.text.templates import template_id
+    from hf_pipeline.run.config import build_config
     from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages.build_index import STAGE as BUILD_INDEX
     from hf_pipeline.stages.build_index import BuildIndexConfig
-    from hf_pipeline.methods.text.templates import template_id
 
     rows = [{"template_id": template_id(t), "query_id": f"faq{i}", "source": "faq", "template": t,
              "compatible_document_description": d, "num_variables": 1, "status": "ok"} for i, (t, d) in enumerate(SOFTWARE_FAQ)]

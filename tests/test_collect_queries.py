@@ -218,8 +218,8 @@ def _ctx(cfg, label="src", resources=None):
 
 
 def test_map_extracts_by_the_parts_mapping_and_keys_by_the_dedupe_mode():
-    from hf_pipeline.stages.collect_queries import collect_batch
     from hf_pipeline.methods.text.queries import dedup_key, query_id
+    from hf_pipeline.stages.collect_queries import collect_batch
 
     sources = [{"name": "chat", "dataset": "x/c", "conversation_column": "messages"}, {"name": "flat", "dataset": "x/f", "column": "q"}]
     batch = {"messages": [conversation("What is  AI?"), [{"role": "assistant", "content": "hi"}]], "_input_row": [0, 1]}
@@ -241,8 +241,8 @@ def test_partitioned_dedupe_equals_one_pass_for_any_cut(mode):
     import datasets
 
     from hf_pipeline.io.features import features_from_spec
-    from hf_pipeline.stages.collect_queries import collect_batch, dedupe, drop_failed
     from hf_pipeline.run.worker import partition_of
+    from hf_pipeline.stages.collect_queries import collect_batch, dedupe, drop_failed
 
     rng = random.Random(7)
     words = ["what", "is", "AI", "the", "sun", "why", "cats", "sleep", "so", "much"]

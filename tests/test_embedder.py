@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from hf_pipeline.methods.embedder import GAUSSIAN_POOLING_TYPE, load_embedder, packaged_model_path
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.methods.embedder import GAUSSIAN_POOLING_TYPE, load_embedder, packaged_model_path
 from hf_pipeline.methods.pooling import GaussianPooling, encode_gaussian, with_gaussian_pooling
 
 TEXTS = [

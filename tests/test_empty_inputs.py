@@ -77,8 +77,8 @@ def no_models(monkeypatch):
 
 @pytest.fixture(scope="module")
 def inputs(local_hub, tmp_path_factory) -> dict[str, str]:
-    from hf_pipeline.stages.build_index import TEMPLATE_COLUMNS
     from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
+    from hf_pipeline.stages.build_index import TEMPLATE_COLUMNS
     from hf_pipeline.stages.judge import STAGE as JUDGE
     from hf_pipeline.stages.match import OUTPUT_COLUMNS as PAIR_COLUMNS
 
@@ -244,8 +244,8 @@ def test_a_pipeline_whose_match_yields_no_pair_finishes_every_stage(local_hub, t
     """match at threshold 1.0 publishes no pair; instantiate, judge, assemble and analyze then each publish an
     empty (or, for analyze, an all-zero) carded revision, and no LLM is loaded. The pipeline command runs each stage
     in its own process; here they run in this one (same specs, same order), so the refusing loaders apply."""
-    from hf_pipeline.run import pipeline
     from hf_pipeline.io.hub import load_dataset_ref, resolve_dataset
+    from hf_pipeline.run import pipeline
     from hf_pipeline.run.specs import run_spec
     from hf_pipeline.stages import genericize, instantiate, judge, match_labels
 

@@ -69,8 +69,8 @@ def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_
     import json
     from dataclasses import dataclass
 
-    from hf_pipeline.run.estimate import estimate_command, estimate_from_run
     from hf_pipeline.io.hub import load_card, push_local_dataset
+    from hf_pipeline.run.estimate import estimate_command, estimate_from_run
     from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.run.stage import Card, Inputs, Map, Stage
 

@@ -51,8 +51,8 @@ def publish_documents(repo: str, files: list[list[dict]], tag: str, folder: Path
 @pytest.fixture(scope="module")
 def corpus(local_hub, tmp_path_factory) -> dict[str, str]:
     """Eight documents in four files and the hand-made templates' index, published without faults."""
-    from hf_pipeline.run.config import build_config
     from hf_pipeline.io.hub import push_local_dataset
+    from hf_pipeline.run.config import build_config
     from hf_pipeline.run.runner import RunOptions, run_stage
     from hf_pipeline.stages.build_index import STAGE, BuildIndexConfig
 

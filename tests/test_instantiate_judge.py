@@ -449,8 +449,8 @@ def test_constrained_pair_schema_holds_template_wording_and_sentence_bounded_exc
     excerpt the grammar allows is found in the document by expansion, from a sentence start to a sentence end."""
     from hf_pipeline.llm.base import Completion
     from hf_pipeline.llm.json_output import nullable, parse_json_completion
-    from hf_pipeline.stages.instantiate import pair_schema
     from hf_pipeline.methods.text.excerpts import expand_excerpts
+    from hf_pipeline.stages.instantiate import pair_schema
 
     config = InstantiateConfig(documents="d", constrain_format=True, max_variable_words=3,
                                min_fragment_chars=5, max_fragment_chars=20)

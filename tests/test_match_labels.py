@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_pipeline.run.config import build_config
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.run.config import build_config
 from hf_pipeline.run.runner import RunOptions, run_stage
 from hf_pipeline.stages.match_labels import OUTPUT_COLUMNS, STAGE, MatchLabelsConfig, input_refs
 

@@ -563,8 +563,8 @@ def test_hole11_a_column_missing_from_a_later_file_fails_at_plan_time(local_hub,
 
 
 def test_hole11_write_access_and_shard_bounds_are_checked_before_planning(local_hub, tmp_path, monkeypatch):
-    from hf_pipeline.run import runner
     from hf_pipeline.errors import PipelineError
+    from hf_pipeline.run import runner
     from hf_pipeline.run.runner import run_stage
     from slow_stage import SLOW
 

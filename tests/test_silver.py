@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 
 from hf_pipeline.llm.config import LLMConfig
-from hf_pipeline.run.runner import RunOptions, run_stage
 from hf_pipeline.methods.text.strata import bucket_of, draw_rates, draw_tolerance, drawn, equal_shares, quantile_edges, round_robin_sample
 from hf_pipeline.methods.text.topics import topic_of
+from hf_pipeline.run.runner import RunOptions, run_stage
 
 # ---------------------------------------------------------------- pure parts
 

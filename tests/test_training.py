@@ -105,8 +105,8 @@ def test_tiny_instantiator_loss_falls_on_reply_tokens_only(tiny_instantiator, sm
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hf_pipeline.methods.chat_sft import IGNORE_INDEX, pad_batch, tokenize_chat
     from hf_pipeline.io.hub import load_card
+    from hf_pipeline.methods.chat_sft import IGNORE_INDEX, pad_batch, tokenize_chat
 
     card = load_card("local/tiny-instantiator", "v1", repo_type="model")
     meta = card.data.hf_pipeline
@@ -209,8 +209,8 @@ def matcher_round1(local_hub, tmp_path_factory) -> str:
 
 
 def test_round1_positives_rise_relative_to_negatives(matcher_round1):
-    from hf_pipeline.methods.embedder import load_embedder
     from hf_pipeline.io.hub import load_card
+    from hf_pipeline.methods.embedder import load_embedder
     from hf_pipeline.stages.train_embedder import cosine_figures
 
     meta = load_card("local/matcher", "r1", repo_type="model").data.hf_pipeline
@@ -229,8 +229,8 @@ def test_round1_positives_rise_relative_to_negatives(matcher_round1):
 def test_round2_model_keeps_gaussian_pooling_and_serves_build_index_and_match(matcher_round1, local_hub, tmp_path, capsys):
     from datasets import load_dataset
 
-    from hf_pipeline.methods.embedder import load_embedder
     from hf_pipeline.io.hub import load_card
+    from hf_pipeline.methods.embedder import load_embedder
     from hf_pipeline.methods.pooling import GaussianPooling, encode_gaussian
 
     data = write_jsonl(tmp_path / "labels_r2.jsonl", labelled_pairs(2))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.stages import all_stages
 from hf_pipeline.methods.usage import ModelUsage
 from hf_pipeline.run.worker import engines
+from hf_pipeline.stages import all_stages
 from test_empty_inputs import DOCS, EMBEDDER, LLM, publish_rows, run  # noqa: E402  (tests/ is on sys.path)
 from test_genericize import QUERIES  # noqa: E402
 from test_instantiate_judge import DOC_FILES, PAIRS, publish_documents  # noqa: E402  (pairs pointing into sample documents)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_pipeline.io import retry as hub_retry
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.io import retry as hub_retry
 
 hub_retry.install()  # before any Hub call of this process (see hub_retry's docstring)
 

@@ -15,10 +15,10 @@ from hf_pipeline.llm.base import (
     resolve_model,
     sampling,
 )
+from hf_pipeline.llm.config import LLMConfig
 from hf_pipeline.llm.json_output import nullable, parse_json_completion
 from hf_pipeline.llm.registry import backend_names, load_backend, register_backend
 from hf_pipeline.llm.smollm2 import default_offline_model
-from hf_pipeline.llm.config import LLMConfig
 
 __all__ = [
     "Backend",

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.hub import cache_root, split_ref
+from hf_pipeline.llm.config import PACKAGED_SMOLLM2, LLMConfig
 from hf_pipeline.llm.json_output import warn_unbounded_strings
 from hf_pipeline.llm.smollm2 import smollm2_gguf
-from hf_pipeline.llm.config import PACKAGED_SMOLLM2, LLMConfig
 
 log = logging.getLogger(__name__)
 

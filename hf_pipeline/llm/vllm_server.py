@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 
 from hf_pipeline.hub.local import free_port
-from hf_pipeline.llm.vllm_backend import engine_kwargs
 from hf_pipeline.llm.config import LLMConfig
+from hf_pipeline.llm.vllm_backend import engine_kwargs
 
 
 def serve_command(config: LLMConfig, host: str, port: int, served_name: str) -> list[str]:

@@ -28,6 +28,11 @@ def text_field() -> Any:
     return field(default=TEXT_COLUMN, metadata={"help": "the documents' column holding each document's text"})
 
 
+def model_revision_field() -> Any:
+    """The revision of an embedder named by a config's `model` (pinned to its commit when a run is planned)."""
+    return field(default=None, metadata={"help": "revision of a Hub model (branch, tag or sha)"})
+
+
 def check_columns(schema, wanted: dict[str, str | None], what: str, stage: str) -> None:
     """`wanted`: {config key: column name (None: not asked)}; a missing column is said naming the key to set."""
     names = list(schema.names) if schema is not None else []

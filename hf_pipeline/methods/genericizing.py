@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hf_pipeline.io.package_data import package_file
 from hf_pipeline.llm import sampling
 from hf_pipeline.llm.config import LLMConfig, llm_field
-from hf_pipeline.io.package_data import package_file
-from hf_pipeline.run.stage import StageContext
 from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
 from hf_pipeline.methods.text.templates import TemplateError, parse_template, template_id
+from hf_pipeline.run.stage import StageContext, add_row
 
 TEACHER_PROMPT = package_file("prompts", "genericize_teacher.txt")
 
@@ -205,15 +205,18 @@ def genericize_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, lis
                 why = dropped_words(template, query)
                 if why:
                     status, detail = "dropped_words", why
-        out["template_id"].append(template_id(template) if template else None)
-        out["query_id"].append(qid)
-        out["source"].append(source)
-        out["template"].append(template)
-        out["compatible_document_description"].append(description)
-        out["num_variables"].append(num_variables)
-        out["status"].append(status)
-        out["status_detail"].append(detail or None)
-        out["raw_output"].append(None if status == "ok" else completion.text)
+        add_row(
+            out,
+            template_id=template_id(template) if template else None,
+            query_id=qid,
+            source=source,
+            template=template,
+            compatible_document_description=description,
+            num_variables=num_variables,
+            status=status,
+            status_detail=detail or None,
+            raw_output=None if status == "ok" else completion.text,
+        )
     return out
 
 

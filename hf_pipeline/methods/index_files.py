@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_pipeline.methods.embedder import load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.methods.embedder import load_embedder, model_ref
 from hf_pipeline.methods.matching import template_keys
 from hf_pipeline.run.stage import StageContext
 

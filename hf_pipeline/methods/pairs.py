@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from hf_pipeline.io.datafiles import MissingData
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.io.datafiles import MissingData
 from hf_pipeline.io.hub import DatasetRef, read_card_metadata
 from hf_pipeline.io.package_data import package_file
 from hf_pipeline.run.stage import StageContext

@@ -20,8 +20,8 @@ def load_tokenizer(name: str) -> Any:
     """A (fast when available) tokenizer by Hub id[@revision], local path, or packaged name; cached per process."""
     from transformers import AutoTokenizer
 
-    from hf_pipeline.methods.embedder import packaged_model_path
     from hf_pipeline.io.hub import split_ref
+    from hf_pipeline.methods.embedder import packaged_model_path
 
     packaged = packaged_model_path(name)
     if packaged is not None or Path(name).expanduser().exists():

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from hf_pipeline import __version__
-from hf_pipeline.run.config import config_hash, config_to_dict
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.hub import DatasetRef, output_tags, read_card_metadata, resolve_dataset, split_ref
 from hf_pipeline.io.package_data import package_file
+from hf_pipeline.run.config import config_hash, config_to_dict
 
 TINY_RANDOM_PREFIX = "tiny-random:"  # a small random causal LM built from a config (tests, CPU demos)
 PACKAGE = f"fineinstructions-pipeline {__version__}"

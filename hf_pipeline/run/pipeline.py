@@ -29,8 +29,8 @@ import signal
 import time
 from typing import Any
 
-from hf_pipeline.run.config import read_yaml
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.run.config import read_yaml
 
 _REFERENCE = re.compile(r"\{([a-z0-9_]+)(?:\.(repo|tag))?\}")
 

@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 Batch = dict[str, list]
 
 
+def add_row(batch: Batch, **values: Any) -> None:
+    """Append one output row to a batch being built, a value per column."""
+    for column, value in values.items():
+        batch[column].append(value)
+
+
 @dataclass
 class StageContext:
     """What a stage's hooks get from the runner besides their config.

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from hf_pipeline.run import contract
-from hf_pipeline.run.contract import TINY_RANDOM_PREFIX, ModelPin, pin_model  # noqa: F401  (the stages' names for them)
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.hub import DatasetRef, cache_root, load_dataset_ref, publish_model
+from hf_pipeline.run import contract
+from hf_pipeline.run.contract import TINY_RANDOM_PREFIX, ModelPin, pin_model  # noqa: F401  (the stages' names for them)
 
 if TYPE_CHECKING:
     from hf_pipeline.run.estimate import CostModel

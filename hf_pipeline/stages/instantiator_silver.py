@@ -35,13 +35,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.errors import PipelineError
+from hf_pipeline.methods.documents import check_documents_input, doc_id_field, text_field
 from hf_pipeline.methods.pairs import MAX_DOCUMENT_CHARS, PromptLayout, check_documents_lineage, read_documents, user_message
-from hf_pipeline.run.stage import Inputs, Map, Reduce, Stage, StageContext
 from hf_pipeline.methods.text.strata import bucket_of, quantile_edges, round_robin_sample
 from hf_pipeline.methods.text.templates import TemplateError, count_variables
 from hf_pipeline.methods.text.topics import topic_of
+from hf_pipeline.run.stage import Inputs, Map, Reduce, Stage, StageContext, add_row
 
 JUDGED_COLUMNS = ("doc_id", "template_id", "template", "doc_file", "doc_row", "instruction", "answer", "raw_answer", "status",
                   "judge_score", "judge_status")
@@ -135,19 +135,25 @@ def silver_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
             reply = assistant_reply(instruction, raw_answer, selection == NULL)
             messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         is_null = selection == NULL
-        out["doc_id"].append(doc_id)
-        out["template_id"].append(tid)
-        out["instruction"].append(None if is_null else instruction)
-        out["answer"].append(None if is_null else raw_answer)
-        out["judge_score"].append(score)
-        out["num_variables"].append(num_variables)
+        add_row(
+            out,
+            doc_id=doc_id,
+            template_id=tid,
+            instruction=None if is_null else instruction,
+            answer=None if is_null else raw_answer,
+            judge_score=score,
+            num_variables=num_variables,
+        )
         # a null example has no pair: its topic is the template's
         out["topic"].append(topic_of(template) if is_null else topic_of(instruction, answer))
         out["answer_chars"].append(len(answer) if selection == POSITIVE and answer else 0)  # the expanded answer
-        out["is_null"].append(is_null)
-        out["messages"].append(messages)
-        out["selection"].append(selection)
-        out["instantiate_status"].append(status)
+        add_row(
+            out,
+            is_null=is_null,
+            messages=messages,
+            selection=selection,
+            instantiate_status=status,
+        )
     return out
 
 

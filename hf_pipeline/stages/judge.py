@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from hf_pipeline.io.package_data import package_file
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
-from hf_pipeline.io.package_data import package_file
 from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
 from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, CostModel, JUDGE, PARQUET_TEXT_RATIO, StageEstimate, Workload,
                                       llm_stage_estimate)

