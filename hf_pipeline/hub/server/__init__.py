@@ -11,9 +11,10 @@ Its layers, each in the module its name says, each building on the ones before i
 - ``store``: ``Store``, the git store: repo layout, LFS objects, revision resolution, commits, branches and tags,
   every write under a per-repo lock;
 - ``auth``: accounts from ``ROOT/tokens.json`` and who may read or write what (``Access``);
-- ``reads``: the read routes (repo info, refs, trees, paths-info, history, files with ``Range``, discussions,
-  listings), over olah's mirror backend where it serves the Hub's answer;
-- ``writes``: the write routes (repos, preupload, LFS batch and uploads, commits, branches, tags, discussions);
+- ``reads``: the read routes (service and identity, repo info, refs, trees, paths-info, history, files with
+  ``Range``, listings), over olah's mirror backend where it serves the Hub's answer;
+- ``writes``: the write routes (repos, preupload, the LFS API, commits, branches, tags);
+- ``discussion_routes``: the routes of discussions and pull requests, reads and writes;
 - ``app``: ``create_app`` (request guard, our routes, then olah's), the access log and ``main``.
 
 Beside the package, ``hf_pipeline.hub.guard`` checks every request before a route sees it (Host, Origin, body caps)

@@ -3,8 +3,8 @@
 Requests pass ``guard.RequestGuard`` first: a ``Host`` that does not name this server (DNS rebinding) or a write
 from another ``Origin`` (a web page) is a 403, and bodies are capped as they arrive (413): commits at 64 MiB
 (``--max-commit-bytes``), LFS objects at 50 GiB (``--max-lfs-bytes``; also refused past the size their batch call
-announced), anything else at 8 MiB (``--max-json-bytes``). Then come our own routes (``reads``, ``writes``), and
-olah's router last, offline, for anything else. Listening on a non-loopback ``--host`` logs one warning line.
+announced), anything else at 8 MiB (``--max-json-bytes``). Then come our own routes (``reads``, ``writes``,
+``discussion_routes``), and olah's router last, offline, for anything else. Listening on a non-loopback ``--host`` logs one warning line.
 
 ``--access-log FILE`` appends one JSON line per request (method, raw path and query, ``Range``, status, bytes
 sent; see ``AccessLog``) and never another header: tokens travel in ``Authorization``.
@@ -27,6 +27,7 @@ from olah.server_routes import router as olah_router
 from hf_pipeline.hub.accounts import allowed_host_names, network_warning
 from hf_pipeline.hub.guard import MiB, HubError, Limits, RequestGuard
 from hf_pipeline.hub.server.auth import Access
+from hf_pipeline.hub.server.discussion_routes import discussion_routes
 from hf_pipeline.hub.server.plumbing import now
 from hf_pipeline.hub.server.reads import LISTING_PAGE_SIZE, read_routes
 from hf_pipeline.hub.server.store import Store
@@ -51,8 +52,13 @@ def create_app(root: Path, host: str = "127.0.0.1", allowed_hosts: tuple[str, ..
     async def _hub_error(_: Request, exc: HubError) -> JSONResponse:
         return exc.response()
 
+    # Routes are tried in this order, and where a path fits routes of other methods only, the first of them
+    # answers the 405 and names its methods in ``Allow``: each group keeps the order its routes always had
+    # (validate-yaml before the listing /api/{repo_type}, an LFS upload before its download link, opening a
+    # discussion before listing them).
     app.include_router(read_routes(store, access, listing_page_size))
     app.include_router(write_routes(store, access, limits))
+    app.include_router(discussion_routes(store, access))
 
     # Everything else falls through to olah's router (offline), e.g. repo ids without a namespace (RepoNotFound).
     # Its routes that name one of our repos (HEAD of some reads, Xet tokens) see private repos by our rule too.

@@ -1,4 +1,5 @@
-"""The local Hub's read routes: repo info, refs, trees, paths-info, commit history, files, discussions, listings.
+"""The local Hub's read routes: service and identity, repo info, refs, trees, paths-info, commit history, files
+(with ``Range``) and the repo listings.
 
 Reads are served by olah's mirror backend (``LocalMirrorRepo``: repo metadata, refs, tree listings) behind our
 own routes, which first resolve the repository and revision so the client gets Hub-style errors
@@ -8,10 +9,11 @@ ourselves, where olah's fall short: ``/resolve`` (olah ignores ``Range``, which 
 on, sends no ``ETag`` or ``X-Repo-Commit`` on GET, and fails with a 500 on a missing file), commit history (olah's
 lacks the ``authors[].user`` the client parses), paths-info (olah's lookup is quadratic in the folder size) and the
 ``lastCommit`` of expanded listings (olah takes it from HEAD, not from the requested revision). The repo listings
-(``/api/models|datasets|spaces``, paged by a ``Link`` header as the Hub's) and discussions are all ours, as are
-the service routes (health, the index of repos, ``whoami``) and the download links the LFS batch API hands out.
+(``/api/models|datasets|spaces``, paged by a ``Link`` header as the Hub's) are all ours, as are the service routes
+(health, the index of repos, ``whoami``, and ``validate-yaml``, which checks a card and changes nothing).
+Discussions have their routes in ``discussion_routes``; the LFS API's download link is with the rest of that API
+in ``writes``.
 """
-
 from __future__ import annotations
 
 import json
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
 
+import yaml
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -27,10 +30,9 @@ from olah.mirror.repos import LocalMirrorRepo
 
 from hf_pipeline.hub.accounts import DEFAULT_ACCOUNT
 from hf_pipeline.hub.guard import HubError
-from hf_pipeline.hub.server import discussions
 from hf_pipeline.hub.server.auth import Access
 from hf_pipeline.hub.server.plumbing import DEFAULT_BRANCH, cat_file, date_of, git
-from hf_pipeline.hub.server.store import API_TYPES, OID_RE, POINTER_RE, URL_PREFIX, Store, path_infos
+from hf_pipeline.hub.server.store import POINTER_RE, URL_PREFIX, Store, path_infos
 
 LISTING_PAGE_SIZE = 1000  # repos per page of /api/models|datasets|spaces, as on the Hub
 COMMITS_PER_PAGE = 50  # commits per page of a history (the Hub pages it too; the client follows the Link header)
@@ -38,11 +40,6 @@ COMMITS_PER_PAGE = 50  # commits per page of a history (the Hub pages it too; th
 # is all there is here, and the client reads what is missing as None.
 LISTING_PARAMS = {"author", "search", "sort", "direction", "limit", "cursor", "full", "config", "cardData", "expand"}
 LISTING_SORTS = {"id", "createdAt", "lastModified", "downloads", "likes", "trendingScore"}  # counts: 0 for all
-DISCUSSIONS_PER_PAGE = 50  # the Hub's page size; the client pages until ``start + len(page) >= count``
-# ``status`` filters of the discussions list. "open" includes drafts and "closed" merged pull requests, as the
-# Hub's Community tab shows them: a driver looking for its still-draft pull request finds it among the open ones.
-STATUS_FILTERS = {"all": None, "open": {"open", "draft"}, "closed": {"closed", "merged"}}
-TYPE_FILTERS = {"all": None, "discussion": False, "pull_request": True}  # ``type`` filter -> isPullRequest
 
 
 def read_routes(store: Store, access: Access, listing_page_size: int = LISTING_PAGE_SIZE) -> APIRouter:
@@ -50,7 +47,7 @@ def read_routes(store: Store, access: Access, listing_page_size: int = LISTING_P
     page of the repo listings."""
     router = APIRouter()
 
-    # -- service and identity ---------------------------------------------------------------------------------
+    # -- service, identity and validation -------------------------------------------------------------------
     @router.get("/api/local/health")
     def health() -> dict:
         return {"status": "ok", "root": str(store.root)}
@@ -78,6 +75,16 @@ def read_routes(store: Store, access: Access, listing_page_size: int = LISTING_P
                          for org in orgs],
                 "auth": {"type": "access_token", "accessToken": {"displayName": f"{account} (local Hub)",
                                                                  "role": "write"}}}
+
+    @router.post("/api/validate-yaml")  # create_commit checks a README.md's metadata here first
+    def validate_yaml(payload: dict) -> JSONResponse:
+        match = re.match(r"\s*---\n(.*?)\n---", payload.get("content", ""), flags=re.S)
+        try:
+            if match and not isinstance(yaml.safe_load(match.group(1)) or {}, dict):
+                raise yaml.YAMLError("metadata must be a mapping")
+        except yaml.YAMLError as err:
+            return JSONResponse({"errors": [{"message": str(err)}], "warnings": []}, status_code=400)
+        return JSONResponse({"errors": [], "warnings": []})
 
     # -- repos: info, refs, trees, paths-info, history, files -------------------------------------------------
     @router.api_route("/api/{repo_type}/{org}/{name}", methods=["GET", "HEAD"])
@@ -181,44 +188,6 @@ def read_routes(store: Store, access: Access, listing_page_size: int = LISTING_P
     def resolve_model(request: Request, org: str, name: str, rest: str) -> Response:
         return resolve_file(request, "models", org, name, 3)
 
-    @router.get("/api/local/lfs/{repo_type}/{org}/{name}/{oid}")
-    def lfs_download(request: Request, repo_type: str, org: str, name: str, oid: str) -> FileResponse:
-        """The download link of an LFS object, as the LFS batch API (``writes``) hands it out."""
-        path = access.readable(request, repo_type, org, name)
-        if not OID_RE.fullmatch(oid) or not store.lfs_object(path, oid).is_file():
-            raise HubError(404, "Object does not exist", "EntryNotFound")
-        return FileResponse(store.lfs_object(path, oid), media_type="application/octet-stream")
-
-    # -- discussions and pull requests ------------------------------------------------------------------------
-    @router.get("/api/{repo_type}/{org}/{name}/discussions")
-    def list_discussions(request: Request, repo_type: str, org: str, name: str, p: int = 0) -> dict:
-        path = access.readable(request, repo_type, org, name)
-        kind, status = request.query_params.get("type", "all"), request.query_params.get("status", "all")
-        if kind not in TYPE_FILTERS or status not in STATUS_FILTERS:
-            raise HubError(400, f"Invalid filter: type={kind}, status={status}")
-        author = request.query_params.get("author")
-        records = [r for r in discussions.all_records(path)
-                   if TYPE_FILTERS[kind] in (None, r["isPullRequest"])
-                   and (STATUS_FILTERS[status] is None or r["status"] in STATUS_FILTERS[status])
-                   and author in (None, discussions.author_of(r))]
-        records.sort(key=lambda r: r["num"], reverse=True)  # newest first, as the Hub lists them
-        start = max(p, 0) * DISCUSSIONS_PER_PAGE
-        return {"discussions": [_summary(r, repo_type, org, name) for r in records[start:start + DISCUSSIONS_PER_PAGE]],
-                "count": len(records), "start": start}
-
-    @router.get("/api/{repo_type}/{org}/{name}/discussions/{num}")
-    def discussion_details(request: Request, repo_type: str, org: str, name: str, num: int) -> dict:
-        path = access.readable(request, repo_type, org, name)
-        record = discussions.load(path, num)
-        details = {**_summary(record, repo_type, org, name), "events": record["events"]}
-        if record["isPullRequest"]:
-            details.update(events=discussions.timeline(record, discussions.commit_events(path, record)),
-                           changes={"base": record["base"], "mergeCommitId": record["mergeCommitId"]},
-                           filesWithConflicts=discussions.conflicts(path, record))
-            if request.query_params.get("diff") in ("1", "true", "True"):
-                details["diff"] = discussions.diff(path, record)
-        return details
-
     # -- listings: list_models, list_datasets, list_spaces ---------------------------------------------------------
     @router.get("/api/{repo_type}")
     def list_repos(request: Request, repo_type: str) -> JSONResponse:
@@ -294,15 +263,6 @@ def _bytes_response(request: Request, data: bytes, headers: dict[str, str]) -> R
     return Response(data[start:end + 1], status_code=206,
                     headers={**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}",
                              "Content-Length": str(end - start + 1)})
-
-
-def _summary(record: dict, repo_type: str, org: str, name: str) -> dict:
-    """A discussion as the Hub lists it, in a repo of the URL folder ``repo_type`` (e.g. "datasets")."""
-    return {"num": record["num"], "title": record["title"], "status": record["status"],
-            "isPullRequest": record["isPullRequest"], "createdAt": record["createdAt"],
-            "author": discussions.author_info(discussions.author_of(record)),
-            "repo": {"name": f"{org}/{name}", "type": API_TYPES[repo_type]}, "pinned": False,
-            "numComments": sum(event["type"] == "comment" for event in record["events"])}
 
 
 def _repo_summary(store: Store, path: Path) -> dict:

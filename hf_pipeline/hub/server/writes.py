@@ -1,13 +1,12 @@
-"""The local Hub's write routes: repos, preupload, the LFS batch API and uploads, commits, branches, tags and
-discussions (with the YAML check ``create_commit`` asks for first).
+"""The local Hub's write routes: repos, preupload, the LFS API, commits, branches and tags.
 
 A commit's body must be ``application/x-ndjson`` or JSON (415 otherwise: a web form cannot send one) and an
 inline file at most the Hub's 10 MB (413); ``guard.RequestGuard`` has already capped the body as it arrived. LFS
 uploads carry no token (the client sends none to an upload URL): the batch call hands a signed URL for one object
-of one size, and the upload is refused past that size. Who may write what is ``auth.Access``'s to say; the git
-side of every write is ``store.Store``'s.
+of one size, and the upload is refused past that size. The LFS API is here whole, the download link its batch call
+hands readers included. Who may write what is ``auth.Access``'s to say; the git side of every write is
+``store.Store``'s. Discussions and pull requests have their routes in ``discussion_routes``.
 """
-
 from __future__ import annotations
 
 import base64
@@ -15,19 +14,15 @@ import fnmatch
 import hashlib
 import json
 import os
-import re
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from hf_pipeline.hub.guard import HubError, Limits, UploadSigner, too_large
-from hf_pipeline.hub.server import discussions
 from hf_pipeline.hub.server.auth import Access
 from hf_pipeline.hub.server.plumbing import DEFAULT_BRANCH, cat_file
 from hf_pipeline.hub.server.store import (API_TYPES, GITATTRIBUTES, OID_RE, REGULAR_MAX_SIZE, REPO_TYPES, URL_PREFIX,
@@ -42,16 +37,6 @@ def write_routes(store: Store, access: Access, limits: Limits) -> APIRouter:
     router = APIRouter()
     signer = UploadSigner()  # its key lives in this process only: upload URLs die with the server
 
-    @router.post("/api/validate-yaml")  # create_commit checks a README.md's metadata here first
-    def validate_yaml(payload: dict) -> JSONResponse:
-        match = re.match(r"\s*---\n(.*?)\n---", payload.get("content", ""), flags=re.S)
-        try:
-            if match and not isinstance(yaml.safe_load(match.group(1)) or {}, dict):
-                raise yaml.YAMLError("metadata must be a mapping")
-        except yaml.YAMLError as err:
-            return JSONResponse({"errors": [{"message": str(err)}], "warnings": []}, status_code=400)
-        return JSONResponse({"errors": [], "warnings": []})
-
     # -- repositories -----------------------------------------------------------------------------------------
     @router.post("/api/repos/create")
     def create_repo(request: Request, payload: dict) -> JSONResponse:
@@ -64,7 +49,7 @@ def write_routes(store: Store, access: Access, limits: Limits) -> APIRouter:
         visibility = payload.get("visibility") or ("private" if payload.get("private") else "public")
         if visibility not in ("public", "private"):
             raise HubError(400, f"Unsupported visibility: {visibility}")
-        url = _repo_url(request, repo_type, org, name)
+        url = repo_url(request, repo_type, org, name)
         # 409: the client's exist_ok=True turns it into success
         if not store.create_repo(repo_type, org, name, private=visibility == "private", author=account):
             return JSONResponse({"error": f"You already created this {repo_type[:-1]} repo", "url": url}, 409)
@@ -163,6 +148,14 @@ def write_routes(store: Store, access: Access, limits: Limits) -> APIRouter:
         os.replace(tmp.name, final)  # atomic: a reader sees no object or the whole object
         return Response(status_code=200)
 
+    @router.get("/api/local/lfs/{repo_type}/{org}/{name}/{oid}")
+    def lfs_download(request: Request, repo_type: str, org: str, name: str, oid: str) -> FileResponse:
+        # The download link of an LFS object, as the LFS batch API (``writes``) hands it out.
+        path = access.readable(request, repo_type, org, name)
+        if not OID_RE.fullmatch(oid) or not store.lfs_object(path, oid).is_file():
+            raise HubError(404, "Object does not exist", "EntryNotFound")
+        return FileResponse(store.lfs_object(path, oid), media_type="application/octet-stream")
+
     @router.post("/api/local/lfs/{repo_type}/{org}/{name}/verify")
     def lfs_verify(request: Request, repo_type: str, org: str, name: str, payload: dict) -> dict:
         oid, (path, _) = str(payload.get("oid", "")), access.contributor(request, repo_type, org, name)
@@ -190,7 +183,7 @@ def write_routes(store: Store, access: Access, limits: Limits) -> APIRouter:
         header = next((line["value"] for line in lines if line.get("key") == "header"), {})
         operations = [line for line in lines if line.get("key") != "header"]
         sha, num = await run_in_threadpool(store.commit, path, revision, header, operations, actor, create_pr)
-        url = _repo_url(request, repo_type, org, name)
+        url = repo_url(request, repo_type, org, name)
         return {"commitUrl": f"{url}/commit/{sha}", "commitOid": sha, "success": True,
                 "pullRequestUrl": f"{url}/discussions/{num}" if num else None}
 
@@ -224,55 +217,6 @@ def write_routes(store: Store, access: Access, limits: Limits) -> APIRouter:
         store.set_ref(path, f"refs/tags/{tag}", None, must_exist=True)
         return {}
 
-    # -- discussions and pull requests ------------------------------------------------------------------------
-    @router.post("/api/{repo_type}/{org}/{name}/discussions")
-    def create_discussion(request: Request, repo_type: str, org: str, name: str, payload: dict) -> dict:
-        path, actor = access.contributor(request, repo_type, org, name)
-        description = payload.get("description")
-        num = store.create_discussion(path, discussions.valid_title(payload.get("title")),
-                                      description.strip() if isinstance(description, str) else "",
-                                      bool(payload.get("pullRequest")), actor.name)
-        return {"num": num, "url": f"{_repo_url(request, repo_type, org, name)}/discussions/{num}"}
-
-    @router.post("/api/{repo_type}/{org}/{name}/discussions/{num}/comment")
-    def comment_discussion(request: Request, repo_type: str, org: str, name: str, num: int, payload: dict) -> dict:
-        path, actor = access.contributor(request, repo_type, org, name)
-        comment = partial(discussions.add_comment, text=payload.get("comment"), author=actor.name)
-        return {"newMessage": store.change_discussion(path, num, comment)}
-
-    @router.post("/api/{repo_type}/{org}/{name}/discussions/{num}/comment/{comment_id}/edit")
-    def edit_comment(request: Request, repo_type: str, org: str, name: str, num: int, comment_id: str,
-                     payload: dict) -> dict:
-        path, actor = access.contributor(request, repo_type, org, name)
-        edit = partial(discussions.edit_comment, comment_id=comment_id, text=payload.get("content"), actor=actor)
-        return {"updatedComment": store.change_discussion(path, num, edit)}
-
-    @router.post("/api/{repo_type}/{org}/{name}/discussions/{num}/comment/{comment_id}/hide")
-    def hide_comment(request: Request, repo_type: str, org: str, name: str, num: int, comment_id: str) -> dict:
-        path, actor = access.contributor(request, repo_type, org, name)
-        hide = partial(discussions.hide_comment, comment_id=comment_id, actor=actor)
-        return {"updatedComment": store.change_discussion(path, num, hide)}
-
-    @router.post("/api/{repo_type}/{org}/{name}/discussions/{num}/title")
-    def rename_discussion(request: Request, repo_type: str, org: str, name: str, num: int, payload: dict) -> dict:
-        path, actor = access.contributor(request, repo_type, org, name)
-        rename = partial(discussions.rename, title=payload.get("title"), actor=actor)
-        return {"newTitle": store.change_discussion(path, num, rename)}
-
-    @router.post("/api/{repo_type}/{org}/{name}/discussions/{num}/status")
-    def change_status(request: Request, repo_type: str, org: str, name: str, num: int, payload: dict) -> dict:
-        path, actor = access.contributor(request, repo_type, org, name)
-        change = partial(discussions.change_status, status=payload.get("status"), comment=payload.get("comment"),
-                         actor=actor)
-        return {"newStatus": store.change_discussion(path, num, change)}
-
-    @router.post("/api/{repo_type}/{org}/{name}/discussions/{num}/merge")
-    def merge_pull_request(request: Request, repo_type: str, org: str, name: str, num: int,
-                           payload: dict | None = None) -> dict:
-        path, actor = access.admin(request, repo_type, org, name, "merge a pull request")
-        store.merge(path, num, (payload or {}).get("comment"), actor.name)
-        return {}
-
     return router
 
 
@@ -288,7 +232,8 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _repo_url(request: Request, repo_type: str, org: str, name: str) -> str:
+def repo_url(request: Request, repo_type: str, org: str, name: str) -> str:
+    """The URL of a repo's page on this Hub, as the request reached it."""
     return f"{_base(request)}/{URL_PREFIX[repo_type]}{org}/{name}"
 
 
