@@ -4,7 +4,8 @@ Requests pass ``guard.RequestGuard`` first: a ``Host`` that does not name this s
 from another ``Origin`` (a web page) is a 403, and bodies are capped as they arrive (413): commits at 64 MiB
 (``--max-commit-bytes``), LFS objects at 50 GiB (``--max-lfs-bytes``; also refused past the size their batch call
 announced), anything else at 8 MiB (``--max-json-bytes``). Then come our own routes (``reads``, ``writes``,
-``discussion_routes``), and olah's router last, offline, for anything else. Listening on a non-loopback ``--host`` logs one warning line.
+``discussion_routes``), and olah's router last, offline, for anything else. Listening on a non-loopback
+``--host`` logs one warning line.
 
 ``--access-log FILE`` appends one JSON line per request (method, raw path and query, ``Range``, status, bytes
 sent; see ``AccessLog``) and never another header: tokens travel in ``Authorization``.
@@ -52,10 +53,11 @@ def create_app(root: Path, host: str = "127.0.0.1", allowed_hosts: tuple[str, ..
     async def _hub_error(_: Request, exc: HubError) -> JSONResponse:
         return exc.response()
 
-    # Routes are tried in this order, and where a path fits routes of other methods only, the first of them
-    # answers the 405 and names its methods in ``Allow``: each group keeps the order its routes always had
+    # Routes are tried in order: the first that fits a request's path and method answers it, and where a path fits
+    # only routes of other methods, the first of those answers the 405 and names its methods in ``Allow``. Routes
+    # whose paths overlap keep the order they have always had, within a group or from one group to the next
     # (validate-yaml before the listing /api/{repo_type}, an LFS upload before its download link, opening a
-    # discussion before listing them).
+    # discussion before listing them, repo reads before the LFS routes).
     app.include_router(read_routes(store, access, listing_page_size))
     app.include_router(write_routes(store, access, limits))
     app.include_router(discussion_routes(store, access))

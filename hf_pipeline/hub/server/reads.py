@@ -14,6 +14,7 @@ lacks the ``authors[].user`` the client parses), paths-info (olah's lookup is qu
 Discussions have their routes in ``discussion_routes``; the LFS API's download link is with the rest of that API
 in ``writes``.
 """
+
 from __future__ import annotations
 
 import json

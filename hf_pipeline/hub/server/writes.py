@@ -7,6 +7,7 @@ of one size, and the upload is refused past that size. The LFS API is here whole
 hands readers included. Who may write what is ``auth.Access``'s to say; the git side of every write is
 ``store.Store``'s. Discussions and pull requests have their routes in ``discussion_routes``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,7 +63,7 @@ def write_routes(store: Store, access: Access, limits: Limits) -> APIRouter:
         store.delete_repo(path)
         return {}
 
-    # -- uploads: preupload, LFS batch API, LFS PUT/verify -----------------------------------------------------
+    # -- uploads: preupload, the LFS API (batch, PUT, download link, verify) -----------------------------------
     @router.post("/api/{repo_type}/{org}/{name}/preupload/{revision:path}")
     def preupload(request: Request, repo_type: str, org: str, name: str, revision: str, payload: dict) -> dict:
         path, _ = access.contributor(request, repo_type, org, name)
