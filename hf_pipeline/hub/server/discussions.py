@@ -14,8 +14,8 @@ request, its base branch, the commit it was opened from ("start") and its merge 
 git (start..refs/pr/N) when asked for, so a commit to a pull request never rewrites it.
 
 The changes here (``create``, ``change``, ``merge``) expect the caller to hold the repo's lock: ``store.Store``
-takes it around each. The change functions given to ``change`` (``add_comment``, ``edit_comment``,
-``hide_comment``, ``rename``, ``change_status``) check that their actor may make them.
+takes it around each. Of the change functions given to ``change``, ``edit_comment``, ``hide_comment``, ``rename``
+and ``change_status`` check that their actor may make them; ``add_comment`` is anyone's who can see the repo.
 """
 
 from __future__ import annotations
