@@ -17,13 +17,23 @@ import os
 import re
 import secrets
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ACCOUNT = "local"
 TOKENS_FILE = "tokens.json"
 TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{34}")  # the Hub's user access tokens: hf_ + 34 letters and digits
-ACCOUNT_RE = re.compile(r"[A-Za-z0-9][\w.-]{0,95}", re.ASCII)  # what a namespace may be (see server.NAME_RE)
+ACCOUNT_RE = re.compile(r"[A-Za-z0-9][\w.-]{0,95}", re.ASCII)  # what a namespace may be (see server.store.NAME_RE)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The account making a write, and whether it administers the repo's namespace (the server's
+    ``auth.Accounts.admins``)."""
+
+    name: str
+    admin: bool
 
 
 def new_token() -> str:
