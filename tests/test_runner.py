@@ -209,7 +209,7 @@ def test_prompt_file_content_is_part_of_the_fingerprint(tmp_path):
     options = RunOptions(input=data, output="local/prompted")
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Shout this: {text}")
-    prompted = replace(SLOW, prompts=lambda config: [prompt])
+    prompted = replace(SLOW, inputs=replace(SLOW.inputs, prompts=lambda config: [prompt]))
 
     before = plan_run(prompted, options, SlowConfig())
     assert plan_run(prompted, options, SlowConfig()).fingerprint == before.fingerprint
