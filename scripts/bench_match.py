@@ -37,7 +37,7 @@ def build_index_dir(model_name: str, out: Path) -> None:
     """The build_index stage's functions, in process, writing index/ files into `out` (no Hub)."""
     import datasets
 
-    from hf_pipeline.run.stage import ArtifactContext, StageContext
+    from hf_pipeline.stage import ArtifactContext, StageContext
     from hf_pipeline.stages import build_index as bi
 
     rows = [json.loads(line) for line in (ROOT / "samples" / "templates" / "handmade.jsonl").read_text().splitlines()]
@@ -69,7 +69,7 @@ def main() -> None:
     from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN
     from hf_pipeline.methods.embedder import clip_to_model, load_embedder
     from hf_pipeline.methods.pooling import encode_gaussian
-    from hf_pipeline.run.stage import StageContext
+    from hf_pipeline.stage import StageContext
     from hf_pipeline.stages import match as m
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

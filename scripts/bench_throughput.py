@@ -97,7 +97,7 @@ def main() -> int:
 
     from hf_pipeline.methods.text.decontamination import NgramIndex
     from hf_pipeline.run.config import build_config
-    from hf_pipeline.run.stage import StageContext
+    from hf_pipeline.stage import StageContext
     from hf_pipeline.stages.collect_queries import STAGE as CQ
 
     config = build_config(CQ.config_class, {"sources": [{"name": "bench", "dataset": "unused", "column": "text"}]})

@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any
 
-from hf_pipeline.run.stage import Stage, StageContext
+from hf_pipeline.stage import Stage, StageContext
 
 
 class QuotingLLM:

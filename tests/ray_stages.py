@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_pipeline.run.stage import Card, Inputs, Map, Stage
+from hf_pipeline.stage import Card, Inputs, Map, Stage
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf_pipeline.run.runner import RunOptions, run_stage
-from hf_pipeline.run.stage import Card, Inputs, Map, Stage
+from hf_pipeline.stage import Card, Inputs, Map, Stage
 
 
 @dataclass

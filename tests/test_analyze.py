@@ -40,7 +40,7 @@ def test_power_law_fit_recovers_exact_law_and_r2():
 def test_growth_from_hash_thresholds_is_the_unique_growth_in_hash_order():
     """x(t) and y(t) counted per shard / per partition and summed give exactly unique_growth over the documents
     taken in hash order, at every x the thresholds reach."""
-    from hf_pipeline.run.stage import merge_stats
+    from hf_pipeline.stage import merge_stats
 
     assert an.doc_hash(0, "d1") == an.doc_hash(0, "d1") != an.doc_hash(1, "d1")
     assert all(0 <= an.doc_hash(s, f"d{i}") < 1 for s in range(3) for i in range(100))
@@ -89,7 +89,7 @@ def test_template_usage_bins_and_top():
 def test_chunk_position_from_summed_sums():
     from scipy.stats import pearsonr
 
-    from hf_pipeline.run.stage import merge_stats
+    from hf_pipeline.stage import merge_stats
 
     rng = np.random.default_rng(0)
     ks = rng.integers(1, 6, size=500)

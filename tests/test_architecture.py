@@ -84,9 +84,34 @@ def test_no_import_cycles_lazy_imports_included():
     assert len(graph) > 60 and cycles == []  # the walk saw the package, and no cycle in it
 
 
+# the layers, bottom first: a module imports only from its own layer and those below (the top level's modules,
+# `errors`, `stage` (how a stage is declared) and `optional` (extras checked), sit below everything; `cli`, the
+# commands, above everything)
+LAYERS = [
+    ("hf_pipeline", "hf_pipeline.errors", "hf_pipeline.stage", "hf_pipeline.optional"),
+    ("hf_pipeline.hub",),  # the local Hub: needs nothing else of the package
+    ("hf_pipeline.io",),
+    ("hf_pipeline.methods", "hf_pipeline.llm"),
+    ("hf_pipeline.run",),
+    ("hf_pipeline.stages",),
+    ("hf_pipeline.cli",),
+]
+
+
+def layer_of(module: str) -> int:
+    matches = [(len(prefix), i) for i, layer in enumerate(LAYERS) for prefix in layer
+               if module == prefix or module.startswith(prefix + ".") and prefix != "hf_pipeline"]
+    return max(matches)[1]
+
+
+def test_imports_go_down_the_layers():
+    upward = sorted(f"{a} -> {b}" for a, targets in module_graph().items() for b in targets if layer_of(b) > layer_of(a))
+    assert upward == []
+
+
 def test_the_top_level_holds_only_the_entry_points():
     modules = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert len(modules) <= 6, modules
+    assert modules == ["__init__.py", "errors.py", "optional.py", "stage.py"], modules
 
 
 TOY_STAGE = '''
@@ -94,7 +119,7 @@ TOY_STAGE = '''
 
 from dataclasses import dataclass, field
 
-from hf_pipeline.run.stage import Inputs, Map, Stage
+from hf_pipeline.stage import Inputs, Map, Stage
 
 
 @dataclass

@@ -16,7 +16,7 @@ from hf_pipeline.methods.matching import ComplexityWeights, complexity_weights, 
 from hf_pipeline.methods.text.templates import count_variables, template_id
 from hf_pipeline.run.config import build_config
 from hf_pipeline.run.runner import RunOptions, run_stage
-from hf_pipeline.run.stage import merge_stats
+from hf_pipeline.stage import merge_stats
 from hf_pipeline.stages.build_index import STAGE, BuildIndexConfig
 
 # Hand-written fixture templates: several topics, 1-4 variables, real-chat and other sources, and three

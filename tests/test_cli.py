@@ -117,7 +117,7 @@ def test_tokens_are_masked_in_recorded_command_lines():
 
 def test_a_missing_optional_package_is_named_with_its_extra_before_anything_runs(capsys, monkeypatch):
     """The config asks for vLLM; without it the run stops at plan time with the extra to install."""
-    import hf_pipeline.run.optional as optional
+    import hf_pipeline.optional as optional
 
     real = optional.missing
     monkeypatch.setattr(optional, "missing", lambda module: module == "vllm" or real(module))

@@ -212,7 +212,7 @@ def test_inputs_are_one_part_per_source_and_split_with_revision_and_config():
 
 def _ctx(cfg, label="src", resources=None):
     from hf_pipeline.io.datafiles import InputPart
-    from hf_pipeline.run.stage import StageContext
+    from hf_pipeline.stage import StageContext
 
     return StageContext(config=cfg, load=None, download=None, resources=resources, part=InputPart("x", label=label))
 

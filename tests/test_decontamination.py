@@ -111,7 +111,7 @@ def test_index_survives_pickling_into_a_process_with_another_hash_seed():
 def _collect_ctx(benchmarks, load):
     from hf_pipeline.io.datafiles import InputPart
     from hf_pipeline.run.config import build_config
-    from hf_pipeline.run.stage import StageContext
+    from hf_pipeline.stage import StageContext
     from hf_pipeline.stages.collect_queries import CollectQueriesConfig
 
     config = build_config(CollectQueriesConfig, {"sources": [{"name": "s", "dataset": "org/queries", "column": "text"}], "benchmarks": benchmarks})

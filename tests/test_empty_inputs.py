@@ -98,7 +98,7 @@ def inputs(local_hub, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def empty_index(inputs) -> str:
     """build_index over an empty template set: an empty, carded index (checked by test_build_index_...)."""
-    from hf_pipeline.run.specs import build_spec, run_spec
+    from hf_pipeline.cli.specs import build_spec, run_spec
 
     result = run_spec(build_spec("build_index", {"input": inputs["templates"], "output": "local/ei-index", "tag": "t",
                                                  "model": EMBEDDER}))
@@ -107,7 +107,7 @@ def empty_index(inputs) -> str:
 
 
 def run(stage: str, values: dict):
-    from hf_pipeline.run.specs import build_spec, run_spec
+    from hf_pipeline.cli.specs import build_spec, run_spec
 
     return run_spec(build_spec(stage, values))
 
@@ -245,8 +245,8 @@ def test_a_pipeline_whose_match_yields_no_pair_finishes_every_stage(local_hub, t
     empty (or, for analyze, an all-zero) carded revision, and no LLM is loaded. The pipeline command runs each stage
     in its own process; here they run in this one (same specs, same order), so the refusing loaders apply."""
     from hf_pipeline.io.hub import load_dataset_ref, resolve_dataset
-    from hf_pipeline.run import pipeline
-    from hf_pipeline.run.specs import run_spec
+    from hf_pipeline.cli import pipeline
+    from hf_pipeline.cli.specs import run_spec
     from hf_pipeline.stages import genericize, instantiate, judge, match_labels
 
     def refuse(*args, **kwargs):

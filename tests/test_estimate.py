@@ -72,7 +72,7 @@ def test_estimate_from_a_published_run_scales_its_measured_usage(local_hub, tmp_
     from hf_pipeline.io.hub import load_card, push_local_dataset
     from hf_pipeline.run.estimate import estimate_command, estimate_from_run
     from hf_pipeline.run.runner import RunOptions, run_stage
-    from hf_pipeline.run.stage import Card, Inputs, Map, Stage
+    from hf_pipeline.stage import Card, Inputs, Map, Stage
 
     class Engine:  # accounts like an LLM backend: 100 prompt tokens (40 cached), 10 generated, 0.5 s per row
         def __init__(self):

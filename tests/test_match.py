@@ -312,7 +312,7 @@ def test_model_other_than_the_index_is_refused(local_hub, index_repo, docs_repo)
 def test_calibration_helpers():
     """The sample is seeded, inside the run's rows and from a few row groups; the auto threshold puts round(Q·n)
     of the sample at or above it; histogram quantiles are within a bin of the exact ones."""
-    from hf_pipeline.run.sharding import DataFile, plan_shards
+    from hf_pipeline.io.sharding import DataFile, plan_shards
     from hf_pipeline.stages.match import (
         CALIBRATION_GROUPS, COSINE_GRID, auto_share, calibration_positions, document_figures, threshold_for_share,
     )
@@ -417,8 +417,8 @@ def test_auto_threshold_matches_its_share_of_held_apart_documents(local_hub, ind
 
     from hf_pipeline.io.datafiles import list_files
     from hf_pipeline.io.hub import load_card, publish, resolve_dataset
+    from hf_pipeline.io.sharding import plan_shards
     from hf_pipeline.run.runner import plan_run
-    from hf_pipeline.run.sharding import plan_shards
     from hf_pipeline.stages.match import calibration_positions
 
     rows = paragraphs()[:600]
@@ -453,7 +453,7 @@ def test_auto_threshold_matches_its_share_of_held_apart_documents(local_hub, ind
     assert plan.fingerprint == meta["fingerprint"] and cloudpickle.loads(cloudpickle.dumps(plan)).config.threshold == threshold
     assert result.tag == "t"
     with pytest.raises(PipelineError, match="resolved once at plan time"):
-        from hf_pipeline.run.stage import StageContext
+        from hf_pipeline.stage import StageContext
         from hf_pipeline.stages.match import setup
 
         setup(StageContext(config=config, load=None, download=None))

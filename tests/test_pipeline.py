@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.pipeline import run_pipeline
+from hf_pipeline.cli.pipeline import run_pipeline
 
 
 def write_queries(tmp_path: Path) -> Path:

@@ -287,7 +287,7 @@ def test_hole6_every_shard_loads_the_model_sha_pinned_at_plan_time(local_hub, tm
 
     from hf_pipeline.io.hub import load_card
     from hf_pipeline.run.runner import run_stage
-    from hf_pipeline.run.stage import Card, Inputs, Map, Stage
+    from hf_pipeline.stage import Card, Inputs, Map, Stage
 
     stage = Stage(
         name="model_probe",
@@ -379,9 +379,9 @@ def test_hole8_plan_objects_for_a_billion_rows_in_4000_shards(tmp_path):
     assigned by binary search, and the manifest written (JSON, gzipped): each in under 5 s and 200 MB."""
     import tracemalloc
 
+    from hf_pipeline.io.sharding import DataFile, GroupRange, align_groups, plan_shards
     from hf_pipeline.run.runner import RunOptions, RunPlan, manifest_of
-    from hf_pipeline.run.sharding import DataFile, GroupRange, align_groups, plan_shards
-    from hf_pipeline.run.stage import AlignedInput
+    from hf_pipeline.stage import AlignedInput
     from slow_stage import SLOW
 
     def plan(files: list[DataFile]) -> tuple[list, bytes]:

@@ -333,7 +333,7 @@ def test_genericizer_silver_finalize_teaches_only_drawn_rows_and_counts_every_dr
     import datasets
 
     from hf_pipeline.io.features import features_from_spec
-    from hf_pipeline.run.stage import StageContext
+    from hf_pipeline.stage import StageContext
     from hf_pipeline.stages.genericizer_silver import STAGE, GenericizerSilverConfig, teach_and_keep
 
     queries = [*QUERIES, {"query_id": "b1", "query": "A broken query?", "source": "gooaq"}]

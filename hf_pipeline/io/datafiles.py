@@ -21,7 +21,7 @@ from typing import Iterator
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.hub import DatasetRef, local_data_files
-from hf_pipeline.run.sharding import DataFile, FileSlice
+from hf_pipeline.io.sharding import DataFile, FileSlice
 
 # Position columns the runner adds to every chunk it reads: where each row lives in its input
 FILE_COLUMN, ROW_COLUMN = "_input_file", "_input_row"
@@ -367,7 +367,7 @@ def _close(source) -> None:
 
 def group_ranges(ref: DatasetRef, files: list[DataFile], file_column: str, row_column: str):
     """The positions each row group of an aligned input points at (see sharding.GroupRange), from footers only."""
-    from hf_pipeline.run.sharding import GroupRange
+    from hf_pipeline.io.sharding import GroupRange
 
     ranges = []
     for i, f in enumerate(files):

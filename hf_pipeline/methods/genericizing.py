@@ -18,7 +18,7 @@ from hf_pipeline.llm import sampling
 from hf_pipeline.llm.config import LLMConfig, llm_field
 from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
 from hf_pipeline.methods.text.templates import TemplateError, parse_template, template_id
-from hf_pipeline.run.stage import StageContext, add_row
+from hf_pipeline.stage import StageContext, add_row
 
 TEACHER_PROMPT = package_file("prompts", "genericize_teacher.txt")
 

@@ -23,7 +23,7 @@ import numpy as np
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.methods.embedder import load_embedder, model_ref
 from hf_pipeline.methods.matching import template_keys
-from hf_pipeline.run.stage import StageContext
+from hf_pipeline.stage import StageContext
 
 INDEX_FILE = "index/templates.faiss"
 ID_MAP_FILE = "index/id_map.parquet"

@@ -17,7 +17,7 @@ from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import MissingData
 from hf_pipeline.io.hub import DatasetRef, read_card_metadata
 from hf_pipeline.io.package_data import package_file
-from hf_pipeline.run.stage import StageContext
+from hf_pipeline.stage import StageContext
 
 TEACHER_PROMPT = package_file("prompts", "instantiate_teacher.txt")
 TEACHER_PROMPT_DOCUMENT_FIRST = TEACHER_PROMPT.with_name("instantiate_teacher_document_first.txt")

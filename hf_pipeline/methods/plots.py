@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 
 def _pyplot():
-    from hf_pipeline.run.optional import require
+    from hf_pipeline.optional import require
 
     require("matplotlib", "analyze", "plots (or set config key plots=false)")
     import matplotlib

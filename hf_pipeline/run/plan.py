@@ -14,8 +14,8 @@ from typing import Any
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import InputPart
 from hf_pipeline.io.hub import DatasetRef, cache_root, download_file, load_dataset_ref
-from hf_pipeline.run.sharding import DataFile, GroupRange, ShardSpec
-from hf_pipeline.run.stage import AlignedInput, Stage, StageContext
+from hf_pipeline.io.sharding import DataFile, GroupRange, ShardSpec
+from hf_pipeline.stage import AlignedInput, Stage, StageContext
 
 
 @dataclass

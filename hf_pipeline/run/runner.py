@@ -33,12 +33,12 @@ import hf_pipeline
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import InputPart
 from hf_pipeline.io.hub import DatasetRef, token_free_argv
+from hf_pipeline.io.sharding import DataFile, FileSlice, GroupRange, ShardSpec
 from hf_pipeline.run import contract
 from hf_pipeline.run.config import add_option_flags, build_config, config_to_dict, option_values
 from hf_pipeline.run.executors.base import Executor
 from hf_pipeline.run.plan import RunOptions, RunPlan, Task, TaskRecord
-from hf_pipeline.run.sharding import DataFile, FileSlice, GroupRange, ShardSpec
-from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Stage, merge_stats
+from hf_pipeline.stage import AlignedInput, ArtifactContext, Stage, merge_stats
 
 # The Hub keeps < 10k entries per folder: each shard publishes at least one file under data/
 MAX_SHARDS = 9_999
@@ -158,8 +158,8 @@ def command_key(stage: Stage, options: RunOptions, config: Any) -> str:
 def plan_run(stage: Stage, options: RunOptions, config: Any, argv: list[str] | None = None) -> RunPlan:
     """Pin every input and model, list and check the mapped inputs' files, cut shards, derive fingerprint and tag."""
     from hf_pipeline.io.datafiles import group_ranges, list_files
-    from hf_pipeline.run.optional import check_config
-    from hf_pipeline.run.sharding import align_groups, plan_shards
+    from hf_pipeline.io.sharding import align_groups, plan_shards
+    from hf_pipeline.optional import check_config
 
     check_options(stage, options)
     check_config(stage.name, config)  # optional packages the config needs, before any input is read

@@ -27,7 +27,7 @@ from typing import Any
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.features import features_from_spec
 from hf_pipeline.run.plan import RunPlan, Task, TaskRecord
-from hf_pipeline.run.stage import StageContext
+from hf_pipeline.stage import StageContext
 
 ROW_GROUP_ROWS = 10_000  # rows per parquet row group: what readers of a slice or of a few rows fetch at once
 
@@ -186,7 +186,7 @@ class Worker:
         from tqdm.auto import tqdm
 
         from hf_pipeline.io.datafiles import FileReader
-        from hf_pipeline.run.sharding import plan_chunks
+        from hf_pipeline.io.sharding import plan_chunks
 
         plan, stage, opts = self.plan, self.plan.stage, self.plan.options
         shard = plan.shards[task.index]

@@ -9,8 +9,8 @@ from functools import lru_cache
 from importlib import import_module
 
 from hf_pipeline.errors import PipelineError
-from hf_pipeline.run.stage import Stage
 from hf_pipeline.run.training import TrainingStage
+from hf_pipeline.stage import Stage
 
 
 @lru_cache(maxsize=None)

@@ -46,7 +46,7 @@ from hf_pipeline.methods import analysis as an
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
 from hf_pipeline.methods.text.budget import pair_drop_reason
 from hf_pipeline.run.estimate import CostModel, MEASURED, StageEstimate, Workload, hours
-from hf_pipeline.run.stage import AlignedInput, ArtifactContext, Card, Inputs, Map, Reduce, Stage, StageContext
+from hf_pipeline.stage import AlignedInput, ArtifactContext, Card, Inputs, Map, Reduce, Stage, StageContext
 
 OUTPUT_COLUMNS = {"template_id": "string", "uses": "int64", "documents": "int64", "share": "float64"}
 # per shard and template, what the reduce sums (finalize's output, partitioned by template_id)
@@ -340,7 +340,7 @@ def shard_figures(ds, ctx: StageContext):
     import pyarrow.compute as pc
 
     from hf_pipeline.io.features import features_from_spec
-    from hf_pipeline.run.stage import merge_stats
+    from hf_pipeline.stage import merge_stats
 
     config: AnalyzeConfig = ctx.config
     thresholds = an.growth_thresholds(config.power_law_points_per_decade)

@@ -39,7 +39,7 @@ from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, 
 from hf_pipeline.methods.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
 from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, CostModel, MEASURED, PARQUET_TEXT_RATIO, StageEstimate,
                                       Workload, hours)
-from hf_pipeline.run.stage import AlignedInput, Card, Inputs, Map, Stage, StageContext
+from hf_pipeline.stage import AlignedInput, Card, Inputs, Map, Stage, StageContext
 
 PRODUCTION_TOKENIZER = "meta-llama/Meta-Llama-3-8B"
 OUTPUT_COLUMNS = {

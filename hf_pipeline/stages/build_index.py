@@ -57,7 +57,7 @@ from hf_pipeline.methods.matching import REAL_CHAT_SOURCES, ComplexityWeights, s
 from hf_pipeline.methods.text.templates import TemplateError, count_variables, template_id
 from hf_pipeline.run.estimate import (BGE_M3, CostModel, StageEstimate, Workload, cpu_encoder_tokens_per_s,
                                       gpu_tokens_per_s, hours, human)
-from hf_pipeline.run.stage import ArtifactContext, Card, Inputs, Map, Stage, StageContext
+from hf_pipeline.stage import ArtifactContext, Card, Inputs, Map, Stage, StageContext
 
 TEMPLATE_COLUMNS = {
     "template_id": "string",

@@ -42,7 +42,7 @@ from hf_pipeline.methods.text.queries import (
     query_id,
 )
 from hf_pipeline.run.estimate import CostModel, MEASURED, StageEstimate, Workload, hours
-from hf_pipeline.run.stage import Inputs, Map, Reduce, Stage, StageContext
+from hf_pipeline.stage import Inputs, Map, Reduce, Stage, StageContext
 
 SHIPPED_SOURCES = package_file("configs", "query_sources.yaml")
 # The paper's sources that have a public dataset with a shipped mapping (Reddit QA and the prompt

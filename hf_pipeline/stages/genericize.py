@@ -28,7 +28,7 @@ from hf_pipeline.llm import load_backend
 from hf_pipeline.llm.config import llm_card_ref
 from hf_pipeline.methods.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch
 from hf_pipeline.run.estimate import CostModel, GENERICIZER, StageEstimate, Workload, llm_stage_estimate
-from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext
+from hf_pipeline.stage import Inputs, Map, Stage, StageContext
 
 
 def setup(ctx: StageContext):

@@ -49,7 +49,7 @@ from hf_pipeline.llm import load_backend
 from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.methods.genericizing import GENERICIZE_COLUMNS, TEACHER_PROMPT, GenericizeConfig, genericize_batch, messages_for
 from hf_pipeline.methods.text.strata import draw_rates, draw_tolerance, drawn, equal_shares
-from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext
+from hf_pipeline.stage import Card, Inputs, Map, Stage, StageContext
 
 QUERY_COLUMNS = ("query_id", "query", "source")
 TEACHER_GROUP = 1024  # drawn queries per teacher call in a shard's finalize (vLLM schedules them together)

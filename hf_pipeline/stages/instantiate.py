@@ -44,7 +44,7 @@ from hf_pipeline.methods.text.excerpts import ExcerptError, expand_excerpts
 from hf_pipeline.methods.text.patterns import UNSPELLABLE, escape_regex
 from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, INSTANTIATOR, PARQUET_TEXT_RATIO, CostModel, StageEstimate, Workload,
                                       gpu_tokens_per_s, hours, llm_stage_estimate)
-from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext, add_row
+from hf_pipeline.stage import Inputs, Map, Stage, StageContext, add_row
 
 # constrain_format: regexes for the reply's strings (what a pattern cannot spell: hf_pipeline/methods/text/patterns.py).
 _FI = re.compile(r"<fi>.*?</fi>", re.S)

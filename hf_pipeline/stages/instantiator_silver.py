@@ -41,7 +41,7 @@ from hf_pipeline.methods.pairs import MAX_DOCUMENT_CHARS, PromptLayout, check_do
 from hf_pipeline.methods.text.strata import bucket_of, quantile_edges, round_robin_sample
 from hf_pipeline.methods.text.templates import TemplateError, count_variables
 from hf_pipeline.methods.text.topics import topic_of
-from hf_pipeline.run.stage import Inputs, Map, Reduce, Stage, StageContext, add_row
+from hf_pipeline.stage import Inputs, Map, Reduce, Stage, StageContext, add_row
 
 JUDGED_COLUMNS = ("doc_id", "template_id", "template", "doc_file", "doc_row", "instruction", "answer", "raw_answer", "status",
                   "judge_score", "judge_status")

@@ -20,7 +20,7 @@ from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.methods.pairs import INSTANTIATE_COLUMNS
 from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, CostModel, JUDGE, PARQUET_TEXT_RATIO, StageEstimate, Workload,
                                       llm_stage_estimate)
-from hf_pipeline.run.stage import Inputs, Map, Stage, StageContext
+from hf_pipeline.stage import Inputs, Map, Stage, StageContext
 
 PROMPT = package_file("prompts", "judge_flow.txt")
 _SCORE = re.compile(r"<score>(.*?)</score>", re.S)

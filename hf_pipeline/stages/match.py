@@ -78,7 +78,7 @@ from hf_pipeline.methods.matching import ComplexityWeights, chance_baseline, doc
 from hf_pipeline.run.estimate import (BGE_M3, CPU_HERE, CostModel, GPU_ASSUMPTIONS, H100_BF16_FLOPS, MEASURED,
                                       StageEstimate, Workload, cpu_encoder_tokens_per_s, gpu_tokens_per_s, hours,
                                       human)
-from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext, add_row
+from hf_pipeline.stage import Card, Inputs, Map, Stage, StageContext, add_row
 
 
 @dataclass
@@ -650,7 +650,7 @@ def random_template_vectors(plan, config: MatchConfig) -> np.ndarray:
     """(T, d) embeddings of up to `calibration_sample` templates of the index, seeded, read from a few row groups of
     its published data (build_index's `embedding` column: the vectors FAISS holds, never all of them)."""
     from hf_pipeline.io.datafiles import FileReader, list_files
-    from hf_pipeline.run.sharding import plan_shards
+    from hf_pipeline.io.sharding import plan_shards
 
     pinned = plan.pinned(config.index)
     files, _ = list_files(pinned)

@@ -51,7 +51,7 @@ from hf_pipeline.llm.config import LLMConfig, llm_card_ref, llm_field
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, model_revision_field, text_field
 from hf_pipeline.methods.embedder import model_ref, visible_texts
 from hf_pipeline.methods.index_files import IdMap, index_info, index_is_empty, open_index
-from hf_pipeline.run.stage import Card, Inputs, Map, Stage, StageContext
+from hf_pipeline.stage import Card, Inputs, Map, Stage, StageContext
 
 PROMPTS = package_file("prompts")
 DESCRIBE_PROMPT = PROMPTS / "describe_document.txt"

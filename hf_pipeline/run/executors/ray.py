@@ -128,7 +128,7 @@ class RayExecutor:
 
     def _connect(self) -> tuple[bool, bool]:
         """(started_here, local_instance): join `address`, or an already initialized Ray, or start a local one."""
-        from hf_pipeline.run.optional import require
+        from hf_pipeline.optional import require
 
         require("ray", "ray", "--executor ray")
         import ray

@@ -33,14 +33,13 @@ def require(module: str, extra: str, why: str) -> None:
 
 
 def config_needs(config: Any, where: str = "") -> list[tuple[str, str, str]]:
-    """(module, extra, why) for every optional package `config` (a stage's config dataclass) will use."""
-    from hf_pipeline.llm.config import LLMConfig
-
+    """(module, extra, why) for every optional package `config` (a stage's config dataclass) will use. An LLM section
+    is any nested config with a `backend` (an `llm.config.LLMConfig`: not imported, this module sits below `llm`)."""
     needs = []
     constrained = bool(getattr(config, "constrain_format", False))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if isinstance(value, LLMConfig):
+        if dataclasses.is_dataclass(value) and isinstance(getattr(value, "backend", None), str):
             key = f"{where}{f.name}"
             if value.backend == "vllm":
                 needs.append(("vllm", "vllm", f"{key}.backend=vllm"))

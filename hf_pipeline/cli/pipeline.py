@@ -55,7 +55,7 @@ def substitute(value: Any, published: dict[str, str]) -> Any:
 
 def run_pipeline(config_path: str, sample_size: int | None = None) -> dict[str, Any]:
     from hf_pipeline.io.hub import push_local_dataset
-    from hf_pipeline.run.specs import build_spec
+    from hf_pipeline.cli.specs import build_spec
     from hf_pipeline.stages import all_stages
 
     spec = read_yaml(config_path)
@@ -107,7 +107,7 @@ def _child(spec, conn) -> None:
     """The stage in a new session (its own process group, which the parent can end with every engine it started)."""
     import traceback
 
-    from hf_pipeline.run.specs import run_spec
+    from hf_pipeline.cli.specs import run_spec
 
     os.setsid()
     try:

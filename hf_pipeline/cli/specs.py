@@ -17,8 +17,8 @@ from hf_pipeline.run.config import build_config
 from hf_pipeline.run.contract import RunKind, run
 from hf_pipeline.run.plan import RunOptions
 from hf_pipeline.run.runner import DATASET_RUN
-from hf_pipeline.run.stage import Stage
 from hf_pipeline.run.training import MODEL_RUN, TrainingStage, TrainOptions
+from hf_pipeline.stage import Stage
 
 RUN_KINDS: dict[type, RunKind] = {Stage: DATASET_RUN, TrainingStage: MODEL_RUN}
 

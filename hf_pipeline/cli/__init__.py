@@ -17,7 +17,7 @@ from typing import Any
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.run.config import add_option_flags, deep_merge, option_values, parse_overrides, read_yaml
-from hf_pipeline.run.specs import build_spec, run_kind
+from hf_pipeline.cli.specs import build_spec, run_kind
 
 # boolean config keys that are also a flag (--strict-calibration = --set strict_calibration=true), on the stages
 # whose config has the key; the flag's help is the key's
@@ -134,7 +134,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 def hub_command(args: argparse.Namespace) -> int:
     from hf_pipeline.hub import local
-    from hf_pipeline.run.optional import require
+    from hf_pipeline.optional import require
 
     if args.action == "start":
         require("olah", "hub", "the local Hub")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "hub":
             return hub_command(args)
         if args.command == "pipeline":
-            from hf_pipeline.run.pipeline import run_pipeline
+            from hf_pipeline.cli.pipeline import run_pipeline
 
             run_pipeline(args.config, sample_size=args.sample_size)
             return 0
@@ -201,6 +201,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
