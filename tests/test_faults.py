@@ -253,6 +253,23 @@ def test_instantiator_silver_follows_the_lineage_back_through_judged_rows(corpus
     assert plan is None  # the plan (its checks) passes with the documents match read
 
 
+@pytest.mark.parametrize("stage_name", ["assemble", "analyze"])
+def test_stages_aligning_pairs_to_documents_refuse_documents_other_than_those_match_read(stage_name, corpus, clean,
+                                                                                         reordered):
+    """assemble and analyze map the documents with the judged pairs aligned by position: the pairs' lineage (judged
+    rows -> instantiated rows -> documents) must name the documents mapped, else the plan stops in one line."""
+    from hf_pipeline.io.hub import resolve_dataset
+    from hf_pipeline.run.runner import RunOptions, run_stage
+    from hf_pipeline.stages import all_stages
+
+    stage = all_stages()[stage_name]
+    matched = resolve_dataset(corpus["documents"])
+    options = RunOptions(input="local/f-inst-clean@t", output=f"local/f-{stage_name}-other")
+    with pytest.raises(PipelineError, match=f"point into {matched.pinned}"):
+        run_stage(stage, options, stage.config_class(documents=reordered), dry_run=True)
+    assert run_stage(stage, options, stage.config_class(documents=corpus["documents"]), dry_run=True) is None
+
+
 # ---------------------------------------------------------------- the client itself
 
 

@@ -3,7 +3,8 @@
 `INSTANTIATE_COLUMNS`: a pair's row as instantiate writes it (judge carries it on). `read_documents`: a batch's
 documents read back by their position in the `documents` input (instantiate; instantiator_silver for its examples).
 `check_documents_lineage`: at plan time, the `documents` given are those the pairs' positions point into, as the
-pairs' card lineage records them. `user_message`: a pair's user message, in the student's contract or the teacher's
+pairs' card lineage records them (`aligned_lineage_check`: the same for assemble and analyze, which map the
+documents with the pairs aligned to them). `user_message`: a pair's user message, in the student's contract or the teacher's
 prompt, laid out by `PromptLayout`; `MAX_DOCUMENT_CHARS`: where both stages cut a document in it by default.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import MissingData
@@ -147,12 +148,13 @@ def documents_in_lineage(pinned: DatasetRef) -> dict[str, Any] | None:
     return None
 
 
-def check_documents_lineage(config: Any, plan: Any, stage: str) -> None:
-    """At plan time, for a stage that reads `config.documents` by the positions its input's rows carry: those are the
-    documents the positions point into (same repo, same commit), when the input's card lineage says which; else the
-    run would read other documents at those positions (every row `document_mismatch`, or worse, the right ids at a
-    revision whose texts changed). Skipped for local inputs and inputs without lineage (nothing recorded to check)."""
-    documents, rows = plan.pinned(config.documents), plan.part_refs[0]
+def check_documents_lineage(stage: str, documents_ref: str, documents: DatasetRef, rows: DatasetRef) -> None:
+    """At plan time, for a stage that reads `documents` (as written: `documents_ref`) by the positions the rows of
+    `rows` carry (instantiate reading its pairs' documents; assemble and analyze mapping the documents with the
+    pairs aligned to them): those are the documents the positions point into (same repo, same commit), when the
+    rows' card lineage says which; else the run would read other documents at those positions (every row
+    `document_mismatch`, or worse, the right ids at a revision whose texts changed). Skipped for local inputs and
+    inputs without lineage (nothing recorded to check)."""
     if documents.repo_id is None:
         return
     recorded = documents_in_lineage(rows)
@@ -161,6 +163,18 @@ def check_documents_lineage(config: Any, plan: Any, stage: str) -> None:
     if (recorded["repo_id"], recorded.get("sha")) != (documents.repo_id, documents.sha):
         matched = f"{recorded['repo_id']}@{recorded.get('sha')}"
         raise PipelineError(
-            f"{stage} reads documents {documents.pinned} ('{config.documents}'), but the positions in {rows.ref} point into "
+            f"{stage} reads documents {documents.pinned} ('{documents_ref}'), but the positions in {rows.ref} point into "
             f"{matched} (the documents match read, says the lineage in their card): set documents to {matched}."
         )
+
+
+def aligned_lineage_check(stage: str) -> Callable[[Any, Any], Any]:
+    """`Inputs.resolve_config` for a stage that maps the documents with rows aligned to them by position (assemble,
+    analyze): every aligned input's positions point into the documents mapped (`check_documents_lineage`)."""
+
+    def resolve(config: Any, plan: Any) -> Any:
+        for spec in plan.aligned:
+            check_documents_lineage(stage, plan.parts[0].ref, plan.part_refs[0], plan.pinned(spec.ref))
+        return config
+
+    return resolve

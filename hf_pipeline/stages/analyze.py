@@ -44,6 +44,7 @@ from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
 from hf_pipeline.methods import analysis as an
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.methods.pairs import aligned_lineage_check
 from hf_pipeline.methods.text.budget import pair_drop_reason
 from hf_pipeline.run.estimate import CostModel, MEASURED, StageEstimate, Workload, hours
 from hf_pipeline.stage import AlignedInput, ArtifactContext, Card, Inputs, Map, Reduce, Stage, StageContext
@@ -608,6 +609,7 @@ STAGE = Stage(
         parts=documents_part,
         check=check_input,  # the documents' doc_id_column and text_column, or the nemotron layout, at plan time
         aligned=aligned_inputs,
+        resolve_config=aligned_lineage_check("analyze"),  # the pairs point into these documents
     ),
     map=Map(
         batch=map_documents,

@@ -36,6 +36,7 @@ from typing import Any
 from hf_pipeline.errors import PipelineError
 from hf_pipeline.io.datafiles import FILE_COLUMN, ROW_COLUMN, InputPart
 from hf_pipeline.methods.documents import check_mapped_documents, doc_id_field, text_field
+from hf_pipeline.methods.pairs import aligned_lineage_check
 from hf_pipeline.methods.text.budget import Candidate, format_pair, iter_baseline, pack_stream, pair_drop_reason
 from hf_pipeline.run.estimate import (CHARS_PER_TOKEN, CostModel, MEASURED, PARQUET_TEXT_RATIO, StageEstimate,
                                       Workload, hours)
@@ -407,6 +408,7 @@ STAGE = Stage(
         parts=documents_part,
         check=check_mapped_documents("assemble"),  # the config's doc_id_column and text_column, at plan time
         aligned=pairs_input,
+        resolve_config=aligned_lineage_check("assemble"),  # the pairs point into these documents
         models=lambda config: {"tokenizer": config.tokenizer},
     ),
     map=Map(

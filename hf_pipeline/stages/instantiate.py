@@ -157,7 +157,7 @@ def check_config(config: InstantiateConfig) -> list[str]:
 def resolve_config(config: InstantiateConfig, plan) -> InstantiateConfig:
     """At plan time: the documents are those match read (the pairs' card lineage, when it says) and have the id and
     text columns the config names (one footer read)."""
-    check_documents_lineage(config, plan, "instantiate")
+    check_documents_lineage("instantiate", config.documents, plan.pinned(config.documents), plan.part_refs[0])
     check_documents_input(config, plan, "instantiate")
     return config
 

@@ -85,7 +85,7 @@ def check_config(config: InstantiatorSilverConfig) -> list[str]:
 def resolve_config(config: InstantiatorSilverConfig, plan) -> InstantiatorSilverConfig:
     """At plan time: the documents are those instantiate read (the judged rows' card lineage, when it says) and have
     the id and text columns the config names (one footer read)."""
-    check_documents_lineage(config, plan, "instantiator_silver")
+    check_documents_lineage("instantiator_silver", config.documents, plan.pinned(config.documents), plan.part_refs[0])
     check_documents_input(config, plan, "instantiator_silver")
     return config
 
