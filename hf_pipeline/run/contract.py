@@ -95,9 +95,7 @@ def pin_model(ref: str) -> ModelPin:
 def _hub_model_pin(ref: str) -> ModelPin | None:
     """The pin of `ref` when it names a model on the Hub (repo or repo@revision); None for a local path or file, a
     packaged model (`packaged:NAME`, a packaged embedder) or a tiny random model, which are pinned as they are."""
-    from hf_pipeline.methods.embedder import packaged_model_path
-
-    if ":" in ref.split("/", 1)[0] or Path(ref).expanduser().exists() or packaged_model_path(ref) is not None:
+    if ":" in ref.split("/", 1)[0] or Path(ref).expanduser().exists():  # pin_model knows no packaged LLM or file
         return None
     pin = pin_model(ref)
     return pin if pin.revision else None

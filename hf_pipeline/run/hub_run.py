@@ -252,8 +252,7 @@ def open_run(repo_id: str, stage: str, key: str, manifest: dict[str, Any], descr
     if first.num == num:  # ours: its manifest is the one just written
         manifest = {**manifest, "base": base}
         return run_of(repo_id, num, manifest, first.created_at), manifest, True
-    retrying(lambda: api.change_discussion_status(repo_id, num, "closed", comment=f"duplicate of #{first.num}",
-                                                  repo_type="dataset"), f"closing the duplicate pull request #{num}")
+    close_pr(repo_id, num, f"duplicate of #{first.num}")
     adopted = read_manifest(repo_id, first.num)
     return run_of(repo_id, first.num, adopted, first.created_at), adopted, False
 
@@ -325,9 +324,28 @@ def _commit_part(run: RunPR, ops: list, record: TaskRecord, title: str, k: int, 
         raise
 
 
+def pr_details(run: RunPR) -> Any:
+    """The run's PR as the Hub describes it now (status, merge commit)."""
+    return retrying(lambda: hf_api().get_discussion_details(run.repo_id, run.num, repo_type="dataset"), f"reading {run.url}")
+
+
 def pr_status(run: RunPR) -> str:
-    return retrying(lambda: hf_api().get_discussion_details(run.repo_id, run.num, repo_type="dataset"),
-                    f"reading {run.url}").status
+    return pr_details(run).status
+
+
+def pr_head(run: RunPR) -> str:
+    """The commit at the head of the run's PR: files read there never change under the reader."""
+    return retrying(lambda: hf_api().dataset_info(run.repo_id, revision=run.ref).sha, f"reading the head of {run.url}")
+
+
+def close_pr(repo_id: str, num: int, comment: str) -> None:
+    """Close a PR of this account; one already closed (a retried request whose first attempt went through) is done."""
+    try:
+        retrying(lambda: hf_api().change_discussion_status(repo_id, num, "closed", comment=comment, repo_type="dataset"),
+                 f"closing the pull request #{num} of {repo_id}")
+    except PipelineError:
+        if hf_api().get_discussion_details(repo_id, num, repo_type="dataset").status != "closed":
+            raise
 
 
 def listed_files(repo_id: str, revision: str, folder: str) -> dict[str, tuple[str | None, int]]:
@@ -375,7 +393,7 @@ def count_rows(run: RunPR, records: list[TaskRecord], threads: int = 16) -> dict
     import pyarrow.parquet as pq
     from huggingface_hub import HfFileSystem
 
-    head = retrying(lambda: hf_api().dataset_info(run.repo_id, revision=run.ref).sha, f"reading the head of {run.url}")
+    head = pr_head(run)
     fs = HfFileSystem()
 
     def rows(path: str) -> int:
@@ -400,7 +418,7 @@ def read_row_groups(run: RunPR, wanted: list[tuple[str, list[int] | None]], colu
     import pyarrow.parquet as pq
     from huggingface_hub import HfFileSystem
 
-    head = retrying(lambda: hf_api().dataset_info(run.repo_id, revision=run.ref).sha, f"reading the head of {run.url}")
+    head = pr_head(run)
     fs = HfFileSystem()
     for path, groups in wanted:
         with fs.open(f"hf://datasets/{run.repo_id}@{head}/{path}", "rb", block_size=8 << 20) as fh:
@@ -433,9 +451,8 @@ def rebase_run(run: RunPR, stage: str, key: str, manifest: dict[str, Any], recor
     in its last commit; then this PR is closed. A rebase interrupted halfway is continued by the next one."""
     from huggingface_hub import CommitOperationCopy
 
-    api = hf_api()
     head = main_head(run.repo_id)
-    source = retrying(lambda: api.dataset_info(run.repo_id, revision=run.ref).sha, f"reading the head of {run.url}")
+    source = pr_head(run)
     moved = {**manifest, "rebased_from": run.num}
     target = None
     for found in find_runs(run.repo_id, stage, key):
@@ -459,8 +476,7 @@ def rebase_run(run: RunPR, stage: str, key: str, manifest: dict[str, Any], recor
         for k, batch in enumerate(batches):
             ops = [CommitOperationCopy(p, p, src_revision=source) for p in batch]
             _commit_part(target, ops, record, f"{stage}: {record.task} copied from #{run.num}", k, len(batches))
-    retrying(lambda: api.change_discussion_status(run.repo_id, run.num, "closed", comment=f"rebased onto main as #{target.num}",
-                                                  repo_type="dataset"), f"closing {run.url}")
+    close_pr(run.repo_id, run.num, f"rebased onto main as #{target.num}")
     return target, moved
 
 
@@ -494,10 +510,9 @@ def seal(run: RunPR, card: str, artifacts: dict[str, Path], fp: str, tag: str, m
     (main moves in one step), the merged tree checked against the run's files, and the merge commit tagged.
     Returns the merge commit's sha. Raises MainMoved before merging when main is not the run's base."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import HfHubHTTPError
 
     api = hf_api()
-    details = retrying(lambda: api.get_discussion_details(run.repo_id, run.num, repo_type="dataset"), f"reading {run.url}")
+    details = pr_details(run)
     if details.status != "merged":
         if main_head(run.repo_id) != run.base:
             raise MainMoved(f"main of {run.repo_id} moved since the run opened on {run.base[:12]}.")
@@ -511,16 +526,13 @@ def seal(run: RunPR, card: str, artifacts: dict[str, Path], fp: str, tag: str, m
         try:
             retrying(lambda: api.create_commit(run.repo_id, ops, commit_message=f"{message}: card", repo_type="dataset",
                                                revision=run.ref), f"committing the card to {run.url}")
-            if details.status == "draft" and pr_status(run) == "draft":
-                retrying(lambda: api.change_discussion_status(run.repo_id, run.num, "open", repo_type="dataset"),
-                         f"publishing the draft {run.url}", on=())
             retrying(lambda: api.merge_pull_request(run.repo_id, run.num, comment=message, repo_type="dataset"),
                      f"merging {run.url}", on=())
         except PipelineError as e:
             # a retried merge whose first attempt went through, or another driver sealing the same run meanwhile
             if pr_status(run) != "merged":
                 raise PipelineError(f"could not merge the run's pull request {run.url}: {e}") from e
-        details = retrying(lambda: api.get_discussion_details(run.repo_id, run.num, repo_type="dataset"), f"reading {run.url}")
+        details = pr_details(run)
     sha = merged_as(run, details)
     tag_commit(run.repo_id, tag, sha, message)
     return sha
@@ -529,8 +541,7 @@ def seal(run: RunPR, card: str, artifacts: dict[str, Path], fp: str, tag: str, m
 def merged_as(run: RunPR, details: Any = None) -> str:
     """The merge commit of the run's PR, checked to hold exactly the PR's data files: main moving between the check
     before the merge and the merge itself would have mixed another run's files in (nothing is tagged then)."""
-    details = details or retrying(lambda: hf_api().get_discussion_details(run.repo_id, run.num, repo_type="dataset"),
-                                  f"reading {run.url}")
+    details = details or pr_details(run)
     sha = details.merge_commit_oid
     if not sha:
         raise PipelineError(f"the run's pull request {run.url} is {details.status}, with no merge commit.")

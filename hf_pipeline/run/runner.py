@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -491,9 +490,11 @@ class DatasetRun:
                     raise PipelineError(f"the run's files did not all reach {plan.run.url}; rerun the same command.") from None
                 card = self.card(plan, outcome, 0.0)
             except PipelineError:
+                # merged, but a later step failed (the tag) or another driver merged it: the merge is checked and
+                # tagged again, once; anything else is the run's error
                 if pr_status(plan.run) != "merged":
                     raise
-                print(f"another driver sealed the run {plan.run.url} meanwhile.", flush=True)
+                print(f"the run {plan.run.url} is merged: finishing its seal.", flush=True)
                 return merged_run_result(plan)
         else:
             raise PipelineError(f"main of {plan.options.output} kept moving while the run was sealed; rerun the same command.")

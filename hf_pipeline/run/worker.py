@@ -158,10 +158,9 @@ class Worker:
         """The names a task's first output file can have (see write_outputs)."""
         from hf_pipeline.run.hub_run import scratch_dir
 
-        stem = f"{task.index:05d}-of-{task.of:05d}"
         if task.phase == "map" and self.plan.stage.reduce is not None:
-            return [f"{scratch_dir(self.plan.fingerprint)}/map-{stem}.parquet"]
-        return [f"data/train-{stem}.parquet", f"data/train-{stem}-part-000.parquet"]
+            return [f"{scratch_dir(self.plan.fingerprint)}/map-{task.index:05d}-of-{task.of:05d}.parquet"]
+        return [f"data/{data_file_name(task, 0, 1)}", f"data/{data_file_name(task, 0, 2)}"]
 
     def existing_record(self, task: Task) -> TaskRecord | None:
         """The task's record when its files and record are already in the PR (checked against each other)."""
@@ -321,8 +320,7 @@ class Worker:
         else:
             n_files = max(1, math.ceil(len(ds) / opts.rows_per_file))
             for k in range(n_files):
-                suffix = "" if n_files == 1 else f"-part-{k:03d}"
-                name = f"train-{task.index:05d}-of-{task.of:05d}{suffix}.parquet"
+                name = data_file_name(task, k, n_files)
                 part = ds.shard(n_files, k, contiguous=True)
                 write_parquet(part, out_dir / name)
                 written[f"data/{name}"] = (out_dir / name, len(part))
@@ -344,6 +342,12 @@ class Worker:
         what = f"{'shard' if task.phase == 'map' else 'partition'} {task.index + 1} of {task.of}"
         title = progress_title(self.plan.stage.name, what, done, task.of, rows_in, self.plan.run.created_at)
         commit_shard(self.plan.run, files, record, title)
+
+
+def data_file_name(task: Task, k: int, n_files: int) -> str:
+    """The k-th of a task's n_files published data files (a shard's output is split past `rows_per_file`)."""
+    suffix = "" if n_files == 1 else f"-part-{k:03d}"
+    return f"train-{task.index:05d}-of-{task.of:05d}{suffix}.parquet"
 
 
 PARTITION_COLUMN = "_partition"
